@@ -1,0 +1,74 @@
+"""activity_logging: a non-blocking, loss-free audit trail on the standard ``logging`` module.
+
+Public names are imported lazily on first use (``from activity_logging import X`` works as
+usual), so configuring a handler does not import Starlette, SQLAlchemy or asyncpg.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+__version__ = "0.1.0"
+
+_EXPORTS: dict[str, str] = {
+    "ActivityContextMiddleware": "middleware",
+    "ActivityHandler": "handler",
+    "ActivityJsonFormatter": "formatter",
+    "ActivityLogCRUD": "crud",
+    "ActivityLoggingError": "exceptions",
+    "ActivityType": "constants",
+    "ActivityWorker": "worker",
+    "ConfigurationError": "exceptions",
+    "ContextFilter": "context",
+    "Severity": "constants",
+    "activity_context": "context",
+    "activity_log_crud": "crud",
+    "activity_logger": "helpers",
+    "bind_context": "context",
+    "get_context": "context",
+    "level_to_severity": "record",
+    "log_activity": "decorators",
+    "log_agent_activity": "helpers",
+    "log_call_activity": "helpers",
+    "log_lead_activity": "helpers",
+    "log_system_event": "helpers",
+    "log_user_activity": "helpers",
+    "reset_context": "context",
+    "severity_to_level": "record",
+}
+
+__all__ = sorted([*_EXPORTS, "__version__"])
+
+if TYPE_CHECKING:
+    from .constants import ActivityType, Severity
+    from .context import ContextFilter, activity_context, bind_context, get_context, reset_context
+    from .crud import ActivityLogCRUD, activity_log_crud
+    from .decorators import log_activity
+    from .exceptions import ActivityLoggingError, ConfigurationError
+    from .formatter import ActivityJsonFormatter
+    from .handler import ActivityHandler
+    from .helpers import (
+        activity_logger,
+        log_agent_activity,
+        log_call_activity,
+        log_lead_activity,
+        log_system_event,
+        log_user_activity,
+    )
+    from .middleware import ActivityContextMiddleware
+    from .record import level_to_severity, severity_to_level
+    from .worker import ActivityWorker
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'activity_logging' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{module}", __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return __all__

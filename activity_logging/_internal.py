@@ -1,0 +1,59 @@
+"""Internal plumbing: our own logger, the guard against feedback loops, a rate-limited reporter.
+
+The pipeline must never log into itself: records from our own loggers and from the
+libraries we drive (redis, sqlalchemy, asyncpg, urllib3) are refused by the handler.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+import threading
+import time
+from typing import Final
+
+internal_logger: Final = logging.getLogger("activity_logging.internal")
+
+REFUSED_LOGGER_PREFIXES: Final = ("activity_logging", "redis", "sqlalchemy", "asyncpg", "urllib3", "aiosqlite")
+
+
+def is_refused_logger(name: str) -> bool:
+    """True when records from logger ``name`` must not enter the pipeline."""
+    for prefix in REFUSED_LOGGER_PREFIXES:
+        if name.startswith(prefix) and (len(name) == len(prefix) or name[len(prefix)] == "."):
+            return True
+    return False
+
+
+class RateLimitedReporter:
+    """Writes internal errors to stderr at most once per ``interval`` seconds per key.
+
+    Thread-safe; never raises. Suppressed reports are counted and announced with the next one.
+    """
+
+    def __init__(self, interval: float = 30.0) -> None:
+        self._interval = interval
+        self._lock = threading.Lock()
+        self._last: dict[str, float] = {}
+        self._suppressed: dict[str, int] = {}
+
+    def report(self, key: str, message: str, exc: BaseException | None = None) -> bool:
+        """Report ``message`` unless ``key`` was reported within the interval. Returns True if written."""
+        try:
+            now = time.monotonic()
+            with self._lock:
+                last = self._last.get(key)
+                if last is not None and now - last < self._interval:
+                    self._suppressed[key] = self._suppressed.get(key, 0) + 1
+                    return False
+                self._last[key] = now
+                suppressed = self._suppressed.pop(key, 0)
+            detail = f": {type(exc).__name__}: {exc}" if exc is not None else ""
+            more = f" ({suppressed} similar suppressed)" if suppressed else ""
+            sys.stderr.write(f"activity_logging: {message}{detail}{more}\n")
+            return True
+        except Exception:  # never raise from the error path itself
+            return False
+
+
+reporter: Final = RateLimitedReporter()

@@ -1,0 +1,69 @@
+"""The ``activity-logging`` command (also ``python -m activity_logging``).
+
+This module only assembles the parser: each group of verbs lives in its own module
+(``cli_worker``: init-db, worker; ``cli_ops``: status, query, export, cleanup, vacuum,
+scheduler, verify; ``cli_demo``: demo), which registers its subcommands and imports its
+heavy dependencies lazily so ``--help`` stays fast.
+
+Exit codes: 0 success, 1 unhealthy / operation failed, 2 bad arguments, 3 a service
+(Redis, the database) could not be reached.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Sequence
+
+from . import __version__, cli_demo, cli_ops, cli_worker
+from .exceptions import ConfigurationError, StoreUnavailableError
+
+EXIT_OK = 0
+EXIT_FAILED = 1
+EXIT_USAGE = 2
+EXIT_UNAVAILABLE = 3
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The full argument parser, every verb registered."""
+    parser = argparse.ArgumentParser(
+        prog="activity-logging",
+        description="Audit trail on standard logging: handler -> Redis Stream -> worker -> PostgreSQL.",
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    parser.add_argument(
+        "--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"],
+        help="level of this command's own log output on stderr (default: INFO)",
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    cli_worker.register(sub)
+    cli_ops.register(sub)
+    cli_demo.register(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line; returns the exit code (see module docstring)."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=getattr(logging, args.log_level),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    try:
+        code: int = args.func(args)
+    except ConfigurationError as exc:
+        print(f"activity-logging {args.command}: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except StoreUnavailableError as exc:
+        print(f"activity-logging {args.command}: {exc}", file=sys.stderr)
+        return EXIT_UNAVAILABLE
+    except KeyboardInterrupt:
+        return 130
+    return code
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,530 @@
+"""The activity record: snapshot at call time, wire encoding, and building the stored row.
+
+Pure: no I/O. Three stages, each in the process that can afford it:
+
+1. ``snapshot_extras`` runs in the caller's thread and must be tiny: it copies the keys of
+   ``extra`` and freezes anything mutable (serialises it with orjson) so a dict mutated
+   after the call cannot change the audit record.
+2. ``WireEncoder`` runs in the handler's listener thread: it gives each record its id and
+   sequence number and encodes a batch into one stream entry (format in docs/entry-format.md).
+3. ``build_activity`` runs wherever rows are written (the worker, the embedded store): it maps
+   a wire record onto the columns of ``activity_logs``, bounding, cleaning and redacting.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+import os
+import re
+import socket
+import uuid
+from collections.abc import Iterable, Mapping, Sequence
+from datetime import UTC, datetime, timedelta
+from typing import Any, Final
+
+import orjson
+
+from .exceptions import EntryFormatError
+
+WIRE_VERSION: Final = "1"
+
+# --- severity <-> level ----------------------------------------------------------------
+
+SEVERITIES: Final = ("debug", "info", "warning", "error", "critical")
+SEVERITY_TO_LEVEL: Final[Mapping[str, int]] = {
+    "debug": logging.DEBUG,
+    "info": logging.INFO,
+    "warning": logging.WARNING,
+    "warn": logging.WARNING,
+    "error": logging.ERROR,
+    "critical": logging.CRITICAL,
+    "fatal": logging.CRITICAL,
+}
+
+
+def severity_to_level(severity: str | int | None, default: int = logging.INFO) -> int:
+    """Map a severity name (``"warning"``) or a level number onto a ``logging`` level.
+
+    Unknown names give ``default``; never raises.
+    """
+    if severity is None:
+        return default
+    if isinstance(severity, int) and not isinstance(severity, bool):
+        return severity
+    return SEVERITY_TO_LEVEL.get(str(severity).strip().lower(), default)
+
+
+def level_to_severity(levelno: int) -> str:
+    """Map a ``logging`` level onto the stored severity: the named level at or below it."""
+    if levelno >= logging.CRITICAL:
+        return "critical"
+    if levelno >= logging.ERROR:
+        return "error"
+    if levelno >= logging.WARNING:
+        return "warning"
+    if levelno >= logging.INFO:
+        return "info"
+    return "debug"
+
+
+# --- caller side: snapshot ---------------------------------------------------------------
+
+#: Attributes every ``LogRecord`` has; anything else on a record came from ``extra`` or a filter.
+STANDARD_RECORD_ATTRS: Final = frozenset(
+    vars(logging.LogRecord("n", logging.INFO, "p", 1, "m", None, None))
+) | {"message", "asctime", "taskName"}
+
+#: Keys that ``logging`` refuses in ``extra`` (``Logger.makeRecord`` raises ``KeyError``).
+RESERVED_EXTRA_KEYS: Final = STANDARD_RECORD_ATTRS
+
+MAX_VALUE_CHARS: Final = 16_384
+MAX_VALUE_BYTES: Final = 16_384
+MAX_MESSAGE_CHARS: Final = 8_192
+MAX_RECORD_BYTES: Final = 65_536
+MAX_REPR_CHARS: Final = 1_024
+
+_SCALARS: Final = frozenset({str, int, float, bool, type(None)})
+_OPTS: Final = orjson.OPT_NON_STR_KEYS | orjson.OPT_SERIALIZE_NUMPY
+
+
+def _default(obj: Any) -> Any:
+    """orjson fallback: turn anything JSON cannot encode into something it can, bounded."""
+    if isinstance(obj, bytes | bytearray | memoryview):
+        return bytes(obj[:MAX_VALUE_BYTES]).decode("utf-8", "replace")
+    if isinstance(obj, set | frozenset | tuple):
+        return list(obj)
+    if isinstance(obj, Mapping):
+        return dict(obj)
+    try:
+        text = str(obj)
+    except Exception:
+        text = f"<unprintable {type(obj).__name__}>"
+    return text[:MAX_REPR_CHARS]
+
+
+def sanitize(obj: Any, _depth: int = 0, _seen: set[int] | None = None) -> Any:
+    """Return a JSON-safe deep copy of ``obj``: cycles, huge ints, odd keys and types made safe.
+
+    The slow path, used only when orjson refuses a value. Never raises.
+    """
+    if _depth > 32:
+        return "<max depth>"
+    t = type(obj)
+    if t is str or t is float or t is bool or obj is None:
+        return obj
+    if t is int:
+        return obj if -(2**63) <= obj < 2**64 else str(obj)
+    seen = set() if _seen is None else _seen
+    if isinstance(obj, Mapping | list | tuple | set | frozenset):
+        if id(obj) in seen:
+            return "<cycle>"
+        seen.add(id(obj))
+        try:
+            if isinstance(obj, Mapping):
+                return {str(k)[:MAX_REPR_CHARS]: sanitize(v, _depth + 1, seen) for k, v in list(obj.items())}
+            return [sanitize(v, _depth + 1, seen) for v in list(obj)]
+        finally:
+            seen.discard(id(obj))
+    if isinstance(obj, orjson.Fragment):
+        return orjson.loads(obj.contents)
+    try:
+        return orjson.loads(orjson.dumps(obj, option=_OPTS))
+    except Exception:
+        return _default(obj)
+
+
+def freeze(value: Any) -> orjson.Fragment:
+    """Serialise ``value`` now, so later mutation cannot change it; bounded; never raises."""
+    try:
+        encoded = orjson.dumps(value, default=_default, option=_OPTS)
+    except Exception:
+        encoded = orjson.dumps(sanitize(value), default=_default, option=_OPTS)
+    if len(encoded) > MAX_VALUE_BYTES:
+        encoded = orjson.dumps(
+            {"_truncated": True, "bytes": len(encoded), "preview": encoded[:512].decode("utf-8", "replace")}
+        )
+    return orjson.Fragment(encoded)
+
+
+def snapshot_extras(attrs: dict[str, Any]) -> dict[str, Any] | None:
+    """Copy the non-standard attributes of a record (its ``extra``), freezing mutable values.
+
+    Runs in the caller's thread: scalars are kept as they are (immutable), long strings are
+    cut, everything else is serialised at once. Returns ``None`` when there are no extras.
+    """
+    snap: dict[str, Any] | None = None
+    std = STANDARD_RECORD_ATTRS
+    scalars = _SCALARS
+    for key, value in attrs.items():
+        if key in std:
+            continue
+        if snap is None:
+            snap = {}
+        t = type(value)
+        if t in scalars:
+            if t is str and len(value) > MAX_VALUE_CHARS:
+                value = value[:MAX_VALUE_CHARS]
+            snap[key] = value
+        else:
+            snap[key] = freeze(value)
+    return snap
+
+
+def message_of(record: logging.LogRecord) -> str:
+    """The record's message, formatted now when it has arguments (they may be mutable)."""
+    try:
+        msg = record.getMessage() if record.args else record.msg
+        if type(msg) is not str:
+            msg = str(msg)
+    except Exception as exc:
+        msg = f"<unformattable message {record.msg!r:.200}: {type(exc).__name__}>"
+    return msg if len(msg) <= MAX_MESSAGE_CHARS else msg[:MAX_MESSAGE_CHARS]
+
+
+def exception_text(record: logging.LogRecord) -> str | None:
+    """The formatted exception of a record, if it has one; never raises."""
+    if not record.exc_info and not record.exc_text:
+        return None
+    try:
+        if record.exc_text:
+            return record.exc_text[:MAX_VALUE_CHARS]
+        return logging.Formatter().formatException(record.exc_info)[:MAX_VALUE_CHARS]  # type: ignore[arg-type]
+    except Exception:
+        return "<unformattable exception>"
+
+
+#: What the caller enqueues: (created, levelno, logger name, message, extras, exception text).
+QueuedRecord = tuple[float, int, str, str, dict[str, Any] | None, str | None]
+
+
+def queued_from_record(record: logging.LogRecord) -> QueuedRecord:
+    """Snapshot a ``LogRecord`` into the tuple the listener encodes."""
+    exc = exception_text(record) if record.exc_info or record.exc_text else None
+    return (record.created, record.levelno, record.name, message_of(record),
+            snapshot_extras(record.__dict__), exc)
+
+
+# --- listener side: ids, wire encoding ---------------------------------------------------
+
+
+class IdFactory:
+    """Makes time-ordered UUIDs (version 7, RFC 9562) from a record's own creation time.
+
+    The 48-bit millisecond timestamp and a 12-bit sub-millisecond fraction come from
+    ``record.created``; the remaining 62 bits are 42 random bits fixed per producer and the
+    low 20 bits of the producer's sequence number, so ids are unique without a lock.
+    """
+
+    def __init__(self) -> None:
+        self._node = int.from_bytes(os.urandom(8), "big") & ((1 << 42) - 1)
+
+    def make(self, ts_us: int, seq: int) -> str:
+        """Return the canonical string form of the UUID for a record created at ``ts_us``."""
+        ms, sub_us = divmod(ts_us, 1000)
+        value = (
+            ((ms & 0xFFFFFFFFFFFF) << 80)
+            | (0x7 << 76)
+            | (((sub_us * 4096) // 1000) << 64)
+            | (0b10 << 62)
+            | (self._node << 20)
+            | (seq & 0xFFFFF)
+        )
+        h = f"{value:032x}"
+        return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
+
+
+_SECRET_WORDS: Final = (
+    "password", "passwd", "secret", "token", "api_key", "apikey", "api-key", "authorization",
+    "cookie", "private_key", "credit_card", "card_number", "cvv",
+)
+DEFAULT_REDACT_KEYS: Final = ",".join(_SECRET_WORDS)
+REDACTED: Final = "[REDACTED]"
+
+
+class Redactor:
+    """Replaces the values of secret-looking keys (at any depth) with ``[REDACTED]``.
+
+    ``keys`` are case-insensitive substrings of key names. ``might_contain`` is a cheap test
+    over encoded bytes so the walk only runs on batches that can hold a secret.
+    """
+
+    def __init__(self, keys: str | Iterable[str] = DEFAULT_REDACT_KEYS) -> None:
+        words = [k.strip().lower() for k in (keys.split(",") if isinstance(keys, str) else keys)]
+        self.words: tuple[str, ...] = tuple(w for w in words if w)
+        if self.words:
+            alternation = b"|".join(re.escape(w.encode()) for w in self.words)
+            self._pattern: re.Pattern[bytes] | None = re.compile(
+                b'"[^"]{0,256}?(?:' + alternation + b')[^"]{0,256}?"\\s*:', re.IGNORECASE
+            )
+        else:
+            self._pattern = None
+
+    def might_contain(self, encoded: bytes) -> bool:
+        """True when ``encoded`` JSON may hold a key to redact (false positives allowed)."""
+        return self._pattern is not None and self._pattern.search(encoded) is not None
+
+    def is_secret(self, key: str) -> bool:
+        """True when ``key`` names a secret."""
+        lowered = key.lower()
+        return any(w in lowered for w in self.words)
+
+    def redact(self, obj: Any) -> tuple[Any, int]:
+        """Return a redacted copy of decoded JSON ``obj`` and how many values were replaced."""
+        if isinstance(obj, dict):
+            out: dict[str, Any] = {}
+            count = 0
+            for key, value in obj.items():
+                if self.is_secret(key) and value is not None:
+                    out[key] = REDACTED
+                    count += 1
+                else:
+                    out[key], n = self.redact(value)
+                    count += n
+            return out, count
+        if isinstance(obj, list):
+            items = [self.redact(v) for v in obj]
+            return [v for v, _ in items], sum(n for _, n in items)
+        return obj, 0
+
+
+class WireEncoder:
+    """Encodes queued records into stream entries. Used by one listener thread; not thread-safe.
+
+    Counts what it had to change: ``truncated`` (records cut to ``max_record_bytes``),
+    ``redacted`` (secret values replaced) and ``sanitized`` (values orjson refused).
+    """
+
+    def __init__(
+        self,
+        producer_id: str,
+        *,
+        max_record_bytes: int = MAX_RECORD_BYTES,
+        redactor: Redactor | None = None,
+    ) -> None:
+        self.producer_id = producer_id
+        self.hostname = socket.gethostname()
+        self.pid = os.getpid()
+        self.max_record_bytes = max_record_bytes
+        self.redactor = redactor if redactor is not None else Redactor()
+        self.ids = IdFactory()
+        self.seq = 0
+        self.truncated = 0
+        self.redacted = 0
+        self.sanitized = 0
+
+    def encode_one(self, item: QueuedRecord) -> bytes:
+        """Give ``item`` its id and sequence number and encode it as one JSON object."""
+        created, levelno, name, msg, extras, exc = item
+        self.seq += 1
+        seq = self.seq
+        ts_us = int(created * 1_000_000)
+        wire: dict[str, Any] = {
+            "id": self.ids.make(ts_us, seq), "ts": ts_us, "lv": levelno, "lg": name,
+            "msg": msg, "seq": seq,
+        }
+        if extras:
+            wire["x"] = extras
+        if exc:
+            wire["exc"] = exc
+        try:
+            encoded = orjson.dumps(wire, option=_OPTS)
+        except Exception:
+            self.sanitized += 1
+            encoded = orjson.dumps(sanitize(wire), default=_default, option=_OPTS)
+        if len(encoded) > self.max_record_bytes:
+            encoded = self._shrink(wire, len(encoded))
+        return encoded
+
+    def _shrink(self, wire: dict[str, Any], size: int) -> bytes:
+        self.truncated += 1
+        extras = wire.pop("x", None) or {}
+        keys = sorted(str(k) for k in extras)[:64] if isinstance(extras, dict) else []
+        wire["msg"] = wire["msg"][:1024]
+        wire["x"] = {"_truncated": {"original_bytes": size, "keys": keys}}
+        for key in ("activity_type", "actor_type", "actor_id", "target_type", "target_id",
+                    "request_id", "ip_address", "http_method"):
+            value = extras.get(key) if isinstance(extras, dict) else None
+            if isinstance(value, str | int) and not isinstance(value, bool):
+                wire["x"][key] = str(value)[:255]
+        if "exc" in wire:
+            wire["exc"] = str(wire["exc"])[:4096]
+        return orjson.dumps(sanitize(wire), default=_default, option=_OPTS)
+
+    def encode_batch(self, items: Sequence[QueuedRecord]) -> dict[str, bytes | str]:
+        """Encode ``items`` into the fields of one stream entry (see docs/entry-format.md)."""
+        parts = [self.encode_one(item) for item in items]
+        payload = b"[" + b",".join(parts) + b"]"
+        if self.redactor.might_contain(payload):
+            payload = self._redact_payload(payload)
+        return {
+            "v": WIRE_VERSION, "n": str(len(parts)), "p": self.producer_id,
+            "h": self.hostname, "pid": str(self.pid), "d": payload,
+        }
+
+    def _redact_payload(self, payload: bytes) -> bytes:
+        records = orjson.loads(payload)
+        for rec in records:
+            extras = rec.get("x")
+            if isinstance(extras, dict):
+                rec["x"], count = self.redactor.redact(extras)
+                self.redacted += count
+        return orjson.dumps(records)
+
+
+# --- store side: decoding and building rows ----------------------------------------------
+
+
+def decode_entry(fields: Mapping[bytes | str, bytes | str]) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """Decode one stream entry into (entry metadata, wire records).
+
+    Raises ``EntryFormatError`` for an entry this version cannot read.
+    """
+    def get(key: str) -> bytes | str | None:
+        value = fields.get(key)
+        return fields.get(key.encode()) if value is None else value
+
+    version = get("v")
+    if isinstance(version, bytes):
+        version = version.decode()
+    if version != WIRE_VERSION:
+        raise EntryFormatError(f"unsupported entry version {version!r} (this reader knows {WIRE_VERSION})")
+    payload = get("d")
+    if payload is None:
+        raise EntryFormatError("entry has no payload field 'd'")
+    try:
+        records = orjson.loads(payload)
+    except orjson.JSONDecodeError as exc:
+        raise EntryFormatError(f"entry payload is not JSON: {exc}") from None
+    if not isinstance(records, list):
+        raise EntryFormatError("entry payload is not a JSON array")
+    meta = {}
+    for key in ("p", "h", "pid", "n"):
+        value = get(key)
+        meta[key] = value.decode() if isinstance(value, bytes) else value
+    return meta, records
+
+
+ACTIVITY_COLUMNS: Final = (
+    "id", "timestamp", "activity_type", "description", "severity", "level",
+    "actor_type", "actor_id", "target_type", "target_id", "changes", "metadata",
+    "ip_address", "user_agent", "request_id", "http_method", "path",
+    "logger", "hostname", "process_id", "producer_id", "seq",
+)
+
+#: Maximum characters stored per text column; longer values are cut (documented in docs/guarantees.md).
+TEXT_LIMITS: Final[Mapping[str, int]] = {
+    "activity_type": 255, "description": 8_192, "actor_type": 255, "actor_id": 255,
+    "target_type": 255, "target_id": 255, "user_agent": 512, "request_id": 255,
+    "http_method": 16, "path": 2_048, "logger": 255, "hostname": 255, "producer_id": 64,
+}
+
+_COLUMN_EXTRAS: Final = (
+    "actor_type", "actor_id", "target_type", "target_id", "user_agent", "request_id",
+    "http_method", "path",
+)
+_EPOCH: Final = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+def _clean_text(value: Any, limit: int) -> str | None:
+    if value is None:
+        return None
+    text = value if isinstance(value, str) else (
+        orjson.dumps(value).decode() if isinstance(value, dict | list) else str(value)
+    )
+    if "\x00" in text:
+        text = text.replace("\x00", "\ufffd")
+    return text[:limit]
+
+
+def _clean_json(value: Any) -> Any:
+    """Remove what PostgreSQL's jsonb refuses (NUL characters) from decoded JSON."""
+    if isinstance(value, str):
+        return value.replace("\x00", "\ufffd") if "\x00" in value else value
+    if isinstance(value, dict):
+        return {_clean_json(k): _clean_json(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_clean_json(v) for v in value]
+    return value
+
+
+def _clean_ip(value: Any) -> str | None:
+    if value is None or value == "":
+        return None
+    try:
+        return str(ipaddress.ip_address(str(value).strip()))
+    except ValueError:
+        return None
+
+
+def build_activity(wire: Mapping[str, Any], meta: Mapping[str, Any]) -> dict[str, Any]:
+    """Map one wire record (plus its entry's metadata) onto the columns of ``activity_logs``.
+
+    Raises ``EntryFormatError`` when the record lacks its id or timestamp.
+    """
+    try:
+        record_id = uuid.UUID(str(wire["id"]))
+        ts_us = int(wire["ts"])
+    except (KeyError, ValueError, TypeError) as exc:
+        raise EntryFormatError(f"record without a valid id/timestamp: {exc!r}") from None
+    levelno = wire.get("lv")
+    level = levelno if isinstance(levelno, int) and not isinstance(levelno, bool) else logging.INFO
+    level = max(-32768, min(32767, level))
+    msg = _clean_text(wire.get("msg"), TEXT_LIMITS["description"]) or ""
+    extras = wire.get("x")
+    extras = dict(extras) if isinstance(extras, dict) else {}
+
+    activity_type = extras.pop("activity_type", None)
+    description = extras.pop("description", None)
+    extras.pop("severity", None)  # severity is the record's level; helpers already mapped it
+    changes = extras.pop("changes", None)
+    ip_raw = extras.pop("ip_address", None)
+    explicit_meta = extras.pop("metadata", None)
+    row: dict[str, Any] = {
+        "id": record_id,
+        "timestamp": _EPOCH + timedelta(microseconds=ts_us),
+        "activity_type": _clean_text(activity_type if activity_type not in (None, "") else msg,
+                                     TEXT_LIMITS["activity_type"]) or "",
+        "description": _clean_text(description if description is not None else msg,
+                                   TEXT_LIMITS["description"]),
+        "severity": level_to_severity(level),
+        "level": level,
+    }
+    for key in _COLUMN_EXTRAS:
+        row[key] = _clean_text(extras.pop(key, None), TEXT_LIMITS[key])
+    ip = _clean_ip(ip_raw)
+    if ip is None and ip_raw not in (None, ""):
+        extras["invalid_ip_address"] = str(ip_raw)[:255]
+    row["ip_address"] = ip
+    if changes is not None and not isinstance(changes, dict | list):
+        changes = {"value": changes}
+    row["changes"] = _clean_json(changes) if changes is not None else None
+    metadata: dict[str, Any] = {}
+    if isinstance(explicit_meta, dict):
+        metadata.update(explicit_meta)
+    elif explicit_meta is not None:
+        metadata["metadata"] = explicit_meta
+    metadata.update(extras)
+    exc = wire.get("exc")
+    if exc:
+        metadata["exception"] = exc
+    row["metadata"] = _clean_json(metadata)
+    row["logger"] = _clean_text(wire.get("lg"), TEXT_LIMITS["logger"])
+    row["hostname"] = _clean_text(meta.get("h"), TEXT_LIMITS["hostname"])
+    pid = meta.get("pid")
+    row["process_id"] = int(pid) if isinstance(pid, int | str) and str(pid).isdigit() else None
+    row["producer_id"] = _clean_text(meta.get("p"), TEXT_LIMITS["producer_id"])
+    seq = wire.get("seq")
+    row["seq"] = seq if isinstance(seq, int) and not isinstance(seq, bool) else None
+    return row
+
+
+def activity_from_record(
+    record: logging.LogRecord, *, producer_id: str = "local", seq: int = 0
+) -> dict[str, Any]:
+    """Build the activity row for a ``LogRecord`` directly (formatter and tests; slow path)."""
+    encoder = WireEncoder(producer_id)
+    encoder.seq = seq - 1 if seq > 0 else 0
+    entry = encoder.encode_batch([queued_from_record(record)])
+    meta, records = decode_entry(entry)
+    return build_activity(records[0], meta)
