@@ -84,3 +84,21 @@ def require_positive(name: str, value: float, *, integer: bool = False) -> None:
     kind = int if integer else (int, float)
     if isinstance(value, bool) or not isinstance(value, kind) or value <= 0:
         raise ConfigurationError(f"{name} must be a positive {'integer' if integer else 'number'}, got {value!r}")
+
+
+DEFAULT_HEARTBEAT_TTL: Final = 15.0
+
+
+def dead_stream_for(stream: str) -> str:
+    """The dead-letter stream that belongs to ``stream``: ``activity_log_dead`` for the default."""
+    return DEFAULT_DEAD_STREAM if stream == DEFAULT_STREAM else f"{stream}:dead"
+
+
+def heartbeat_key(stream: str, consumer: str) -> str:
+    """Redis key where worker ``consumer`` of ``stream`` writes its heartbeat (JSON, with a TTL)."""
+    return f"{stream}:heartbeat:{consumer}"
+
+
+def heartbeat_pattern(stream: str) -> str:
+    """``SCAN`` pattern matching every worker heartbeat of ``stream``."""
+    return f"{stream}:heartbeat:*"
