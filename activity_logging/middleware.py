@@ -1,0 +1,341 @@
+"""``ActivityContextMiddleware``: pure ASGI middleware that sets the activity context per request.
+
+For each HTTP (and websocket) connection it binds request id, client ip, user agent, method,
+path and actor into the context (``context.bind_context``) for the whole lifetime of the
+inner application call, background tasks included, and resets it with its token in
+``finally``. Each request runs in its own task, so concurrent requests never see each
+other's context. Optionally it logs one ``api_request``/``api_error`` activity per request.
+
+Pure ASGI, no Starlette import: it works under Starlette, FastAPI or any ASGI server, and
+does not buffer or wrap the body, so streaming responses stream.
+"""
+
+from __future__ import annotations
+
+import functools
+import ipaddress
+import logging
+import re
+import time
+import uuid
+from collections.abc import Awaitable, Callable, Iterable, Mapping, MutableMapping
+from typing import Any, Final
+
+from ._internal import reporter
+from .constants import ACTOR_USER, DEFAULT_LOGGER_NAME, ActivityType
+from .context import bind_context, reset_context
+from .exceptions import ConfigurationError
+
+__all__ = ["ActivityContextMiddleware", "default_actor_getter", "parse_forwarded_for"]
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+
+#: ``actor_getter(scope) -> (actor_type, actor_id)`` or ``None`` when there is no actor.
+ActorGetter = Callable[[Scope], "tuple[str | None, Any] | None"]
+IpNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+#: A client-supplied request id is kept only when it matches this: bounded, no spaces,
+#: quotes, control characters or anything a log viewer or a header could misread.
+REQUEST_ID_PATTERN: Final = re.compile(r"[A-Za-z0-9._:@+=/-]{1,128}")
+MAX_USER_AGENT_CHARS: Final = 512
+MAX_FORWARDED_ENTRIES: Final = 32
+
+
+@functools.lru_cache(maxsize=4096)
+def _parse_ip(text: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    """Parse one address as it appears in a peer or a forwarded entry; None if not an address.
+
+    Accepts ``1.2.3.4``, ``1.2.3.4:5678``, ``::1`` and ``[::1]:5678``. Cached: the same few
+    peers (proxies, load balancers) come back on almost every request.
+    """
+    text = text.strip()
+    if not text or len(text) > 64:
+        return None
+    if text.startswith("["):
+        end = text.find("]")
+        text = text[1:end] if end > 0 else text
+    elif text.count(":") == 1:
+        text = text.split(":", 1)[0]
+    try:
+        address = ipaddress.ip_address(text)
+    except ValueError:
+        return None
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        return address.ipv4_mapped
+    return address
+
+
+def _parse_networks(trusted_proxies: Iterable[str] | str) -> tuple[IpNetwork, ...]:
+    items = [trusted_proxies] if isinstance(trusted_proxies, str) else list(trusted_proxies)
+    networks: list[IpNetwork] = []
+    for item in items:
+        for part in str(item).split(","):
+            part = part.strip()
+            if not part:
+                continue
+            try:
+                networks.append(ipaddress.ip_network(part, strict=False))
+            except ValueError:
+                raise ConfigurationError(
+                    f"trusted_proxies entries must be IP addresses or CIDRs, got {part!r}"
+                ) from None
+    return tuple(networks)
+
+
+def parse_forwarded_for(
+    peer: str | None, forwarded_for: str | None, trusted: tuple[IpNetwork, ...]
+) -> str | None:
+    """Return the client address for a request, or None when it is not an IP address.
+
+    The socket ``peer`` is the client unless it is in a ``trusted`` network; then the
+    ``X-Forwarded-For`` chain is walked from the right (the entry the nearest proxy
+    appended) and the first address that is not a trusted proxy is the client. A header
+    from an untrusted peer is ignored; a malformed entry ends the walk with no address (the
+    chain past it cannot be trusted); a chain made only of trusted proxies gives its
+    leftmost entry. At most ``MAX_FORWARDED_ENTRIES`` entries are read.
+    """
+    address = _parse_ip(peer) if peer else None
+    if address is None or not trusted or not forwarded_for:
+        return str(address) if address is not None else None
+    if not any(address in net for net in trusted):
+        return str(address)
+    entries = forwarded_for.split(",")[-MAX_FORWARDED_ENTRIES:]
+    for entry in reversed(entries):
+        hop = _parse_ip(entry)
+        if hop is None:
+            return None
+        address = hop
+        if not any(hop in net for net in trusted):
+            break
+    return str(address)
+
+
+def default_actor_getter(scope: Scope) -> tuple[str | None, Any] | None:
+    """The actor of a request from ``scope["user"]`` (Starlette's ``AuthenticationMiddleware``)
+    or ``scope["state"]["user"]`` (``request.state.user``): ``("user", id)``.
+
+    The id is the user's ``id`` attribute or key, else its ``identity``; an unauthenticated
+    user gives no actor.
+    """
+    user = scope.get("user")
+    if user is None:
+        state = scope.get("state")
+        user = state.get("user") if isinstance(state, Mapping) else None
+    if user is None or getattr(user, "is_authenticated", True) is False:
+        return None
+    actor_id = user.get("id") if isinstance(user, Mapping) else getattr(user, "id", None)
+    if actor_id is None:
+        actor_id = getattr(user, "identity", None)
+    if actor_id is None:
+        return None
+    return ACTOR_USER, actor_id
+
+
+class ActivityContextMiddleware:
+    """Pure ASGI middleware binding the activity context for each request.
+
+    Args:
+        app: the ASGI application to wrap.
+        request_id_header: header carrying the request id in and out (``X-Request-ID``).
+        trusted_proxies: IPs/CIDRs (iterable, or one comma-separated string) of proxies whose
+            ``X-Forwarded-For`` is believed. Empty (default): the socket peer is the client.
+        forwarded_for_header: header the trusted proxies append to (``X-Forwarded-For``).
+        actor_getter: ``callable(scope) -> (actor_type, actor_id) | None``; read at request
+            start and again when the request activity is logged. Default:
+            ``default_actor_getter``; ``None`` disables it.
+        log_requests: log one activity per request (off by default): ``api_request`` at
+            ``info`` (``warning`` when slower than ``slow_request_threshold``) and
+            ``api_error`` at ``error`` when the app raises or answers 5xx.
+        slow_request_threshold: seconds after which a request is slow (2.0).
+        exclude_paths: paths that get no request activity (context is still set); an entry
+            ending in ``*`` is a prefix.
+        logger: logger or logger name for the request activities (``"activity"``).
+        max_user_agent_chars: user agents are cut to this length (512).
+        request_id_factory: makes a request id when none usable came in (uuid4 hex).
+
+    Never raises on its own account: a failing ``actor_getter`` or logger is reported on
+    stderr and the request goes on. Exceptions from the app propagate unchanged.
+    """
+
+    def __init__(
+        self,
+        app: ASGIApp,
+        *,
+        request_id_header: str = "X-Request-ID",
+        trusted_proxies: Iterable[str] | str = (),
+        forwarded_for_header: str = "X-Forwarded-For",
+        actor_getter: ActorGetter | None = default_actor_getter,
+        log_requests: bool = False,
+        slow_request_threshold: float = 2.0,
+        exclude_paths: Iterable[str] = (),
+        logger: str | logging.Logger = DEFAULT_LOGGER_NAME,
+        max_user_agent_chars: int = MAX_USER_AGENT_CHARS,
+        request_id_factory: Callable[[], str] | None = None,
+    ) -> None:
+        if not request_id_header or not request_id_header.strip():
+            raise ConfigurationError(
+                f"request_id_header must be a header name, got {request_id_header!r}"
+            )
+        if slow_request_threshold < 0:
+            raise ConfigurationError(
+                f"slow_request_threshold must be >= 0 seconds, got {slow_request_threshold!r}"
+            )
+        if max_user_agent_chars < 0:
+            raise ConfigurationError(
+                f"max_user_agent_chars must be >= 0, got {max_user_agent_chars!r}"
+            )
+        self.app = app
+        self.request_id_header = request_id_header.strip()
+        self._rid_key = self.request_id_header.lower().encode("latin-1")
+        self._xff_key = forwarded_for_header.strip().lower().encode("latin-1")
+        self.trusted_proxies = _parse_networks(trusted_proxies)
+        self.actor_getter = actor_getter
+        self.log_requests = log_requests
+        self.slow_request_threshold = slow_request_threshold
+        paths = [p for p in exclude_paths if p]
+        self._exclude_exact = frozenset(p for p in paths if not p.endswith("*"))
+        self._exclude_prefixes = tuple(p[:-1] for p in paths if p.endswith("*"))
+        self.logger = logger if isinstance(logger, logging.Logger) else logging.getLogger(logger)
+        self.max_user_agent_chars = max_user_agent_chars
+        self._new_request_id = request_id_factory or (lambda: uuid.uuid4().hex)
+
+    # -- per request ------------------------------------------------------------------------
+
+    def _actor(self, scope: Scope) -> tuple[str | None, Any] | None:
+        if self.actor_getter is None:
+            return None
+        try:
+            return self.actor_getter(scope)
+        except Exception as exc:
+            reporter.report("middleware.actor", "actor_getter failed", exc)
+            return None
+
+    def _excluded(self, path: str) -> bool:
+        return path in self._exclude_exact or (
+            bool(self._exclude_prefixes) and path.startswith(self._exclude_prefixes)
+        )
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        scope_type = scope["type"]
+        if scope_type != "http" and scope_type != "websocket":
+            await self.app(scope, receive, send)
+            return
+
+        request_id: str | None = None
+        user_agent: str | None = None
+        forwarded: list[str] | None = None
+        rid_key, xff_key = self._rid_key, self._xff_key
+        for key, value in scope.get("headers") or ():
+            if key == rid_key:
+                candidate = value.decode("latin-1")
+                if REQUEST_ID_PATTERN.fullmatch(candidate):
+                    request_id = candidate
+            elif key == b"user-agent":
+                user_agent = value.decode("latin-1")[: self.max_user_agent_chars]
+            elif key == xff_key:
+                # several X-Forwarded-For headers are one list (RFC 9110 field combination)
+                if forwarded is None:
+                    forwarded = []
+                forwarded.append(value.decode("latin-1"))
+        if request_id is None:
+            request_id = self._new_request_id()
+        client = scope.get("client")
+        peer = client[0] if client else None
+        ip = parse_forwarded_for(peer, ",".join(forwarded) if forwarded else None,
+                                 self.trusted_proxies)
+        method = scope.get("method") or ("WS" if scope_type == "websocket" else None)
+        path = scope.get("path")
+        actor = self._actor(scope)
+        token = bind_context(
+            request_id=request_id, ip_address=ip, user_agent=user_agent or None,
+            http_method=method, path=path,
+            actor_type=actor[0] if actor else None, actor_id=actor[1] if actor else None,
+        )
+        try:
+            if scope_type == "websocket":
+                await self.app(scope, receive, send)
+            elif not self.log_requests or self._excluded(path or ""):
+                await self.app(scope, receive, self._echo_send(send, request_id))
+            else:
+                await self._call_logged(scope, receive, send, request_id)
+        finally:
+            reset_context(token)
+
+    def _echo_send(self, send: Send, request_id: str) -> Send:
+        header = (self._rid_key, request_id.encode("latin-1"))
+        rid_key = self._rid_key
+
+        async def send_with_request_id(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                headers = list(message.get("headers") or ())
+                # the app may have set its own (e.g. a proxied upstream's): keep only one
+                if not any(k.lower() == rid_key for k, _ in headers):
+                    headers.append(header)
+                message["headers"] = headers
+            await send(message)
+
+        return send_with_request_id
+
+    async def _call_logged(
+        self, scope: Scope, receive: Receive, send: Send, request_id: str
+    ) -> None:
+        start = time.perf_counter()
+        status: list[int] = []
+        finished: list[float] = []
+        echo = self._echo_send(send, request_id)
+
+        async def send_and_watch(message: Message) -> None:
+            kind = message["type"]
+            if kind == "http.response.start":
+                status.append(int(message.get("status", 0)))
+            elif kind == "http.response.body" and not message.get("more_body", False):
+                finished.append(time.perf_counter())
+            await echo(message)
+
+        try:
+            await self.app(scope, receive, send_and_watch)
+        except Exception as exc:
+            end = finished[0] if finished else time.perf_counter()
+            self._log_request(scope, status[0] if status else 500, end - start, exc)
+            raise
+        end = finished[0] if finished else time.perf_counter()
+        self._log_request(scope, status[0] if status else 500, end - start, None)
+
+    def _log_request(
+        self, scope: Scope, status: int, seconds: float, error: BaseException | None
+    ) -> None:
+        """Log the request activity; never raises."""
+        try:
+            if error is not None or status >= 500:
+                level, activity_type = logging.ERROR, ActivityType.API_ERROR.value
+            elif seconds > self.slow_request_threshold:
+                level, activity_type = logging.WARNING, ActivityType.API_REQUEST.value
+            else:
+                level, activity_type = logging.INFO, ActivityType.API_REQUEST.value
+            log = self.logger
+            if not log.isEnabledFor(level):
+                return
+            method = scope.get("method", "")
+            path = scope.get("path", "")
+            extra: dict[str, Any] = {
+                "activity_type": activity_type,
+                "description": f"{method} {path} -> {status}",
+                "status_code": status,
+                "duration_ms": round(seconds * 1000.0, 3),
+            }
+            if level == logging.WARNING:
+                extra["slow"] = True
+            if error is not None:
+                extra["error_type"] = type(error).__name__
+                extra["error_message"] = str(error)[:2048]
+            # the app may have authenticated the user during the request (request.state.user)
+            actor = self._actor(scope)
+            if actor is not None:
+                extra["actor_type"], extra["actor_id"] = actor
+            log.log(level, activity_type, extra=extra)
+        except Exception as exc:
+            reporter.report("middleware.log", "could not log the request activity", exc)
