@@ -53,6 +53,10 @@ def is_data_error(exc: BaseException) -> bool:
     Such an error repeats every time the same rows are inserted, so the caller must isolate
     the offending record instead of retrying the batch.
     """
+    if isinstance(exc, OverflowError | ValueError | TypeError):
+        # asyncpg's client-side encoders refuse the value before it reaches the server
+        # (an int out of int64 range, an unparseable inet): same meaning, a bad record.
+        return True
     sqlstate = getattr(exc, "sqlstate", None)
     return isinstance(sqlstate, str) and sqlstate[:2] in _DATA_ERROR_CLASSES
 
@@ -77,7 +81,7 @@ def create_async_engine_for(url: str, *, schema: str | None = None, **kwargs: An
 
 
 async def connect_pg(
-    url: str, *, schema: str | None = None, timeout: float = DEFAULT_CONNECT_TIMEOUT
+    url: str, *, schema: str | None = None, connect_timeout: float = DEFAULT_CONNECT_TIMEOUT
 ) -> asyncpg.Connection:
     """Open a raw asyncpg connection, with ``search_path`` set to ``schema`` when given.
 
@@ -89,7 +93,9 @@ async def connect_pg(
     dsn = asyncpg_dsn(url)
     settings = {"search_path": schema} if schema else None
     try:
-        conn: asyncpg.Connection = await asyncpg.connect(dsn, server_settings=settings, timeout=timeout)
+        conn: asyncpg.Connection = await asyncpg.connect(
+            dsn, server_settings=settings, timeout=connect_timeout
+        )
     except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
         raise StoreUnavailableError(
             f"cannot connect to PostgreSQL at {redact_url(url)}: {type(exc).__name__}: {exc}"
@@ -129,7 +135,7 @@ async def is_partitioned(conn: asyncpg.Connection, table: str = DEFAULT_TABLE) -
     kind = await conn.fetchval(
         "SELECT c.relkind::text FROM pg_class c WHERE c.oid = to_regclass($1)", _quote(table)
     )
-    return kind == "p"
+    return bool(kind == "p")
 
 
 async def create_partitions(
@@ -145,7 +151,9 @@ async def create_partitions(
     if not wanted:
         return created
     async with conn.transaction():
-        await conn.execute("SELECT pg_advisory_xact_lock(hashtext('activity_logging:' || $1))", table)
+        await conn.execute(
+            "SELECT pg_advisory_xact_lock(hashtext('activity_logging:' || $1))", table
+        )
         for year, month in wanted:
             name = partition_name(table, year, month)
             if await conn.fetchval("SELECT to_regclass($1) IS NOT NULL", _quote(name)):
@@ -333,7 +341,7 @@ class PostgresStore:
         return self.conn is not None and not self.conn.is_closed()
 
     async def ensure_partitions(self, months_ahead: int = 3) -> list[str]:
-        """Create upcoming monthly partitions when the table is partitioned; see ``ensure_partitions``."""
+        """Create upcoming monthly partitions if the table is partitioned; see module function."""
         conn = await self._conn()
         if not self.partitioned:
             return []
@@ -345,7 +353,9 @@ class PostgresStore:
         assert self.conn is not None
         return self.conn
 
-    async def _ensure_months(self, conn: asyncpg.Connection, rows: Sequence[Mapping[str, Any]]) -> None:
+    async def _ensure_months(
+        self, conn: asyncpg.Connection, rows: Sequence[Mapping[str, Any]]
+    ) -> None:
         # A backlog can hold records from months before the current one, or clocks can be
         # off: make sure every month in the batch has its partition before inserting.
         months = {(r["timestamp"].year, r["timestamp"].month) for r in rows} - self._known_months

@@ -1,0 +1,560 @@
+"""``ActivityWorker``: drains the Redis Stream into PostgreSQL, loss-free and idempotent.
+
+One stream entry carries a whole batch of records (see docs/entry-format.md). The worker
+reads entries through a consumer group, turns their records into rows, inserts them in
+bulk with ``ON CONFLICT DO NOTHING`` (``db.PostgresStore``), and only after the transaction
+commits acknowledges (``XACK``) and deletes (``XDEL``) the entries. So:
+
+* a crash at any point leaves the entries pending; another worker claims them
+  (``XAUTOCLAIM``) after ``claim_idle`` seconds and the id makes the re-insert a no-op;
+* a database outage is retried with exponential backoff, nothing acknowledged meanwhile;
+* a record the database rejects is isolated by splitting the batch, the others stored,
+  and after ``max_attempts`` it goes with its error to the dead-letter stream.
+
+Reading/decoding and inserting run as two tasks joined by a one-slot queue, so the next
+batch is decoded in this process while PostgreSQL works on the current one. Memory is
+bounded by ``batch_size`` whatever the backlog.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import socket
+import time
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field
+from typing import Any, Final
+
+import orjson
+import redis.asyncio as aioredis
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import ResponseError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from .config import (
+    DEFAULT_GROUP,
+    DEFAULT_HEARTBEAT_TTL,
+    DEFAULT_TABLE,
+    dead_stream_for,
+    heartbeat_key,
+    require_positive,
+    resolve_database_url,
+    resolve_redis_url,
+    resolve_schema,
+    resolve_stream,
+)
+from .db import PostgresStore, is_data_error
+from .exceptions import ConfigurationError, StoreUnavailableError
+from .record import build_activity, decode_entry
+from .schema import is_sqlite, redact_url
+
+logger: Final = logging.getLogger("activity_logging.worker")
+
+DEFAULT_BATCH_SIZE: Final = 10_000
+DEFAULT_MAX_WAIT: Final = 0.5
+DEFAULT_READ_COUNT: Final = 200
+DEFAULT_CLAIM_IDLE: Final = 60.0
+DEFAULT_HEARTBEAT_INTERVAL: Final = 5.0
+DEFAULT_MAX_ATTEMPTS: Final = 3
+DEFAULT_PARTITION_INTERVAL: Final = 3600.0
+BACKOFF_INITIAL: Final = 0.5
+BACKOFF_MAX: Final = 30.0
+
+_REDIS_TRANSIENT: Final = (RedisConnectionError, RedisTimeoutError, OSError)
+
+
+@dataclass
+class WorkerCounters:
+    """What a worker has done since it started. Counters only grow; ``lag``/``pending`` are gauges.
+
+    ``read`` records decoded from ``entries_read`` entries; ``inserted`` rows newly stored;
+    ``duplicates_skipped`` rows already present (same id); ``retried`` transient failures
+    retried; ``dead_lettered`` records sent to the dead-letter stream; ``claimed`` entries
+    taken over from idle consumers; ``acked`` entries acknowledged and deleted;
+    ``group_recreated`` times the consumer group had vanished; ``lag``/``pending`` from
+    ``XINFO GROUPS`` at the last heartbeat.
+    """
+
+    entries_read: int = 0
+    read: int = 0
+    inserted: int = 0
+    duplicates_skipped: int = 0
+    retried: int = 0
+    dead_lettered: int = 0
+    claimed: int = 0
+    acked: int = 0
+    batches: int = 0
+    group_recreated: int = 0
+    partitions_created: int = 0
+    lag: int | None = None
+    pending: int | None = None
+
+
+@dataclass
+class _Reject:
+    entry: int
+    record: bytes
+    error: str
+    attempts: int
+
+
+@dataclass
+class _Batch:
+    """Entries read together, their rows, and where each row came from."""
+
+    ids: list[bytes] = field(default_factory=list)
+    fields: list[Mapping[Any, Any]] = field(default_factory=list)
+    rows: list[dict[str, Any]] = field(default_factory=list)
+    refs: list[tuple[int, int]] = field(default_factory=list)
+    rejects: list[_Reject] = field(default_factory=list)
+
+
+def _text(value: Any) -> str:
+    return value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
+
+
+class ActivityWorker:
+    """Drains activity records from a Redis Stream into PostgreSQL.
+
+    Args:
+        redis_url: Redis holding the stream; default ``REDIS_URL``.
+        database_url: PostgreSQL (``postgresql://``, ``postgres://``,
+            ``postgresql+asyncpg://``); default ``DATABASE_URL``.
+        stream: stream name; default ``ACTIVITY_LOG_STREAM`` or ``activity_log_stream``.
+        group: consumer group, created (from id 0) when missing.
+        consumer: this worker's name in the group; default ``<hostname>-<pid>``.
+        schema: PostgreSQL schema holding the table (sets ``search_path``).
+        batch_size: records per insert transaction (upper bound; a batch is cut short when
+            the stream has no more entries, so light load still sees low latency).
+        max_wait: seconds one read blocks waiting for new entries.
+        read_count: entries per ``XREADGROUP``.
+        claim_idle: seconds an entry must sit unacknowledged with another consumer before
+            this one claims it.
+        heartbeat_interval: seconds between heartbeats (TTL ``DEFAULT_HEARTBEAT_TTL``).
+        max_attempts: attempts on a rejected record before it is dead-lettered.
+
+    Raises ``ConfigurationError`` at construction for missing or invalid settings; connects
+    only in ``run``. One worker runs in one event loop; run several processes to scale.
+    """
+
+    def __init__(
+        self,
+        redis_url: str | None = None,
+        database_url: str | None = None,
+        *,
+        stream: str | None = None,
+        group: str = DEFAULT_GROUP,
+        consumer: str | None = None,
+        schema: str | None = None,
+        table: str = DEFAULT_TABLE,
+        batch_size: int = DEFAULT_BATCH_SIZE,
+        max_wait: float = DEFAULT_MAX_WAIT,
+        read_count: int = DEFAULT_READ_COUNT,
+        claim_idle: float = DEFAULT_CLAIM_IDLE,
+        heartbeat_interval: float = DEFAULT_HEARTBEAT_INTERVAL,
+        max_attempts: int = DEFAULT_MAX_ATTEMPTS,
+        months_ahead: int = 3,
+        partition_interval: float = DEFAULT_PARTITION_INTERVAL,
+    ) -> None:
+        resolved_redis = resolve_redis_url(redis_url)
+        if resolved_redis is None:
+            raise ConfigurationError("the worker needs redis_url (or REDIS_URL)")
+        resolved_db = resolve_database_url(database_url)
+        if resolved_db is None:
+            raise ConfigurationError("the worker needs database_url (or DATABASE_URL)")
+        if is_sqlite(resolved_db):
+            raise ConfigurationError(
+                "the worker writes to PostgreSQL; the embedded sqlite store is written by the "
+                f"handler directly, got database_url={redact_url(resolved_db)!r}"
+            )
+        for name, value, integer in (
+            ("batch_size", batch_size, True), ("read_count", read_count, True),
+            ("max_attempts", max_attempts, True), ("max_wait", max_wait, False),
+            ("claim_idle", claim_idle, False), ("heartbeat_interval", heartbeat_interval, False),
+            ("partition_interval", partition_interval, False),
+        ):
+            require_positive(name, value, integer=integer)
+        self.redis_url = resolved_redis
+        self.database_url = resolved_db
+        self.stream = resolve_stream(stream)
+        self.dead_stream = dead_stream_for(self.stream)
+        self.group = group
+        self.consumer = consumer or f"{socket.gethostname()}-{os.getpid()}"
+        self.schema = resolve_schema(schema)
+        self.batch_size = batch_size
+        self.max_wait = max_wait
+        self.read_count = read_count
+        self.claim_idle = claim_idle
+        self.heartbeat_interval = heartbeat_interval
+        self.max_attempts = max_attempts
+        self.months_ahead = months_ahead
+        self.partition_interval = partition_interval
+        self.counters = WorkerCounters()
+        self.store = PostgresStore(self.database_url, schema=self.schema, table=table)
+        self._redis: aioredis.Redis | None = None
+        self._stopping = asyncio.Event()
+        self._run_task: asyncio.Task[None] | None = None
+        self._read_id = b"0"  # first our own pending entries (a restart under the same name)
+        self._last_claim = 0.0
+        self._claim_cursor = b"0-0"
+        self._last_partition_check = 0.0
+        self._signals = 0
+        self.started_at = time.time()
+
+    # --- control ---------------------------------------------------------------------------
+
+    def stats(self) -> dict[str, Any]:
+        """The counters as a plain dict (a copy)."""
+        return asdict(self.counters)
+
+    def request_stop(self) -> None:
+        """Warm stop: read nothing more, commit and acknowledge what is in hand, then return."""
+        if not self._stopping.is_set():
+            logger.info("stop requested: finishing the batch in hand")
+        self._stopping.set()
+
+    def request_force_stop(self) -> None:
+        """Cold stop: cancel at once. Unacknowledged entries stay pending for another worker."""
+        logger.warning("forced stop: leaving unacknowledged entries pending")
+        self._stopping.set()
+        if self._run_task is not None:
+            self._run_task.cancel()
+
+    def _on_signal(self, signum: int) -> None:
+        self._signals += 1
+        logger.info("received %s", signal.Signals(signum).name)
+        if self._signals == 1:
+            self.request_stop()
+        else:
+            self.request_force_stop()
+
+    # --- lifecycle -------------------------------------------------------------------------
+
+    async def run(
+        self, *, stop_when_idle: bool = False, install_signal_handlers: bool = False
+    ) -> None:
+        """Drain the stream until ``request_stop`` (or, with ``stop_when_idle``, until a read
+        finds nothing new and nothing left to claim).
+
+        ``install_signal_handlers`` makes SIGTERM/SIGINT a warm stop and a second one a
+        cold stop (``asyncio.CancelledError`` out of ``run``). Raises ``StoreUnavailableError``
+        only when nothing can be reached at start-up for ``start_timeout``; transient failures
+        later are retried for as long as it takes.
+        """
+        self._run_task = asyncio.current_task()
+        loop = asyncio.get_running_loop()
+        if install_signal_handlers:
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                loop.add_signal_handler(sig, self._on_signal, sig)
+        self._redis = aioredis.Redis.from_url(
+            self.redis_url, socket_connect_timeout=5.0, socket_timeout=self.max_wait + 30.0,
+            health_check_interval=30,
+        )
+        logger.info(
+            "worker %s: stream %r group %r -> %s%s", self.consumer, self.stream, self.group,
+            redact_url(self.database_url), f" schema {self.schema}" if self.schema else "",
+        )
+        queue: asyncio.Queue[_Batch | None] = asyncio.Queue(maxsize=1)
+        heartbeat = asyncio.create_task(self._heartbeat_loop(), name="activity-worker-heartbeat")
+        writer = asyncio.create_task(self._writer_loop(queue), name="activity-worker-writer")
+        try:
+            await self._retrying("connect to PostgreSQL", self.store.connect)
+            await self._ensure_group()
+            await self._maybe_ensure_partitions(force=True)
+            await self._reader_loop(queue, stop_when_idle)
+            await queue.put(None)
+            await writer
+        finally:
+            for task in (heartbeat, writer):
+                task.cancel()
+            for task in (heartbeat, writer):
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await task
+            if install_signal_handlers:
+                for sig in (signal.SIGTERM, signal.SIGINT):
+                    loop.remove_signal_handler(sig)
+            await self._shutdown()
+        logger.info("worker %s stopped: %s", self.consumer, self.stats())
+
+    async def _shutdown(self) -> None:
+        await self.store.close()
+        if self._redis is not None:
+            with contextlib.suppress(Exception):
+                await self._redis.delete(heartbeat_key(self.stream, self.consumer))
+            with contextlib.suppress(Exception):
+                await self._redis.aclose()
+            self._redis = None
+
+    # --- reading ---------------------------------------------------------------------------
+
+    @property
+    def _r(self) -> aioredis.Redis:
+        assert self._redis is not None, "run() owns the Redis client"
+        return self._redis
+
+    async def _ensure_group(self) -> None:
+        async def create() -> None:
+            try:
+                await self._r.xgroup_create(self.stream, self.group, id="0", mkstream=True)
+                logger.info("created consumer group %r on %r", self.group, self.stream)
+            except ResponseError as exc:
+                if "BUSYGROUP" not in str(exc):
+                    raise
+        await self._retrying("create the consumer group", create)
+
+    async def _reader_loop(self, queue: asyncio.Queue[_Batch | None], stop_when_idle: bool) -> None:
+        while not self._stopping.is_set():
+            try:
+                batch = await self._claim_batch()
+                if batch is None:
+                    batch = await self._read_batch()
+            except _REDIS_TRANSIENT as exc:
+                self.counters.retried += 1
+                logger.warning("reading %r failed (%s); retrying", self.stream, exc)
+                await self._sleep(BACKOFF_INITIAL * 2)
+                continue
+            except ResponseError as exc:
+                if "NOGROUP" not in str(exc):
+                    raise
+                self.counters.group_recreated += 1
+                logger.warning(
+                    "consumer group %r of %r vanished (Redis restarted without persistence?); "
+                    "recreating it from id 0", self.group, self.stream,
+                )
+                await self._ensure_group()
+                continue
+            if batch.ids:
+                await queue.put(batch)
+            elif stop_when_idle and self._read_id == b">":
+                return
+
+    async def _sleep(self, seconds: float) -> None:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._stopping.wait(), seconds)
+
+    async def _read_batch(self) -> _Batch:
+        batch = _Batch()
+        block: int | None = int(self.max_wait * 1000)
+        while len(batch.rows) < self.batch_size and not self._stopping.is_set():
+            reading_pending = self._read_id != b">"
+            response: Any = await self._r.xreadgroup(
+                self.group, self.consumer, {self.stream: self._read_id},
+                count=self.read_count, block=None if reading_pending else block,
+            )
+            entries = response[0][1] if response else []
+            if reading_pending:
+                if not entries:
+                    self._read_id = b">"
+                    continue
+                self._read_id = entries[-1][0]
+            self._add_entries(batch, entries)
+            # Block only for the first read: once something arrived, ship it rather than wait.
+            block = None
+            if len(entries) < self.read_count and not reading_pending:
+                break
+        return batch
+
+    async def _claim_batch(self) -> _Batch | None:
+        now = time.monotonic()
+        if now - self._last_claim < min(self.claim_idle, 30.0) / 2 and self._claim_cursor == b"0-0":
+            return None
+        self._last_claim = now
+        result: Any = await self._r.xautoclaim(
+            self.stream, self.group, self.consumer, min_idle_time=int(self.claim_idle * 1000),
+            start_id=self._claim_cursor, count=self.read_count,
+        )
+        self._claim_cursor = result[0] if isinstance(result[0], bytes) else str(result[0]).encode()
+        entries = result[1]
+        if not entries:
+            return None
+        self.counters.claimed += len(entries)
+        logger.info("claimed %d idle entries from other consumers", len(entries))
+        batch = _Batch()
+        self._add_entries(batch, entries)
+        return batch
+
+    def _add_entries(self, batch: _Batch, entries: list[Any]) -> None:
+        counters = self.counters
+        for entry_id, fields in entries:
+            index = len(batch.ids)
+            batch.ids.append(entry_id)
+            counters.entries_read += 1
+            if not fields:  # deleted while pending: nothing to store, just acknowledge
+                batch.fields.append({})
+                continue
+            batch.fields.append(fields)
+            try:
+                meta, wires = decode_entry(fields)
+            except Exception as exc:
+                # Decoding is a pure function of the bytes: a retry cannot succeed.
+                raw = {_text(k): _text(v) for k, v in fields.items()}
+                batch.rejects.append(
+                    _Reject(index, orjson.dumps(raw), f"{type(exc).__name__}: {exc}", 1)
+                )
+                continue
+            counters.read += len(wires)
+            for position, wire in enumerate(wires):
+                try:
+                    row = build_activity(wire, meta)
+                except Exception as exc:
+                    batch.rejects.append(_Reject(
+                        index, orjson.dumps(wire, default=str), f"{type(exc).__name__}: {exc}", 1,
+                    ))
+                    continue
+                batch.rows.append(row)
+                batch.refs.append((index, position))
+
+    # --- writing ---------------------------------------------------------------------------
+
+    async def _writer_loop(self, queue: asyncio.Queue[_Batch | None]) -> None:
+        while True:
+            batch = await queue.get()
+            if batch is None:
+                return
+            await self._maybe_ensure_partitions()
+            await self._store_batch(batch)
+            await self._retrying("acknowledge entries", lambda b=batch: self._finish(b))
+            self.counters.batches += 1
+
+    async def _store_batch(self, batch: _Batch) -> None:
+        backoff = BACKOFF_INITIAL
+        while True:
+            try:
+                inserted, rejects = await self._insert_isolating(batch, 0, len(batch.rows))
+            except Exception as exc:
+                if isinstance(exc, ConfigurationError):
+                    logger.error("%s", exc)
+                self.counters.retried += 1
+                logger.warning(
+                    "insert of %d rows failed (%s: %s); retrying in %.1fs, entries stay pending",
+                    len(batch.rows), type(exc).__name__, exc, backoff,
+                )
+                await self.store.close()
+                # Not _sleep: a warm stop still commits the batch in hand.
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, BACKOFF_MAX)
+                continue
+            self.counters.inserted += inserted
+            self.counters.duplicates_skipped += len(batch.rows) - inserted - len(rejects)
+            batch.rejects.extend(rejects)
+            return
+
+    async def _insert_isolating(self, batch: _Batch, lo: int, hi: int) -> tuple[int, list[_Reject]]:
+        """Insert ``batch.rows[lo:hi]``; on a data error split in halves to isolate bad rows.
+
+        Returns (rows inserted, rejected rows). Transient errors propagate so the caller
+        retries the whole batch (what was committed meanwhile is skipped by ON CONFLICT).
+        """
+        if lo >= hi:
+            return 0, []
+        rows = batch.rows
+        try:
+            return await self.store.insert_activities(rows[lo:hi]), []
+        except Exception as exc:
+            if not is_data_error(exc):
+                raise
+            error = exc
+        if hi - lo > 1:
+            mid = (lo + hi) // 2
+            left, left_rejects = await self._insert_isolating(batch, lo, mid)
+            right, right_rejects = await self._insert_isolating(batch, mid, hi)
+            return left + right, left_rejects + right_rejects
+        attempts = 1
+        while attempts < self.max_attempts:
+            attempts += 1
+            await asyncio.sleep(0.05 * attempts)
+            try:
+                return await self.store.insert_activities(rows[lo:hi]), []
+            except Exception as exc:
+                if not is_data_error(exc):
+                    raise
+                error = exc
+        row = rows[lo]
+        logger.error(
+            "record %s rejected %d times (%s): dead-lettering it", row["id"], attempts, error
+        )
+        ref = batch.refs[lo]
+        return 0, [_Reject(ref[0], self._wire_record(batch, ref),
+                           f"{type(error).__name__}: {error}", attempts)]
+
+    @staticmethod
+    def _wire_record(batch: _Batch, ref: tuple[int, int]) -> bytes:
+        """The record as the producer sent it, so an operator can fix and re-inject it."""
+        try:
+            _, wires = decode_entry(batch.fields[ref[0]])
+            return orjson.dumps(wires[ref[1]], default=str)
+        except Exception:
+            return b"null"
+
+    async def _finish(self, batch: _Batch) -> None:
+        """Dead-letter the rejects, then acknowledge and delete every entry, atomically."""
+        pipe = self._r.pipeline(transaction=True)
+        now = time.time()
+        for reject in batch.rejects:
+            pipe.xadd(self.dead_stream, {
+                "record": reject.record, "error": reject.error[:4096],
+                "source_id": batch.ids[reject.entry], "source_stream": self.stream,
+                "attempts": str(reject.attempts), "consumer": self.consumer, "ts": f"{now:.6f}",
+            })
+        pipe.xack(self.stream, self.group, *batch.ids)
+        pipe.xdel(self.stream, *batch.ids)
+        await pipe.execute()
+        self.counters.dead_lettered += len(batch.rejects)
+        self.counters.acked += len(batch.ids)
+        if batch.rejects:
+            logger.warning("dead-lettered %d records to %r", len(batch.rejects), self.dead_stream)
+
+    async def _maybe_ensure_partitions(self, *, force: bool = False) -> None:
+        now = time.monotonic()
+        if not force and now - self._last_partition_check < self.partition_interval:
+            return
+        self._last_partition_check = now
+        try:
+            created = await self.store.ensure_partitions(self.months_ahead)
+        except Exception as exc:  # retried at the next interval; inserts create months they need
+            logger.warning("could not create upcoming partitions: %s", exc)
+            return
+        self.counters.partitions_created += len(created)
+
+    async def _retrying(self, what: str, action: Any) -> None:
+        backoff = BACKOFF_INITIAL
+        while True:
+            try:
+                await action()
+                return
+            except (*_REDIS_TRANSIENT, StoreUnavailableError) as exc:
+                self.counters.retried += 1
+                logger.warning("could not %s (%s); retrying in %.1fs", what, exc, backoff)
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, BACKOFF_MAX)
+
+    # --- heartbeat -------------------------------------------------------------------------
+
+    async def _heartbeat_loop(self) -> None:
+        key = heartbeat_key(self.stream, self.consumer)
+        host = socket.gethostname()
+        while True:
+            try:
+                await self._update_lag()
+                payload = orjson.dumps({
+                    "consumer": self.consumer, "host": host, "pid": os.getpid(), "ts": time.time(),
+                    "stream": self.stream, "group": self.group, "started": self.started_at,
+                    "counters": self.stats(),
+                })
+                await self._r.set(key, payload, ex=int(DEFAULT_HEARTBEAT_TTL))
+            except Exception as exc:  # a missed heartbeat must never stop the drain
+                logger.debug("heartbeat failed: %s", exc)
+            await asyncio.sleep(self.heartbeat_interval)
+
+    async def _update_lag(self) -> None:
+        for info in await self._r.xinfo_groups(self.stream):
+            name = info.get("name")
+            if _text(name) == self.group:
+                lag = info.get("lag")
+                self.counters.lag = int(lag) if lag is not None else None
+                self.counters.pending = int(info.get("pending", 0))
+                return
