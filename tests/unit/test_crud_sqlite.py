@@ -1,0 +1,15 @@
+"""The query contract on the embedded SQLite store (aiosqlite)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from tests.integration.test_crud_support import CrudContract, Store
+
+
+class TestCrudSqlite(CrudContract):
+    @pytest.fixture
+    def store(self, tmp_path: Path) -> Store:
+        return Store(f"sqlite:///{tmp_path / 'activity.db'}")
