@@ -75,6 +75,7 @@ class _Spec:
         "actor_type",
         "description",
         "error_level",
+        "fields",
         "log",
         "log_errors",
         "metadata",
@@ -96,6 +97,7 @@ class _Spec:
         self.actor_id: Any = options["actor_id"]
         self.metadata: Mapping[str, Any] | None = options["metadata"]
         self.log_errors: bool = options["log_errors"]
+        self.fields: dict[str, Any] = dict(options["fields"])
         logger = options["logger"]
         self.log: logging.Logger = (
             logger if isinstance(logger, logging.Logger)
@@ -115,7 +117,7 @@ class _Spec:
     ) -> None:
         """Log the activity for one call. Never raises."""
         try:
-            fields: dict[str, Any] = {}
+            fields: dict[str, Any] = dict(self.fields) if self.fields else {}
             target_id: Any = None
             if error is None:
                 target_id = _target_of(result, self.target_id)
@@ -168,6 +170,7 @@ def log_activity(
     actor_id: Any = _UNSET,
     metadata: Mapping[str, Any] | None = None,
     log_errors: bool = True,
+    **fields: Any,
 ) -> Callable[[Callable[P, R]], Callable[P, R]]: ...
 
 
@@ -185,6 +188,7 @@ def log_activity(
     actor_id: Any = _UNSET,
     metadata: Mapping[str, Any] | None = None,
     log_errors: bool = True,
+    **fields: Any,
 ) -> Any:
     """Decorate a function so each call logs one activity: on success, or on failure.
 
@@ -202,6 +206,8 @@ def log_activity(
         actor_type, actor_id: a fixed actor (as a pair); by default the request's actor.
         metadata: constant keys added to the stored metadata.
         log_errors: log an activity when the function raises (default True).
+        **fields: constant extra fields for every activity (``module="billing"``); names
+            ``LogRecord`` reserves are carried into metadata, as with the helpers.
 
     On success logs at ``severity`` with ``target_id`` taken from the result. When the
     function raises an ``Exception``, logs at ``error_severity`` with ``error_type`` and
@@ -220,7 +226,7 @@ def log_activity(
         "target_type": target_type, "logger": logger, "target_id": target_id,
         "target_id_arg": target_id_arg, "severity": severity, "error_severity": error_severity,
         "actor_type": actor_type, "actor_id": actor_id, "metadata": metadata,
-        "log_errors": log_errors,
+        "log_errors": log_errors, "fields": fields,
     }
 
     def decorate(func: Callable[P, R]) -> Callable[P, R]:
