@@ -1,0 +1,297 @@
+"""Retention and maintenance: expire old activities, vacuum the table.
+
+``cleanup`` removes activities older than ``ACTIVITY_LOG_RETENTION_DAYS`` (default 90):
+
+* on a plain table (and the SQLite store) it deletes in bounded batches, one short
+  transaction each, so it never holds locks for long nor writes one huge WAL transaction;
+* on a monthly-partitioned PostgreSQL table it drops (or detaches, to archive) every
+  partition whose whole month is past the cutoff, deletes the few expired rows left in
+  the partition the cutoff falls in, and creates the partitions ahead.
+
+``vacuum`` runs ``VACUUM (ANALYZE)`` outside any transaction, as PostgreSQL requires
+(``VACUUM`` then ``ANALYZE`` on SQLite). Both are coroutines; ``run_cleanup`` and
+``run_vacuum`` are the blocking equivalents for scripts and the scheduler.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import re
+import time
+from collections.abc import AsyncIterator
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any, Final
+
+from sqlalchemy import MetaData, Table, delete, select, tuple_
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from .config import DEFAULT_TABLE, require_positive, resolve_retention_days
+from .exceptions import StoreUnavailableError
+from .schema import activity_logs, is_sqlite, make_table, redact_url
+
+logger: Final = logging.getLogger("activity_logging.retention")
+
+DEFAULT_BATCH_SIZE: Final = 10_000
+
+
+@dataclass(frozen=True, slots=True)
+class CleanupResult:
+    """What one ``cleanup`` did. ``deleted_rows`` counts rows deleted row by row (not the
+    rows of dropped partitions, which PostgreSQL does not count)."""
+
+    cutoff: datetime
+    retention_days: int
+    deleted_rows: int = 0
+    batches: int = 0
+    dropped_partitions: list[str] = field(default_factory=list)
+    detached_partitions: list[str] = field(default_factory=list)
+    created_partitions: list[str] = field(default_factory=list)
+    seconds: float = 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-safe form."""
+        out = asdict(self)
+        out["cutoff"] = self.cutoff.isoformat()
+        return out
+
+
+@dataclass(frozen=True, slots=True)
+class VacuumResult:
+    """What one ``vacuum`` did."""
+
+    table: str
+    statement: str
+    seconds: float
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-safe form."""
+        return asdict(self)
+
+
+def _quote(identifier: str) -> str:
+    return '"' + identifier.replace('"', '""') + '"'
+
+
+def _is_unreachable(exc: BaseException) -> bool:
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if isinstance(current, OSError | TimeoutError):
+            return True
+        current = current.__cause__ or current.__context__
+    return False
+
+
+@contextlib.asynccontextmanager
+async def _reachable(url: str) -> AsyncIterator[None]:
+    """Turn "cannot connect" into ``StoreUnavailableError`` naming the URL (password hidden)."""
+    try:
+        yield
+    except StoreUnavailableError:
+        raise
+    except Exception as exc:
+        if _is_unreachable(exc):
+            raise StoreUnavailableError(
+                f"cannot reach the database at {redact_url(url)}: {type(exc).__name__}: {exc}"
+            ) from exc
+        raise
+
+
+def _table(name: str) -> Table:
+    return activity_logs if name == DEFAULT_TABLE else make_table(MetaData(), name)
+
+
+async def delete_before(
+    engine: AsyncEngine,
+    cutoff: datetime,
+    *,
+    table: str = DEFAULT_TABLE,
+    batch_size: int = DEFAULT_BATCH_SIZE,
+    composite_key: bool = False,
+) -> tuple[int, int]:
+    """Delete rows with ``timestamp < cutoff``, ``batch_size`` rows per transaction.
+
+    Returns ``(rows deleted, batches)``. ``composite_key`` selects rows by ``(id,
+    timestamp)``, the key of a partitioned table, so each lookup prunes to one partition.
+    """
+    t = _table(table)
+    victims = select(t.c.id).where(t.c.timestamp < cutoff).limit(batch_size)
+    if composite_key:
+        victims = select(t.c.id, t.c.timestamp).where(t.c.timestamp < cutoff).limit(batch_size)
+        stmt = delete(t).where(tuple_(t.c.id, t.c.timestamp).in_(victims))
+    else:
+        stmt = delete(t).where(t.c.id.in_(victims))
+    total = batches = 0
+    while True:
+        async with engine.begin() as conn:
+            deleted = (await conn.execute(stmt)).rowcount
+        batches += 1
+        total += max(deleted, 0)
+        if deleted < batch_size:
+            return total, batches
+        # Let other sessions (the worker's inserts) in between batches.
+        await asyncio.sleep(0)
+
+
+_PARTITION_RE: Final = r"^{table}_p(\d{{4}})(\d{{2}})$"
+
+
+async def expire_partitions(
+    conn: Any, cutoff: datetime, *, table: str = DEFAULT_TABLE, detach: bool = False
+) -> list[str]:
+    """Drop (or detach) the monthly partitions of ``table`` that lie wholly before ``cutoff``.
+
+    ``conn`` is an asyncpg connection. Only partitions named as ``db.partition_name`` makes
+    them are touched. Returns their names, oldest first.
+    """
+    from .db import month_bounds
+
+    names = await conn.fetch(
+        "SELECT c.relname FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid "
+        "WHERE i.inhparent = to_regclass($1) ORDER BY c.relname",
+        _quote(table),
+    )
+    pattern = re.compile(_PARTITION_RE.format(table=re.escape(table)))
+    expired: list[str] = []
+    for record in names:
+        name = str(record["relname"])
+        match = pattern.match(name)
+        if match is None:
+            continue
+        _, end = month_bounds(int(match.group(1)), int(match.group(2)))
+        if end <= cutoff:
+            expired.append(name)
+    for name in expired:
+        # One short statement per partition: each takes its lock only for a moment.
+        if detach:
+            await conn.execute(f"ALTER TABLE {_quote(table)} DETACH PARTITION {_quote(name)}")
+        else:
+            await conn.execute(f"DROP TABLE {_quote(name)}")
+        logger.info("%s partition %s (before %s)", "detached" if detach else "dropped",
+                    name, cutoff.isoformat())
+    return expired
+
+
+async def cleanup(
+    url: str,
+    *,
+    schema: str | None = None,
+    retention_days: int | None = None,
+    batch_size: int = DEFAULT_BATCH_SIZE,
+    detach: bool = False,
+    months_ahead: int = 3,
+    now: datetime | None = None,
+    table: str = DEFAULT_TABLE,
+) -> CleanupResult:
+    """Remove activities older than the retention period; see the module docstring.
+
+    ``retention_days`` defaults to ``ACTIVITY_LOG_RETENTION_DAYS``, else 90. The cutoff is
+    ``now - retention_days`` (UTC); rows with ``timestamp < cutoff`` go, others stay. Raises
+    ``ConfigurationError`` for bad arguments and ``StoreUnavailableError`` when the database
+    cannot be reached.
+    """
+    from .db import connect_pg, create_async_engine_for, ensure_partitions, is_partitioned
+
+    days = resolve_retention_days(retention_days)
+    require_positive("batch_size", batch_size, integer=True)
+    started = time.monotonic()
+    current = now.astimezone(UTC) if now is not None and now.tzinfo else (
+        now.replace(tzinfo=UTC) if now is not None else datetime.now(UTC)
+    )
+    cutoff = current - timedelta(days=days)
+    dropped: list[str] = []
+    created: list[str] = []
+    partitioned = False
+    if not is_sqlite(url):
+        conn = await connect_pg(url, schema=schema)
+        try:
+            partitioned = await is_partitioned(conn, table)
+            if partitioned:
+                dropped = await expire_partitions(conn, cutoff, table=table, detach=detach)
+                created = await ensure_partitions(
+                    conn, table=table, months_ahead=months_ahead, now=current
+                )
+        finally:
+            await conn.close()
+    engine = create_async_engine_for(url, schema=schema)
+    try:
+        async with _reachable(url):
+            deleted, batches = await delete_before(
+                engine, cutoff, table=table, batch_size=batch_size, composite_key=partitioned
+            )
+    finally:
+        await engine.dispose()
+    result = CleanupResult(
+        cutoff=cutoff, retention_days=days, deleted_rows=deleted, batches=batches,
+        dropped_partitions=[] if detach else dropped, detached_partitions=dropped if detach else [],
+        created_partitions=created, seconds=round(time.monotonic() - started, 3),
+    )
+    logger.info("cleanup before %s: %d rows deleted in %d batches, partitions removed: %s",
+                cutoff.isoformat(), deleted, batches, ", ".join(dropped) or "none")
+    return result
+
+
+async def vacuum(
+    url: str, *, schema: str | None = None, analyze: bool = True, table: str = DEFAULT_TABLE
+) -> VacuumResult:
+    """``VACUUM (ANALYZE)`` the table (PostgreSQL; a partitioned table vacuums every partition).
+
+    On SQLite: ``VACUUM`` (the whole file) then ``ANALYZE``. Runs outside any transaction.
+    Raises ``StoreUnavailableError`` when the database cannot be reached.
+    """
+    started = time.monotonic()
+    if is_sqlite(url):
+        from .db import create_async_engine_for
+
+        statement = "VACUUM" + ("; ANALYZE" if analyze else "")
+        engine = create_async_engine_for(url)
+        try:
+            async with _reachable(url), engine.connect() as conn:
+                # VACUUM cannot run inside a transaction: autocommit, one statement at a time.
+                auto = await conn.execution_options(isolation_level="AUTOCOMMIT")
+                await auto.exec_driver_sql("VACUUM")
+                if analyze:
+                    await auto.exec_driver_sql("ANALYZE")
+        finally:
+            await engine.dispose()
+    else:
+        from .db import connect_pg
+
+        statement = f"VACUUM{' (ANALYZE)' if analyze else ''} {_quote(table)}"
+        conn = await connect_pg(url, schema=schema)
+        try:
+            # asyncpg runs a statement without arguments as a simple query, outside any
+            # transaction block: what VACUUM needs.
+            await conn.execute(statement)
+        finally:
+            await conn.close()
+    seconds = round(time.monotonic() - started, 3)
+    logger.info("%s done in %.1f s", statement, seconds)
+    return VacuumResult(table=table, statement=statement, seconds=seconds)
+
+
+def run_cleanup(url: str, **kwargs: Any) -> CleanupResult:
+    """Blocking ``cleanup`` (runs its own event loop); same arguments and errors."""
+    return asyncio.run(cleanup(url, **kwargs))
+
+
+def run_vacuum(url: str, **kwargs: Any) -> VacuumResult:
+    """Blocking ``vacuum`` (runs its own event loop); same arguments and errors."""
+    return asyncio.run(vacuum(url, **kwargs))
+
+
+__all__ = [
+    "DEFAULT_BATCH_SIZE",
+    "CleanupResult",
+    "VacuumResult",
+    "cleanup",
+    "delete_before",
+    "expire_partitions",
+    "run_cleanup",
+    "run_vacuum",
+    "vacuum",
+]
