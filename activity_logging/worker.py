@@ -203,6 +203,10 @@ class ActivityWorker:
         self._claim_cursor = b"0-0"
         self._last_partition_check = 0.0
         self._signals = 0
+        # Entries read and not yet acknowledged: XAUTOCLAIM can hand them back to us when an
+        # insert outlasts claim_idle, and they must not be processed twice concurrently.
+        self._in_flight: set[bytes] = set()
+        self._records_per_entry = 50.0
         self.started_at = time.time()
 
     # --- control ---------------------------------------------------------------------------
@@ -341,9 +345,12 @@ class ActivityWorker:
         block: int | None = int(self.max_wait * 1000)
         while len(batch.rows) < self.batch_size and not self._stopping.is_set():
             reading_pending = self._read_id != b">"
+            # Entries carry many records each: ask for about as many as fill the batch.
+            wanted = (self.batch_size - len(batch.rows)) / self._records_per_entry
+            count = max(1, min(self.read_count, int(wanted + 0.999)))
             response: Any = await self._r.xreadgroup(
                 self.group, self.consumer, {self.stream: self._read_id},
-                count=self.read_count, block=None if reading_pending else block,
+                count=count, block=None if reading_pending else block,
             )
             entries = response[0][1] if response else []
             if reading_pending:
@@ -354,7 +361,7 @@ class ActivityWorker:
             self._add_entries(batch, entries)
             # Block only for the first read: once something arrived, ship it rather than wait.
             block = None
-            if len(entries) < self.read_count and not reading_pending:
+            if len(entries) < count and not reading_pending:
                 break
         return batch
 
@@ -368,7 +375,7 @@ class ActivityWorker:
             start_id=self._claim_cursor, count=self.read_count,
         )
         self._claim_cursor = result[0] if isinstance(result[0], bytes) else str(result[0]).encode()
-        entries = result[1]
+        entries = [e for e in result[1] if e[0] not in self._in_flight]
         if not entries:
             return None
         self.counters.claimed += len(entries)
@@ -379,9 +386,11 @@ class ActivityWorker:
 
     def _add_entries(self, batch: _Batch, entries: list[Any]) -> None:
         counters = self.counters
+        records_before = counters.read
         for entry_id, fields in entries:
             index = len(batch.ids)
             batch.ids.append(entry_id)
+            self._in_flight.add(entry_id)
             counters.entries_read += 1
             if not fields:  # deleted while pending: nothing to store, just acknowledge
                 batch.fields.append({})
@@ -407,6 +416,9 @@ class ActivityWorker:
                     continue
                 batch.rows.append(row)
                 batch.refs.append((index, position))
+        if entries:
+            per_entry = (counters.read - records_before) / len(entries)
+            self._records_per_entry = max(1.0, 0.5 * self._records_per_entry + 0.5 * per_entry)
 
     # --- writing ---------------------------------------------------------------------------
 
@@ -503,6 +515,7 @@ class ActivityWorker:
         pipe.xack(self.stream, self.group, *batch.ids)
         pipe.xdel(self.stream, *batch.ids)
         await pipe.execute()
+        self._in_flight.difference_update(batch.ids)
         self.counters.dead_lettered += len(batch.rejects)
         self.counters.acked += len(batch.ids)
         if batch.rejects:

@@ -1,0 +1,182 @@
+"""Where the handler's listener ships encoded entries: a Redis Stream, or a store directly.
+
+A sink's ``send(entries)`` either delivers every entry or raises; the listener then backs
+off, holds or spools, and sends again. Re-sending is safe: each record keeps its id, and the
+stores insert with ``ON CONFLICT (id) DO NOTHING``. Sinks connect lazily, on first send.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from typing import TYPE_CHECKING, Any, Protocol
+
+from .record import build_activity, decode_entry
+from .schema import is_sqlite, make_table, normalize_sync_sqlite_url
+
+if TYPE_CHECKING:
+    import redis
+    from sqlalchemy import Engine, Table
+
+Entry = dict[str, Any]
+
+
+class Sink(Protocol):
+    """Delivers stream entries; ``send`` raises on failure, ``close`` never raises."""
+
+    def send(self, entries: list[Entry]) -> None: ...
+
+    def close(self) -> None: ...
+
+
+def entries_to_rows(entries: list[Entry]) -> list[dict[str, Any]]:
+    """Decode entries and build one ``activity_logs`` row per record."""
+    rows: list[dict[str, Any]] = []
+    for entry in entries:
+        meta, records = decode_entry(entry)
+        rows.extend(build_activity(rec, meta) for rec in records)
+    return rows
+
+
+class RedisStreamSink:
+    """XADDs each entry to ``stream``; several entries go in one pipelined round trip."""
+
+    def __init__(self, url: str, stream: str, *, socket_timeout: float = 5.0) -> None:
+        self.url = url
+        self.stream = stream
+        self._socket_timeout = socket_timeout
+        self._client: redis.Redis | None = None
+
+    def _connect(self) -> redis.Redis:
+        if self._client is None:
+            import redis as redis_mod
+
+            self._client = redis_mod.Redis.from_url(
+                self.url,
+                socket_timeout=self._socket_timeout,
+                socket_connect_timeout=self._socket_timeout,
+                health_check_interval=30,
+            )
+        return self._client
+
+    def send(self, entries: list[Entry]) -> None:
+        client = self._connect()
+        try:
+            if len(entries) == 1:
+                client.xadd(self.stream, entries[0])  # type: ignore[arg-type]
+                return
+            pipe = client.pipeline(transaction=False)
+            for entry in entries:
+                pipe.xadd(self.stream, entry)  # type: ignore[arg-type]
+            pipe.execute()
+        except Exception:
+            self._drop_client()
+            raise
+
+    def _drop_client(self) -> None:
+        client, self._client = self._client, None
+        if client is not None:
+            with contextlib.suppress(Exception):
+                client.close()
+
+    def close(self) -> None:
+        self._drop_client()
+
+
+class SQLiteSink:
+    """Writes straight to the embedded SQLite store (creates the table on first use)."""
+
+    def __init__(self, url: str) -> None:
+        self.url = normalize_sync_sqlite_url(url)
+        self._engine: Engine | None = None
+        self._table: Table | None = None
+
+    def _connect(self) -> tuple[Engine, Table]:
+        if self._engine is None or self._table is None:
+            from sqlalchemy import MetaData, create_engine, event
+
+            engine = create_engine(self.url)
+
+            @event.listens_for(engine, "connect")
+            def _pragmas(dbapi_conn: Any, _record: Any) -> None:
+                cur = dbapi_conn.cursor()
+                cur.execute("PRAGMA journal_mode=WAL")  # readers (queries, demo) never block us
+                cur.execute("PRAGMA synchronous=NORMAL")
+                cur.execute("PRAGMA busy_timeout=5000")
+                cur.close()
+
+            table = make_table(MetaData())
+            table.metadata.create_all(engine, checkfirst=True)
+            self._engine, self._table = engine, table
+        return self._engine, self._table
+
+    def send(self, entries: list[Entry]) -> None:
+        from sqlalchemy.dialects.sqlite import insert
+
+        engine, table = self._connect()
+        rows = entries_to_rows(entries)
+        if not rows:
+            return
+        with engine.begin() as conn:
+            conn.execute(insert(table).on_conflict_do_nothing(index_elements=["id"]), rows)
+
+    def close(self) -> None:
+        engine, self._engine = self._engine, None
+        if engine is not None:
+            with contextlib.suppress(Exception):
+                engine.dispose()
+
+
+class PostgresSink:
+    """Writes straight to PostgreSQL (no Redis configured), through ``db.PostgresStore``.
+
+    Runs a private event loop in the listener thread; the application's loop is never used.
+    """
+
+    def __init__(self, url: str, *, schema: str | None = None) -> None:
+        self.url = url
+        self.schema = schema
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._store: Any = None
+
+    def _run(self, coro: Any) -> Any:
+        if self._loop is None:
+            self._loop = asyncio.new_event_loop()
+        return self._loop.run_until_complete(coro)
+
+    def send(self, entries: list[Entry]) -> None:
+        from .db import PostgresStore
+
+        rows = entries_to_rows(entries)
+        if self._store is None:
+            store = PostgresStore(self.url, schema=self.schema)
+            self._run(store.connect())
+            self._store = store
+        try:
+            self._run(self._store.insert_activities(rows))
+        except Exception:
+            store, self._store = self._store, None
+            with contextlib.suppress(Exception):
+                self._run(store.close())
+            raise
+
+    def close(self) -> None:
+        try:
+            if self._store is not None:
+                self._run(self._store.close())
+        except Exception:  # closing must never raise
+            pass
+        finally:
+            self._store = None
+            if self._loop is not None:
+                self._loop.close()
+                self._loop = None
+
+
+def make_sink(redis_url: str | None, stream: str, database_url: str, schema: str | None) -> Sink:
+    """Redis when configured; otherwise the database itself (SQLite embedded, or PostgreSQL)."""
+    if redis_url:
+        return RedisStreamSink(redis_url, stream)
+    if is_sqlite(database_url):
+        return SQLiteSink(database_url)
+    return PostgresSink(database_url, schema=schema)
