@@ -87,7 +87,7 @@ def _is_unreachable(exc: BaseException) -> bool:
 
 
 @contextlib.asynccontextmanager
-async def _reachable(url: str) -> AsyncIterator[None]:
+async def reachable(url: str) -> AsyncIterator[None]:
     """Turn "cannot connect" into ``StoreUnavailableError`` naming the URL (password hidden)."""
     try:
         yield
@@ -219,7 +219,7 @@ async def cleanup(
             await conn.close()
     engine = create_async_engine_for(url, schema=schema)
     try:
-        async with _reachable(url):
+        async with reachable(url):
             deleted, batches = await delete_before(
                 engine, cutoff, table=table, batch_size=batch_size, composite_key=partitioned
             )
@@ -250,7 +250,7 @@ async def vacuum(
         statement = "VACUUM" + ("; ANALYZE" if analyze else "")
         engine = create_async_engine_for(url)
         try:
-            async with _reachable(url), engine.connect() as conn:
+            async with reachable(url), engine.connect() as conn:
                 # VACUUM cannot run inside a transaction: autocommit, one statement at a time.
                 auto = await conn.execution_options(isolation_level="AUTOCOMMIT")
                 await auto.exec_driver_sql("VACUUM")
@@ -291,6 +291,7 @@ __all__ = [
     "cleanup",
     "delete_before",
     "expire_partitions",
+    "reachable",
     "run_cleanup",
     "run_vacuum",
     "vacuum",

@@ -1,0 +1,164 @@
+"""Streaming export of activities to JSON lines or CSV, in constant memory.
+
+Rows come from a server-side cursor (``AsyncConnection.stream`` with ``yield_per``) in
+batches, are encoded and written batch by batch, so exporting millions of rows holds one
+batch in memory at a time. Order is ``(timestamp, id)`` ascending: an export can be cut
+into windows (``--since``/``--until``) and concatenated without overlap.
+
+Formats: ``jsonl`` is one JSON object per line, the same shape as ``ActivityRecord.to_dict``;
+``csv`` has a header of ``record.ACTIVITY_COLUMNS``, ``changes``/``metadata`` as JSON text
+and ``NULL`` as an empty field.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import IO, Any, Final
+
+import orjson
+
+from .crud import ActivityFilter, activity_log_crud, build_select
+from .exceptions import ConfigurationError
+from .record import ACTIVITY_COLUMNS
+
+EXPORT_FORMATS: Final = ("jsonl", "csv")
+DEFAULT_BATCH_SIZE: Final = 5_000
+_JSON_COLUMNS: Final = frozenset({"changes", "metadata"})
+
+
+@dataclass(frozen=True, slots=True)
+class ExportResult:
+    """How many rows were written, in what format, and how long it took."""
+
+    rows: int
+    format: str
+    seconds: float
+
+
+def _json_default(value: Any) -> str:
+    # asyncpg returns inet values as ipaddress objects; everything else orjson handles.
+    return str(value)
+
+
+def encode_jsonl(rows: Sequence[Sequence[Any]]) -> bytes:
+    """Rows in ``ACTIVITY_COLUMNS`` order → JSON lines (ids and times as strings, UTC)."""
+    cols = ACTIVITY_COLUMNS
+    dumps = orjson.dumps
+    return b"".join(
+        dumps(dict(zip(cols, row, strict=True)), default=_json_default,
+              option=orjson.OPT_APPEND_NEWLINE)
+        for row in rows
+    )
+
+
+def _csv_value(column: str, value: Any) -> Any:
+    if value is None:
+        return ""
+    if column in _JSON_COLUMNS:
+        return orjson.dumps(value).decode()
+    if column == "timestamp":
+        return value.isoformat()
+    return value
+
+
+class ProgressLine:
+    """A one-line progress report on a terminal (``\\r``-rewritten), at most 5 times a second.
+
+    Does nothing unless ``enabled``; ``total`` (when known) adds a percentage.
+    """
+
+    def __init__(self, stream: IO[str], *, enabled: bool, total: int | None = None) -> None:
+        self.stream = stream
+        self.enabled = enabled
+        self.total = total
+        self.started = time.monotonic()
+        self._last = 0.0
+
+    def update(self, done: int, *, final: bool = False) -> None:
+        """Show ``done`` rows; ``final`` forces the line out and ends it."""
+        if not self.enabled:
+            return
+        now = time.monotonic()
+        if not final and now - self._last < 0.2:
+            return
+        self._last = now
+        rate = done / max(now - self.started, 1e-9)
+        if self.total:
+            pct = min(done / self.total, 1.0)
+            bar = "#" * int(pct * 30)
+            text = f"[{bar:<30}] {done:,}/{self.total:,} rows {pct:6.1%}  {rate:,.0f} rows/s"
+        else:
+            text = f"{done:,} rows  {rate:,.0f} rows/s"
+        self.stream.write("\r" + text + ("\n" if final else ""))
+        self.stream.flush()
+
+
+async def export_activities(
+    database_url: str,
+    out: IO[bytes],
+    *,
+    fmt: str = "jsonl",
+    filters: ActivityFilter | None = None,
+    schema: str | None = None,
+    batch_size: int = DEFAULT_BATCH_SIZE,
+    progress: bool | None = None,
+    progress_stream: IO[str] | None = None,
+    on_batch: Callable[[int], None] | None = None,
+) -> ExportResult:
+    """Write every activity matching ``filters`` to the binary stream ``out``.
+
+    ``progress=None`` shows the progress line when ``progress_stream`` (stderr by default)
+    is a terminal. Raises ``ConfigurationError`` for an unknown format and
+    ``StoreUnavailableError`` when the database cannot be reached.
+    """
+    if fmt not in EXPORT_FORMATS:
+        raise ConfigurationError(f"format must be one of {', '.join(EXPORT_FORMATS)}, got {fmt!r}")
+    from .db import create_async_engine_for
+    from .retention import reachable
+
+    pstream = progress_stream if progress_stream is not None else sys.stderr
+    show = pstream.isatty() if progress is None else progress
+    started = time.monotonic()
+    written = 0
+    engine = create_async_engine_for(database_url, schema=schema)
+    text: io.TextIOWrapper | None = None
+    try:
+        async with reachable(database_url), engine.connect() as conn:
+            total = await activity_log_crud.count(conn, filters) if show else None
+            bar = ProgressLine(pstream, enabled=show, total=total)
+            if fmt == "csv":
+                text = io.TextIOWrapper(out, encoding="utf-8", newline="", write_through=True)
+                writer = csv.writer(text)
+                writer.writerow(ACTIVITY_COLUMNS)
+            # The server-side cursor lives as long as its transaction: hold one open.
+            async with conn.begin():
+                stmt = build_select(filters, order="asc").execution_options(yield_per=batch_size)
+                result = await conn.stream(stmt)
+                async for batch in result.partitions(batch_size):
+                    if fmt == "jsonl":
+                        out.write(encode_jsonl(batch))
+                    else:
+                        writer.writerows(
+                            [_csv_value(c, v) for c, v in zip(ACTIVITY_COLUMNS, row, strict=True)]
+                            for row in batch
+                        )
+                    written += len(batch)
+                    bar.update(written)
+                    if on_batch is not None:
+                        on_batch(written)
+            bar.update(written, final=True)
+    finally:
+        if text is not None:
+            text.flush()
+            text.detach()  # leave ``out`` open: the caller owns it
+        await engine.dispose()
+    out.flush()
+    return ExportResult(rows=written, format=fmt, seconds=round(time.monotonic() - started, 3))
+
+
+__all__ = ["EXPORT_FORMATS", "ExportResult", "ProgressLine", "encode_jsonl", "export_activities"]
