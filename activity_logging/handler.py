@@ -236,6 +236,7 @@ class ActivityHandler(logging.handlers.QueueHandler):
         self._stop_requested = False
         self._give_up_at: float | None = None
         self._held: list[tuple[Entry, int]] = []
+        self._in_flight = 0  # taken from the queue, not yet sent/spooled/lost: counts against queue_size
         self._down_until = 0.0
         self._backoff = self.reconnect_delay
         self._thread: threading.Thread | None = None
@@ -257,7 +258,7 @@ class ActivityHandler(logging.handlers.QueueHandler):
                 counts["refused"] += 1
                 return
             dq = self._dq
-            if len(dq) >= self.queue_size:
+            if len(dq) + self._in_flight >= self.queue_size:
                 counts["dropped_queue_full"] += 1
                 return
             msg = record.msg
@@ -302,6 +303,11 @@ class ActivityHandler(logging.handlers.QueueHandler):
             self._thread.start()
 
     def _run(self) -> None:
+        try:
+            self._sink.prepare()
+        except Exception as exc:  # e.g. an unwritable SQLite path: sends will retry and count
+            self._counts["listener_errors"] += 1
+            reporter.report("prepare", "could not prepare the sink", exc)
         while True:
             try:
                 if not self._step():
@@ -365,6 +371,7 @@ class ActivityHandler(logging.handlers.QueueHandler):
         dq = self._dq
         popleft = dq.popleft
         n = min(limit, len(dq))
+        self._in_flight += n
         return [popleft() for _ in range(n)]
 
     def _idle_wait(self) -> None:
@@ -449,6 +456,7 @@ class ActivityHandler(logging.handlers.QueueHandler):
         self._held = []
         while self._dq:
             self._dq.popleft()
+            self._in_flight += 1
             lost += 1
         if lost:
             reporter.report("lost", f"closing with the sink unreachable: {lost} records lost")
@@ -465,6 +473,7 @@ class ActivityHandler(logging.handlers.QueueHandler):
             counts["dropped_spool_full"] += n
         elif outcome.get("lost"):
             counts["lost"] += n
+        self._in_flight -= n
         with self._cond:
             self._done += n
             self._cond.notify_all()
@@ -541,7 +550,7 @@ class ActivityHandler(logging.handlers.QueueHandler):
         snapshot = dict(self._counts)
         snapshot["queue_depth"] = len(self._dq)
         snapshot["queue_size"] = self.queue_size
-        snapshot["in_hand"] = sum(n for _, n in self._held)
+        snapshot["in_hand"] = self._in_flight
         snapshot["truncated"] = self._encoder.truncated
         snapshot["redacted"] = self._encoder.redacted
         snapshot["sanitized"] = self._encoder.sanitized

@@ -22,7 +22,15 @@ Entry = dict[str, Any]
 
 
 class Sink(Protocol):
-    """Delivers stream entries; ``send`` raises on failure, ``close`` never raises."""
+    """Delivers stream entries; ``send`` raises on failure, ``close`` never raises.
+
+    ``prepare`` runs once when the listener starts: it imports and builds clients without
+    touching the network. Doing it early matters: those imports create loggers, which takes
+    the ``logging`` module lock, and ``dictConfig`` holds that lock while it flushes and
+    closes the handlers it replaces. A first send during that flush would otherwise deadlock.
+    """
+
+    def prepare(self) -> None: ...
 
     def send(self, entries: list[Entry]) -> None: ...
 
@@ -58,6 +66,9 @@ class RedisStreamSink:
                 health_check_interval=30,
             )
         return self._client
+
+    def prepare(self) -> None:
+        self._connect()  # builds the client; redis-py connects on the first command
 
     def send(self, entries: list[Entry]) -> None:
         client = self._connect()
@@ -110,6 +121,11 @@ class SQLiteSink:
             self._engine, self._table = engine, table
         return self._engine, self._table
 
+    def prepare(self) -> None:
+        import sqlalchemy.dialects.sqlite  # noqa: F401 - imported now, see Sink.prepare
+
+        self._connect()  # a local file: creating the table now is cheap and surfaces errors early
+
     def send(self, entries: list[Entry]) -> None:
         from sqlalchemy.dialects.sqlite import insert
 
@@ -143,6 +159,9 @@ class PostgresSink:
         if self._loop is None:
             self._loop = asyncio.new_event_loop()
         return self._loop.run_until_complete(coro)
+
+    def prepare(self) -> None:
+        from . import db  # noqa: F401 - imported now (with asyncpg), see Sink.prepare
 
     def send(self, entries: list[Entry]) -> None:
         from .db import PostgresStore

@@ -1,0 +1,277 @@
+"""ActivityHandler on fakeredis / SQLite / fake sinks: never blocks, never raises, counts every loss."""
+
+from __future__ import annotations
+
+import logging
+import sqlite3
+import threading
+from pathlib import Path
+from typing import Any
+
+import fakeredis
+import pytest
+
+from activity_logging.exceptions import ConfigurationError
+from activity_logging.handler import ActivityHandler
+from activity_logging.record import build_activity, decode_entry
+from activity_logging.sinks import Entry, RedisStreamSink
+
+
+class RecordingSink:
+    """Collects entries; can be made to fail or to block."""
+
+    def __init__(self) -> None:
+        self.entries: list[Entry] = []
+        self.fail = False
+        self.gate = threading.Event()
+        self.gate.set()
+        self.closed = False
+
+    def prepare(self) -> None:
+        pass
+
+    def send(self, entries: list[Entry]) -> None:
+        self.gate.wait(10)
+        if self.fail:
+            raise ConnectionError("sink down")
+        self.entries.extend(entries)
+
+    def close(self) -> None:
+        self.closed = True
+
+    def rows(self) -> list[dict[str, Any]]:
+        out = []
+        for entry in self.entries:
+            meta, records = decode_entry(entry)
+            out.extend(build_activity(r, meta) for r in records)
+        return out
+
+
+@pytest.fixture
+def logger() -> logging.Logger:
+    log = logging.getLogger("activity.unit")
+    log.setLevel(logging.DEBUG)
+    log.propagate = False
+    return log
+
+
+def attach(log: logging.Logger, sink: Any = None, **kwargs: Any) -> tuple[ActivityHandler, Any]:
+    kwargs.setdefault("redis_url", "redis://127.0.0.1:1/0")
+    handler = ActivityHandler(**kwargs)
+    sink = sink if sink is not None else RecordingSink()
+    handler._sink = sink
+    log.addHandler(handler)
+    return handler, sink
+
+
+def test_n_records_reach_fakeredis_stream_with_fields_intact(logger: logging.Logger) -> None:
+    sink = RedisStreamSink("redis://unused", "s")
+    sink._client = fakeredis.FakeRedis()
+    handler, _ = attach(logger, sink, batch_size=100)
+    for i in range(1000):
+        logger.info("call_created", extra={"actor_id": i, "target_type": "call", "target_id": f"c{i}",
+                                           "changes": {"n": i}})
+    assert handler.flush(10)
+    entries = sink._client.xrange("s")
+    rows = []
+    for _, fields in entries:
+        meta, records = decode_entry(fields)
+        rows.extend(build_activity(r, meta) for r in records)
+    assert len(rows) == 1000
+    assert len({r["id"] for r in rows}) == 1000
+    assert sorted(int(r["actor_id"]) for r in rows) == list(range(1000))
+    assert all(r["changes"] == {"n": int(r["actor_id"])} for r in rows)
+    assert sorted(r["seq"] for r in rows) == list(range(1, 1001))
+    assert len(entries) < 1000 / 10  # batches, not one entry per record
+    stats = handler.stats()
+    assert stats["enqueued"] == stats["sent"] == 1000
+    handler.close()
+
+
+def test_full_queue_drops_and_counts(logger: logging.Logger, capsys: pytest.CaptureFixture[str]) -> None:
+    sink = RecordingSink()
+    sink.gate.clear()  # the listener blocks inside send: nothing leaves the queue
+    handler, _ = attach(logger, sink, queue_size=50, batch_size=10)
+    for i in range(500):
+        logger.info("x", extra={"i": i})
+    stats = handler.stats()
+    accepted = stats["enqueued"]
+    assert stats["dropped_queue_full"] == 500 - accepted
+    assert accepted == 50  # the records in the listener's hand count against queue_size
+    assert "Traceback" not in capsys.readouterr().err
+    sink.gate.set()
+    assert handler.flush(10)
+    assert len(sink.rows()) == accepted
+    handler.close()
+
+
+def test_own_and_dependency_loggers_are_refused(logger: logging.Logger) -> None:
+    handler, sink = attach(logger)
+    for name in ("activity_logging.worker", "redis.connection", "sqlalchemy.engine", "asyncpg",
+                 "urllib3.connectionpool"):
+        lg = logging.getLogger(name)
+        lg.addHandler(handler)
+        lg.propagate = False
+        lg.error("must not loop")
+    logging.getLogger("redisson").addHandler(handler)  # a prefix, not the package: accepted
+    logging.getLogger("redisson").error("ok")
+    assert handler.flush(5)
+    assert handler.stats()["refused"] == 5
+    assert [r["activity_type"] for r in sink.rows()] == ["ok"]
+    handler.close()
+
+
+def test_sink_failure_never_reaches_the_caller_and_records_survive(logger: logging.Logger) -> None:
+    sink = RecordingSink()
+    sink.fail = True
+    handler, _ = attach(logger, sink, reconnect_delay=0.05)
+    for i in range(100):
+        logger.info("x", extra={"i": i})
+    assert not handler.flush(0.3)
+    assert handler.stats()["send_failures"] >= 1
+    sink.fail = False
+    assert handler.flush(10)
+    stats = handler.stats()
+    assert stats["sent"] == 100
+    assert stats["reconnects"] >= 1
+    assert len({r["id"] for r in sink.rows()}) == 100
+    handler.close()
+
+
+def test_close_with_sink_down_and_no_spool_is_bounded_and_counts_lost(logger: logging.Logger) -> None:
+    sink = RecordingSink()
+    sink.fail = True
+    handler, _ = attach(logger, sink, close_timeout=0.3, reconnect_delay=0.05)
+    for i in range(20):
+        logger.info("x", extra={"i": i})
+    handler.close()
+    stats = handler.stats()
+    assert stats["lost"] == 20
+    assert stats["sent"] == 0
+    handler.close()  # idempotent
+    logger.info("after close")
+    assert handler.stats()["dropped_closed"] == 1
+
+
+def test_spool_keeps_records_while_down_and_replays_them(logger: logging.Logger, tmp_path: Path) -> None:
+    sink = RecordingSink()
+    sink.fail = True
+    handler, _ = attach(logger, sink, spool_path=str(tmp_path), reconnect_delay=0.05)
+    for i in range(300):
+        logger.info("x", extra={"i": i})
+    assert handler.flush(10)  # everything left the queue: into the spool
+    assert handler.stats()["spooled"] == 300
+    sink.fail = False
+    logger.info("after recovery", extra={"i": 300})
+    assert handler.flush(10)
+    for _ in range(100):
+        if handler.stats()["spool_replayed"] > 0 and len(sink.rows()) == 301:
+            break
+        threading.Event().wait(0.05)
+    rows = sink.rows()
+    assert sorted(r["metadata"]["i"] for r in rows) == list(range(301))
+    assert len({r["id"] for r in rows}) == 301
+    handler.close()
+    assert not list(tmp_path.glob("*.spool"))
+
+
+def test_spool_left_by_a_dead_process_is_adopted(logger: logging.Logger, tmp_path: Path) -> None:
+    sink = RecordingSink()
+    sink.fail = True
+    first, _ = attach(logger, sink, spool_path=str(tmp_path), reconnect_delay=0.05, close_timeout=1)
+    for i in range(40):
+        logger.info("x", extra={"i": i})
+    assert first.flush(5)
+    first.close()  # the file stays: its frames were never sent
+    assert list(tmp_path.glob("*.spool"))
+    logger.removeHandler(first)
+    sink2 = RecordingSink()
+    second, _ = attach(logger, sink2, spool_path=str(tmp_path))
+    logger.info("trigger")
+    assert second.flush(5)
+    for _ in range(100):
+        if len(sink2.rows()) == 41:
+            break
+        threading.Event().wait(0.05)
+    assert len({r["id"] for r in sink2.rows()}) == 41
+    second.close()
+
+
+def test_embedded_sqlite_default_writes_rows(logger: logging.Logger, tmp_path: Path,
+                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("REDIS_URL", raising=False)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("DATABASE_URL", raising=False)
+    handler = ActivityHandler()
+    assert handler.redis_url is None
+    assert handler.database_url == "sqlite:///activity_logs.db"
+    logger.addHandler(handler)
+    for i in range(250):
+        logger.warning("agent_login", extra={"actor_type": "agent", "actor_id": f"a{i}",
+                                             "ip_address": "192.168.0.1"})
+    assert handler.flush(10)
+    handler.close()
+    conn = sqlite3.connect(tmp_path / "activity_logs.db")
+    assert conn.execute("select count(*), count(distinct id), min(severity), max(ip_address) "
+                        "from activity_logs").fetchone() == (250, 250, "warning", "192.168.0.1")
+    conn.close()
+
+
+def test_environment_configures_the_handler(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("REDIS_URL", "redis://example.invalid:6379/2")
+    monkeypatch.setenv("ACTIVITY_LOG_STREAM", "env_stream")
+    handler = ActivityHandler()
+    assert handler.redis_url == "redis://example.invalid:6379/2"
+    assert handler.stream == "env_stream"
+    handler.close()
+    direct = ActivityHandler(direct=True, database_url="sqlite:///:memory:")
+    assert direct.redis_url is None
+    direct.close()
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [{"queue_size": 0}, {"batch_size": -1}, {"flush_interval": "fast"}, {"redis_url": "http://x"},
+     {"database_url": "mysql://x", "direct": True}, {"max_record_bytes": 10}, {"queue_size": True}],
+)
+def test_bad_arguments_are_refused_at_construction(kwargs: dict[str, Any]) -> None:
+    with pytest.raises(ConfigurationError):
+        ActivityHandler(**kwargs)
+
+
+def test_emit_survives_broken_records(logger: logging.Logger) -> None:
+    handler, sink = attach(logger)
+
+    class BadStr:
+        def __str__(self) -> str:
+            raise RuntimeError("nope")
+
+    logger.info(BadStr())
+    logger.info("%s %s", "only one arg")
+    logger.info("ok")
+    assert handler.flush(5)
+    types = [r["activity_type"] for r in sink.rows()]
+    assert types[2] == "ok"
+    assert types[0].startswith("<unformattable message")
+    assert len(types) == 3
+    handler.close()
+
+
+def test_context_filter_is_attached_by_default(logger: logging.Logger) -> None:
+    from activity_logging.context import activity_context
+
+    handler, sink = attach(logger)
+    with activity_context(request_id="req-9", ip_address="::1", actor_id="ctx"):
+        logger.info("x", extra={"actor_id": "explicit"})
+    assert handler.flush(5)
+    (row,) = sink.rows()
+    assert (row["request_id"], row["ip_address"], row["actor_id"]) == ("req-9", "::1", "explicit")
+    handler.close()
+
+
+def test_flush_and_close_at_exit_paths_are_bounded(logger: logging.Logger) -> None:
+    handler, sink = attach(logger)
+    logger.info("x")
+    logging.shutdown([lambda: handler])  # type: ignore[list-item]
+    assert len(sink.rows()) == 1
+    assert sink.closed
