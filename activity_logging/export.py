@@ -128,29 +128,28 @@ async def export_activities(
     engine = create_async_engine_for(database_url, schema=schema)
     text: io.TextIOWrapper | None = None
     try:
-        async with reachable(database_url), engine.connect() as conn:
+        # The server-side cursor lives as long as its transaction: hold one open throughout.
+        async with reachable(database_url), engine.connect() as conn, conn.begin():
             total = await activity_log_crud.count(conn, filters) if show else None
             bar = ProgressLine(pstream, enabled=show, total=total)
             if fmt == "csv":
                 text = io.TextIOWrapper(out, encoding="utf-8", newline="", write_through=True)
                 writer = csv.writer(text)
                 writer.writerow(ACTIVITY_COLUMNS)
-            # The server-side cursor lives as long as its transaction: hold one open.
-            async with conn.begin():
-                stmt = build_select(filters, order="asc").execution_options(yield_per=batch_size)
-                result = await conn.stream(stmt)
-                async for batch in result.partitions(batch_size):
-                    if fmt == "jsonl":
-                        out.write(encode_jsonl(batch))
-                    else:
-                        writer.writerows(
-                            [_csv_value(c, v) for c, v in zip(ACTIVITY_COLUMNS, row, strict=True)]
-                            for row in batch
-                        )
-                    written += len(batch)
-                    bar.update(written)
-                    if on_batch is not None:
-                        on_batch(written)
+            stmt = build_select(filters, order="asc").execution_options(yield_per=batch_size)
+            result = await conn.stream(stmt)
+            async for batch in result.partitions(batch_size):
+                if fmt == "jsonl":
+                    out.write(encode_jsonl(batch))
+                else:
+                    writer.writerows(
+                        [_csv_value(c, v) for c, v in zip(ACTIVITY_COLUMNS, row, strict=True)]
+                        for row in batch
+                    )
+                written += len(batch)
+                bar.update(written)
+                if on_batch is not None:
+                    on_batch(written)
             bar.update(written, final=True)
     finally:
         if text is not None:

@@ -1,0 +1,243 @@
+"""The operations verbs on the embedded SQLite store: output, exit codes, error messages."""
+
+from __future__ import annotations
+
+import asyncio
+import csv
+import io
+import json
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from activity_logging.cli import main
+from activity_logging.cli_ops import parse_when
+from activity_logging.exceptions import ConfigurationError
+from tests.integration.test_crud_support import BASE, make_rows, reference, seed
+from tests.servers import free_port
+
+
+@pytest.fixture
+def db(tmp_path: Path) -> str:
+    return f"sqlite:///{tmp_path / 'cli.db'}"
+
+
+@pytest.fixture
+def rows(db: str) -> list[dict[str, Any]]:
+    data = make_rows(40)
+    asyncio.run(seed(db, data))
+    return data
+
+
+def run(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
+    code = main(argv)
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_query_prints_a_table_and_the_next_cursor(
+    db: str, rows: list[dict[str, Any]], capsys: pytest.CaptureFixture[str]
+) -> None:
+    code, out, err = run(["query", "--database-url", db, "--limit", "5"], capsys)
+    assert code == 0
+    lines = out.splitlines()
+    assert lines[0].split()[:3] == ["TIMESTAMP", "SEVERITY", "ACTIVITY_TYPE"]
+    assert len(lines) == 6
+    assert "more: --cursor " in err
+
+
+def test_query_jsonl_applies_filters_and_pages_with_the_cursor(
+    db: str, rows: list[dict[str, Any]], capsys: pytest.CaptureFixture[str]
+) -> None:
+    base = ["query", "--database-url", db, "--format", "jsonl", "--actor-type", "agent",
+            "--severity", "info", "--severity", "error", "--limit", "4"]
+    code, out, err = run(base, capsys)
+    assert code == 0
+    first = [json.loads(line)["id"] for line in out.splitlines()]
+    cursor = err.split("--cursor ")[1].split()[0]
+    code, out, _ = run([*base, "--cursor", cursor], capsys)
+    second = [json.loads(line)["id"] for line in out.splitlines()]
+    want = [str(r["id"]) for r in reference(rows, actor_type="agent", severity=["info", "error"])]
+    assert len(want) > 4
+    assert first + second == want[:8]
+
+
+def test_query_summary_prints_counts(
+    db: str, rows: list[dict[str, Any]], capsys: pytest.CaptureFixture[str]
+) -> None:
+    code, out, _ = run(["query", "--database-url", db, "--summary", "3650"], capsys)
+    assert code == 0
+    summary = json.loads(out)
+    assert summary["total"] == len(rows)
+    assert sum(summary["by_severity"].values()) == len(rows)
+
+
+@pytest.mark.parametrize("fmt", ["jsonl", "csv"])
+def test_export_matches_the_table_row_for_row(
+    db: str, rows: list[dict[str, Any]], tmp_path: Path, fmt: str,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    target = tmp_path / f"out.{fmt}"
+    code, _, err = run(["export", "--database-url", db, "--format", fmt, "-o", str(target),
+                        "--since", "2026-03-10T15:00:00Z", "--no-progress"], capsys)
+    assert code == 0
+    want = reference(rows, desc=False, start=BASE + timedelta(hours=3))
+    assert f"exported {len(want)} rows" in err
+    if fmt == "jsonl":
+        got = [json.loads(line) for line in target.read_text().splitlines()]
+    else:
+        got = list(csv.DictReader(io.StringIO(target.read_text())))
+    assert [g["id"] for g in got] == [str(r["id"]) for r in want]
+    for g, r in zip(got, want, strict=True):
+        assert g["timestamp"] == r["timestamp"].isoformat()
+        assert g["activity_type"] == r["activity_type"]
+        assert g["description"] == r["description"]
+        meta = g["metadata"] if fmt == "jsonl" else json.loads(g["metadata"])
+        assert meta == r["metadata"]
+        assert str(g["seq"]) == str(r["seq"])
+
+
+def test_export_progress_line_when_asked(
+    db: str, rows: list[dict[str, Any]], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code, _, err = run(["export", "--database-url", db, "-o", str(tmp_path / "o.jsonl"),
+                        "--progress", "--batch-size", "7"], capsys)
+    assert code == 0
+    assert f"{len(rows)}/{len(rows)} rows 100.0%" in err
+
+
+def test_verify_exit_codes_follow_gaps(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    clean_db = f"sqlite:///{tmp_path / 'clean.db'}"
+    lossy_db = f"sqlite:///{tmp_path / 'lossy.db'}"
+    asyncio.run(seed(clean_db, make_rows(30, producer_id="p1") + make_rows(5, producer_id="p2")))
+    asyncio.run(seed(lossy_db, make_rows(30, producer_id="p1", skip_seqs=(10, 11))))
+    code, out, _ = run(["verify", "--database-url", clean_db], capsys)
+    assert code == 0
+    assert "OK: no gaps (2 producers, 35 rows" in out
+    code, out, _ = run(["verify", "--database-url", lossy_db], capsys)
+    assert code == 1
+    assert "gap: seq 10..11" in out
+    code, out, _ = run(["verify", "--database-url", lossy_db, "--json"], capsys)
+    assert code == 1
+    report = json.loads(out)
+    assert (report["ok"], report["missing"], report["rows"]) == (False, 2, 30)
+
+
+def test_cleanup_and_vacuum_report_what_they_did(
+    db: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from datetime import UTC, datetime
+
+    now = datetime.now(UTC)
+    data = make_rows(20, start=now - timedelta(days=19, hours=12), step=timedelta(days=1))
+    asyncio.run(seed(db, data))
+    code, out, _ = run(["cleanup", "--database-url", db, "--retention-days", "10", "--json"],
+                       capsys)
+    assert code == 0
+    result = json.loads(out)
+    assert result["deleted_rows"] == sum(
+        1 for r in data if r["timestamp"] < datetime.fromisoformat(result["cutoff"]))
+    assert result["deleted_rows"] >= 8
+    code, out, _ = run(["vacuum", "--database-url", db], capsys)
+    assert code == 0
+    assert out.startswith("VACUUM; ANALYZE: done")
+
+
+def test_status_in_embedded_mode_is_healthy_with_a_reachable_store(
+    db: str, rows: list[dict[str, Any]], capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.delenv("REDIS_URL", raising=False)
+    code, out, _ = run(["status", "--database-url", db, "--json"], capsys)
+    assert code == 0
+    status = json.loads(out)
+    assert status["healthy"] is True
+    assert status["redis_url"] is None
+    assert status["newest_activity"] == max(r["timestamp"] for r in rows).isoformat()
+
+
+def test_scheduler_once_runs_both_jobs(db: str, rows: list[dict[str, Any]],
+                                       capsys: pytest.CaptureFixture[str],
+                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("REDIS_URL", raising=False)
+    code, _, err = run(["scheduler", "--database-url", db, "--once", "--retention-days", "3650"],
+                       capsys)
+    assert code == 0, err
+
+
+@pytest.mark.parametrize(("argv", "message"), [
+    (["query", "--since", "yesterday-ish"], "invalid time 'yesterday-ish'"),
+    (["query", "--severity", "loud"], "severity must be one of"),
+    (["query", "--cursor", "zzz"], "invalid cursor"),
+    (["query", "--database-url", "mysql://x/y"], "database_url must be"),
+    (["export", "-o", "/nonexistent-dir/out.jsonl"], "cannot write"),
+    (["scheduler", "--tz", "Mars/Olympus"], "unknown time zone"),
+    (["scheduler", "--cleanup-at", "2am"], "invalid schedule time"),
+    (["status", "--redis-url", "http://nope"], "redis_url must start with"),
+])
+def test_bad_arguments_exit_2_with_one_line(
+    db: str, rows: list[dict[str, Any]], argv: list[str], message: str,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    if "--database-url" not in argv:
+        argv = [*argv, "--database-url", db]
+    code, _, err = run(argv, capsys)
+    assert code == 2
+    assert message in err
+    assert "Traceback" not in err
+
+
+def test_argparse_rejects_bad_numbers(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exc:
+        main(["query", "--limit", "0"])
+    assert exc.value.code == 2
+    assert "must be >= 1" in capsys.readouterr().err
+
+
+def test_missing_table_is_one_line_exit_1(tmp_path: Path, capsys: pytest.CaptureFixture[str]
+                                          ) -> None:
+    code, _, err = run(["query", "--database-url", f"sqlite:///{tmp_path / 'empty.db'}"], capsys)
+    assert code == 1
+    assert "run `activity-logging init-db` first" in err
+    assert "Traceback" not in err
+
+
+@pytest.mark.parametrize("verb", ["query", "export", "verify", "cleanup", "vacuum", "status"])
+def test_unreachable_postgres_exits_3(verb: str, capsys: pytest.CaptureFixture[str],
+                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("REDIS_URL", raising=False)
+    url = f"postgresql://postgres@127.0.0.1:{free_port()}/test"
+    code, _, err = run([verb, "--database-url", url], capsys)
+    assert code == 3
+    assert "cannot" in err
+    assert "Traceback" not in err
+
+
+def test_unreachable_redis_exits_3(db: str, rows: list[dict[str, Any]],
+                                   capsys: pytest.CaptureFixture[str]) -> None:
+    code, _, err = run(["status", "--database-url", db,
+                        "--redis-url", f"redis://127.0.0.1:{free_port()}/0"], capsys)
+    assert code == 3
+    assert "cannot reach Redis" in err
+
+
+def test_parse_when_accepts_iso_and_ages() -> None:
+    assert parse_when("2026-03-10").isoformat() == "2026-03-10T00:00:00+00:00"
+    assert parse_when("2026-03-10T13:00+01:00") == BASE
+    assert parse_when("2h", now=BASE) == BASE - timedelta(hours=2)
+    assert parse_when("7d", now=BASE) == BASE - timedelta(days=7)
+    with pytest.raises(ConfigurationError):
+        parse_when("soon")
+
+
+@pytest.mark.parametrize("verb", ["status", "query", "export", "cleanup", "vacuum", "scheduler",
+                                  "verify"])
+def test_every_verb_has_help(verb: str, capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exc:
+        main([verb, "--help"])
+    assert exc.value.code == 0
+    assert "--database-url" in capsys.readouterr().out
