@@ -326,3 +326,32 @@ class CrudContract:
                 await activity_log_crud.get_activities_by_date_range(db, BASE, BASE - timedelta(1))
             assert await activity_log_crud.get_recent_activities(db) == []
             assert await activity_log_crud.get_newest_timestamp(db) is None
+
+
+# --- bulk seeding in SQL (export tests, benchmarks) ---------------------------------------------
+
+SEED_SQL = """
+INSERT INTO activity_logs (id, "timestamp", activity_type, description, severity, level,
+    actor_type, actor_id, target_type, target_id, changes, metadata, ip_address, user_agent,
+    request_id, http_method, path, logger, hostname, process_id, producer_id, seq)
+SELECT gen_random_uuid(), $1::timestamptz + g * $2::interval,
+    (ARRAY['call_created','call_ended','agent_login','lead_created'])[1 + g % 4],
+    'event ' || g || CASE WHEN g % 97 = 0 THEN ' refund requested' ELSE '' END,
+    (ARRAY['debug','info','info','warning','error','critical'])[1 + g % 6],
+    (ARRAY[10,20,20,30,40,50])[1 + g % 6],
+    'agent', 'agent-' || (g % $3), 'call', 'call-' || (g % 50000),
+    CASE WHEN g % 2 = 0 THEN jsonb_build_object('status', jsonb_build_array(NULL, 's' || g)) END,
+    jsonb_build_object('i', g, 'queue', 'sales'),
+    CASE WHEN g % 4 = 0 THEN '10.0.0.1'::inet END,
+    'bench/1.0', 'req-' || (g / 4), 'POST', '/calls', 'activity', 'host1', 42,
+    'seed-producer', g
+FROM generate_series($5::bigint, $5::bigint + $4::bigint - 1) AS g
+"""
+
+
+async def seed_sql(conn: Any, n: int, *, start: datetime = BASE,
+                   step: timedelta = timedelta(seconds=1), actors: int = 500, first: int = 1,
+                   chunk: int = 200_000) -> None:
+    """Insert ``n`` synthetic rows with ``generate_series`` on the asyncpg ``conn`` (fast)."""
+    for offset in range(0, n, chunk):
+        await conn.execute(SEED_SQL, start, step, actors, min(chunk, n - offset), first + offset)
