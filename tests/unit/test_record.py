@@ -14,6 +14,7 @@ from hypothesis import strategies as st
 
 from activity_logging.exceptions import EntryFormatError
 from activity_logging.record import (
+    MAX_RECORD_BYTES,
     MAX_VALUE_BYTES,
     REDACTED,
     IdFactory,
@@ -132,10 +133,11 @@ def test_hostile_extra_never_breaks_encoding() -> None:
 
 
 def test_oversized_container_is_cut_with_a_marker() -> None:
-    rec = make_record(changes={"k": "v" * (MAX_VALUE_BYTES * 2)})
+    rec = make_record(changes={"k": "v" * (MAX_RECORD_BYTES * 2)}, small="kept")
     (row,) = roundtrip(rec)
     assert row["changes"]["_truncated"] is True
     assert row["changes"]["bytes"] > MAX_VALUE_BYTES
+    assert row["metadata"] == {"small": "kept"}
 
 
 def test_oversized_record_is_truncated_and_counted() -> None:
