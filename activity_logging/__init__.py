@@ -38,7 +38,35 @@ _EXPORTS: dict[str, str] = {
     "severity_to_level": "record",
 }
 
-__all__ = sorted([*_EXPORTS, "__version__"])
+__all__ = [
+    "ActivityContextMiddleware",
+    "ActivityHandler",
+    "ActivityJsonFormatter",
+    "ActivityLogCRUD",
+    "ActivityLoggingError",
+    "ActivityType",
+    "ActivityWorker",
+    "ConfigurationError",
+    "ContextFilter",
+    "Severity",
+    "__version__",
+    "activity_context",
+    "activity_log_crud",
+    "activity_logger",
+    "bind_context",
+    "get_context",
+    "level_to_severity",
+    "log_activity",
+    "log_agent_activity",
+    "log_call_activity",
+    "log_lead_activity",
+    "log_system_event",
+    "log_user_activity",
+    "reset_context",
+    "severity_to_level",
+]
+
+assert set(__all__) == {*_EXPORTS, "__version__"}  # keeps the two lists in step
 
 if TYPE_CHECKING:
     from .constants import ActivityType, Severity

@@ -14,7 +14,9 @@ from typing import Final
 
 internal_logger: Final = logging.getLogger("activity_logging.internal")
 
-REFUSED_LOGGER_PREFIXES: Final = ("activity_logging", "redis", "sqlalchemy", "asyncpg", "urllib3", "aiosqlite")
+REFUSED_LOGGER_PREFIXES: Final = (
+    "activity_logging", "redis", "sqlalchemy", "asyncpg", "urllib3", "aiosqlite",
+)
 
 
 def is_refused_logger(name: str) -> bool:

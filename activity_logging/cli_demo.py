@@ -33,6 +33,7 @@ def register(sub: Any) -> None:
 
 
 def _simulate(log: logging.Logger, count: int, rng: random.Random) -> int:
+    """Sample data only: ``random`` is fine here (S311 is about secrets)."""
     from .context import activity_context
 
     logged = 0
@@ -52,9 +53,11 @@ def _simulate(log: logging.Logger, count: int, rng: random.Random) -> int:
                                               "description": "Call ended by agent",
                                               "duration_s": rng.randint(20, 900)})
             elif outcome < 0.97:
-                log.warning("call_updated", extra={"target_type": "call", "target_id": call_id,
-                                                   "description": "Call dropped, customer will be called back",
-                                                   "changes": {"status": {"old": "ringing", "new": "dropped"}}})
+                log.warning("call_updated", extra={
+                    "target_type": "call", "target_id": call_id,
+                    "description": "Call dropped, customer will be called back",
+                    "changes": {"status": {"old": "ringing", "new": "dropped"}},
+                })
             else:
                 log.error("system_error", extra={"target_type": "call", "target_id": call_id,
                                                  "description": "Recording upload failed"})
@@ -122,7 +125,8 @@ def run(args: argparse.Namespace) -> int:
     for name, n in by_sev:
         print(f"  {name:<24}{n:>7}")
     print(f"\nLatest {len(latest)}:")
-    print(f"  {'timestamp (UTC)':<25}{'severity':<9}{'activity':<22}{'actor':<12}{'target':<12}{'ip':<13}description")
+    print(f"  {'timestamp (UTC)':<25}{'severity':<9}{'activity':<22}{'actor':<12}{'target':<12}"
+          f"{'ip':<13}description")
     for ts, sev, kind, actor, target, ip, desc in latest:
         print(f"  {ts.strftime('%Y-%m-%d %H:%M:%S.%f')[:-3]:<25}{sev:<9}{kind:<22}{actor or '':<12}"
               f"{target or '':<12}{ip or '':<13}{(desc or '')[:50]}")

@@ -83,7 +83,8 @@ def require_positive(name: str, value: float, *, integer: bool = False) -> None:
     """Raise ``ConfigurationError`` naming ``name`` unless ``value`` is a positive number."""
     kind = int if integer else (int, float)
     if isinstance(value, bool) or not isinstance(value, kind) or value <= 0:
-        raise ConfigurationError(f"{name} must be a positive {'integer' if integer else 'number'}, got {value!r}")
+        kind_name = "integer" if integer else "number"
+        raise ConfigurationError(f"{name} must be a positive {kind_name}, got {value!r}")
 
 
 DEFAULT_HEARTBEAT_TTL: Final = 15.0

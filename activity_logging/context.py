@@ -52,7 +52,7 @@ def reset_context(token: Token[Mapping[str, Any]]) -> None:
     _activity_ctx.reset(token)
 
 
-class activity_context:  # noqa: N801 - used like contextlib's lower-case context managers
+class activity_context:
     """Set context fields for a block, a function, or a coroutine function.
 
     Usable as ``with activity_context(actor_type="system", actor_id="nightly-job"):``, as

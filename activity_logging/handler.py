@@ -4,7 +4,7 @@ The caller's side (``emit``) is kept tiny: refuse our own loggers, snapshot the 
 tuple, append it to a bounded deque, count. It never blocks and never raises. The listener
 thread takes batches from the deque, encodes each batch into one stream entry (orjson) and
 hands entries to a sink: the Redis Stream, or the database directly (embedded SQLite default).
-When the sink fails it backs off (1 s → 30 s, ×2) and either holds the batch in hand (the
+When the sink fails it backs off (1 s doubling up to 30 s) and either holds the batch in hand (the
 deque then fills and further records are dropped and counted) or, with ``spool_path``, writes
 entries to a local spool that is replayed on reconnect. Every record that does not reach the
 sink is counted in ``stats()``.
@@ -47,7 +47,8 @@ _REFUSED_CACHE_LIMIT: Final = 10_000
 
 _COUNTERS: Final = (
     "enqueued", "sent", "batches_sent", "dropped_queue_full", "dropped_closed", "refused",
-    "errors", "listener_errors", "send_failures", "reconnects", "spooled", "spool_replayed", "dropped_spool_full",
+    "errors", "listener_errors", "send_failures", "reconnects", "spooled", "spool_replayed",
+    "dropped_spool_full",
     "lost",
 )
 
@@ -202,7 +203,7 @@ class ActivityHandler(logging.handlers.QueueHandler):
     def queue(self, _value: Any) -> None:
         pass  # 3.12+ dictConfig hands us an unbounded queue: keep our own bounded one
 
-    @property  # type: ignore[override]
+    @property
     def listener(self) -> ActivityListener:
         """The handler's own listener (assignments of other listeners are ignored)."""
         return self._listener_face
@@ -225,7 +226,9 @@ class ActivityHandler(logging.handlers.QueueHandler):
             self.producer_id, max_record_bytes=self.max_record_bytes, redactor=Redactor(self.redact_keys)
         )
         self._sink: Sink = make_sink(self.redis_url, self.stream, self.database_url or "", self.schema)
-        self._spool = Spool(self.spool_path, self.producer_id, self.spool_max_bytes) if self.spool_path else None
+        self._spool = (
+            Spool(self.spool_path, self.producer_id, self.spool_max_bytes) if self.spool_path else None
+        )
         self._counts = dict.fromkeys(_COUNTERS, 0)
         self._done = 0
         self._cond = threading.Condition()
@@ -331,7 +334,7 @@ class ActivityHandler(logging.handlers.QueueHandler):
                 held = self._held
                 if self._deliver([e for e, _ in held]):
                     self._held = []
-                    self._account(sum(n for _, n in held), sent=True, batches=len(held))
+                    self._account(sum(n for _, n in held), "sent", batches=len(held))
                 return True
         if self._spool is not None and self._down_until <= now and self._spool.has_pending():
             self._replay_spool()
@@ -351,7 +354,7 @@ class ActivityHandler(logging.handlers.QueueHandler):
                 entries.append((self._encoder.encode_batch(batch), len(batch)))
             except Exception as exc:
                 self._counts["listener_errors"] += 1
-                self._account(len(batch), lost=True)
+                self._account(len(batch), "lost")
                 reporter.report("encode", f"could not encode a batch of {len(batch)} records", exc)
             if len(dq) < self.batch_size:
                 break
@@ -360,7 +363,7 @@ class ActivityHandler(logging.handlers.QueueHandler):
         if self._down_until > time.monotonic() and self._spool is not None:
             self._to_spool(entries)
         elif self._deliver([e for e, _ in entries]):
-            self._account(sum(n for _, n in entries), sent=True, batches=len(entries))
+            self._account(sum(n for _, n in entries), "sent", batches=len(entries))
         elif self._spool is not None:
             self._to_spool(entries)
         else:
@@ -423,9 +426,9 @@ class ActivityHandler(logging.handlers.QueueHandler):
                 self._counts["listener_errors"] += 1
                 reporter.report("spool", "could not write to the spool", exc)
             if ok:
-                self._account(n, spooled=True)
+                self._account(n, "spooled")
             else:
-                self._account(n, dropped_spool_full=True)
+                self._account(n, "dropped_spool_full")
 
     def _replay_spool(self) -> None:
         assert self._spool is not None
@@ -460,19 +463,13 @@ class ActivityHandler(logging.handlers.QueueHandler):
             lost += 1
         if lost:
             reporter.report("lost", f"closing with the sink unreachable: {lost} records lost")
-        self._account(lost, lost=True)
+        self._account(lost, "lost")
 
-    def _account(self, n: int, **outcome: bool) -> None:
-        counts = self._counts
-        if outcome.get("sent"):
-            counts["sent"] += n
-            counts["batches_sent"] += int(outcome.get("batches", 1))
-        elif outcome.get("spooled"):
-            counts["spooled"] += n
-        elif outcome.get("dropped_spool_full"):
-            counts["dropped_spool_full"] += n
-        elif outcome.get("lost"):
-            counts["lost"] += n
+    def _account(self, n: int, outcome: str, *, batches: int = 0) -> None:
+        """Records left the handler as ``outcome`` (a counter name); wakes ``flush`` waiters."""
+        self._counts[outcome] += n
+        if batches:
+            self._counts["batches_sent"] += batches
         self._in_flight -= n
         with self._cond:
             self._done += n
@@ -480,7 +477,8 @@ class ActivityHandler(logging.handlers.QueueHandler):
 
     # --- flush, close, stats -------------------------------------------------------------
 
-    def flush(self, timeout: float | None = None) -> bool:
+    def flush(self, timeout: float | None = None) -> bool:  # type: ignore[override]
+        # (``Handler.flush()`` returns None; returning whether it completed is strictly more)
         """Wait until every record accepted before this call has left the handler.
 
         "Left" means sent to the sink, spooled, or counted as lost. Returns True when that

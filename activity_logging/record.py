@@ -358,7 +358,7 @@ class WireEncoder:
         limited = orjson.dumps(cut)
         if len(limited) <= self.max_record_bytes - 1024:
             return limited
-        keep = {k: str(v)[:255] for k, v in cut.items() if k in _KEPT_WHEN_TRUNCATED and v is not None}
+        keep: dict[str, Any] = {k: str(v)[:255] for k, v in cut.items() if k in _KEPT_WHEN_TRUNCATED and v is not None}
         keep["_truncated"] = {"original_bytes": len(raw), "keys": sorted(cut)[:64]}
         return orjson.dumps(keep)
 
@@ -421,7 +421,7 @@ class WireEncoder:
 # --- store side: decoding and building rows ----------------------------------------------
 
 
-def decode_entry(fields: Mapping[bytes | str, bytes | str]) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+def decode_entry(fields: Mapping[Any, Any]) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """Decode one stream entry into (entry metadata, wire records).
 
     Raises ``EntryFormatError`` for an entry this version cannot read.
@@ -556,9 +556,9 @@ def build_activity(wire: Mapping[str, Any], meta: Mapping[str, Any]) -> dict[str
     elif explicit_meta is not None:
         metadata["metadata"] = explicit_meta
     metadata.update(extras)
-    exc = wire.get("exc")
-    if exc:
-        metadata["exception"] = exc
+    exc_text = wire.get("exc")
+    if exc_text:
+        metadata["exception"] = exc_text
     row["metadata"] = _clean_json(metadata)
     row["logger"] = _clean_text(wire.get("lg"), TEXT_LIMITS["logger"])
     row["hostname"] = _clean_text(meta.get("h"), TEXT_LIMITS["hostname"])

@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 from typing import TYPE_CHECKING, Any, Protocol
 
+from ._internal import reporter
 from .record import build_activity, decode_entry
 from .schema import is_sqlite, make_table, normalize_sync_sqlite_url
 
@@ -183,8 +184,8 @@ class PostgresSink:
         try:
             if self._store is not None:
                 self._run(self._store.close())
-        except Exception:  # closing must never raise
-            pass
+        except Exception as exc:  # closing must never raise
+            reporter.report("sink-close", "could not close the PostgreSQL store", exc)
         finally:
             self._store = None
             if self._loop is not None:

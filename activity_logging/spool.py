@@ -29,9 +29,8 @@ Entry = dict[str, Any]
 
 def encode_frame(entry: Entry) -> bytes:
     """One spool frame for a stream entry: ``len(header) header len(payload) payload``."""
-    payload = entry["d"]
-    if isinstance(payload, str):
-        payload = payload.encode()
+    raw = entry["d"]
+    payload: bytes = raw.encode() if isinstance(raw, str) else bytes(raw)
     header = orjson.dumps({k: v for k, v in entry.items() if k != "d"})
     return _LEN.pack(len(header)) + header + _LEN.pack(len(payload)) + payload
 

@@ -72,7 +72,9 @@ def test_redis_restart_reconnects_and_loses_nothing_accepted(server: PrivateRedi
     assert stats["reconnects"] >= 1 and stats["send_failures"] >= 1
 
 
-def test_app_exit_while_redis_is_down_spools_and_next_start_replays(server: PrivateRedis, tmp_path: Path) -> None:
+def test_app_exit_while_redis_is_down_spools_and_next_start_replays(
+    server: PrivateRedis, tmp_path: Path
+) -> None:
     spool = tmp_path / "spool"
     first = ActivityHandler(redis_url=server.url, stream="s", spool_path=str(spool),
                             reconnect_delay=0.1, close_timeout=2)

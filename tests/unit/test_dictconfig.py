@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import logging.config
 import logging.handlers
@@ -122,9 +123,10 @@ def test_interpreter_exit_ships_what_was_queued(tmp_path: Path) -> None:
     import sys
 
     db = tmp_path / "e.db"
+    config = json.dumps(config_for(db, "()", flush_interval=5.0, batch_size=100000))
     code = (
-        "import logging, logging.config, json, sys\n"
-        f"logging.config.dictConfig(json.loads({__import__('json').dumps(__import__('json').dumps(config_for(db, '()', flush_interval=5.0, batch_size=100000)))}))\n"
+        "import logging, logging.config, json\n"
+        f"logging.config.dictConfig(json.loads({config!r}))\n"
         "log = logging.getLogger('activity')\n"
         "[log.info('exit_test', extra={'i': i}) for i in range(3000)]\n"
     )
