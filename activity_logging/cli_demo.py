@@ -90,7 +90,7 @@ def run(args: argparse.Namespace) -> int:
     log.propagate = False
     log.addHandler(handler)
     try:
-        logged = _simulate(log, args.count, random.Random(args.seed))
+        logged = _simulate(log, args.count, random.Random(args.seed))  # noqa: S311 - sample data, not secrets
         handler.flush(30.0)
         stats = handler.stats()
     finally:

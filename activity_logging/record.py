@@ -358,7 +358,9 @@ class WireEncoder:
         limited = orjson.dumps(cut)
         if len(limited) <= self.max_record_bytes - 1024:
             return limited
-        keep: dict[str, Any] = {k: str(v)[:255] for k, v in cut.items() if k in _KEPT_WHEN_TRUNCATED and v is not None}
+        keep: dict[str, Any] = {
+            k: str(v)[:255] for k, v in cut.items() if k in _KEPT_WHEN_TRUNCATED and v is not None
+        }
         keep["_truncated"] = {"original_bytes": len(raw), "keys": sorted(cut)[:64]}
         return orjson.dumps(keep)
 
