@@ -206,7 +206,7 @@ class ActivityWorker:
         # Entries read and not yet acknowledged: XAUTOCLAIM can hand them back to us when an
         # insert outlasts claim_idle, and they must not be processed twice concurrently.
         self._in_flight: set[bytes] = set()
-        self._records_per_entry = 50.0
+        self._records_per_entry = 1000.0  # corrected after the first read
         self.started_at = time.time()
 
     # --- control ---------------------------------------------------------------------------
