@@ -31,8 +31,8 @@ import redis
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from activity_logging import db, record  # noqa: E402
-from activity_logging.worker import ActivityWorker  # noqa: E402
+from activity_logging import db, record
+from activity_logging.worker import ActivityWorker
 
 PG_URL = os.environ.get("TEST_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/test")
 REDIS_URL = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
@@ -241,8 +241,10 @@ async def bench_drain(records: int, per_entry: int, batch_size: int, sample_rss:
         conn = await db.connect_pg(PG_URL, schema=schema)
         count = await conn.fetchval("SELECT count(DISTINCT id) FROM activity_logs")
         await conn.close()
-        print(f"drained {stats['inserted']} rows in {elapsed:.1f}s: {stats['inserted'] / elapsed:,.0f} rows/s "
-              f"(batch_size={batch_size}; distinct ids in table: {count}; stream left: {client.xlen(stream)})")
+        rate = stats["inserted"] / elapsed
+        print(f"drained {stats['inserted']} rows in {elapsed:.1f}s: {rate:,.0f} rows/s "
+              f"(batch_size={batch_size}; distinct ids in table: {count}; "
+              f"stream left: {client.xlen(stream)})")
         if rss:
             print(f"worker RSS KiB: before {rss_before}, min {min(rss)}, max {max(rss)}, last {rss[-1]}; "
                   f"samples every 1s: {rss[:: max(1, len(rss) // 12)]}")
@@ -253,7 +255,9 @@ async def bench_drain(records: int, per_entry: int, batch_size: int, sample_rss:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     sub = parser.add_subparsers(dest="what", required=True)
     p = sub.add_parser("inserts")
     p.add_argument("--rows", type=int, default=100_000)

@@ -1,0 +1,118 @@
+"""Drainer verbs of ``activity-logging``: ``init-db`` and ``worker``.
+
+Heavy imports (SQLAlchemy, asyncpg, redis) happen inside the verbs so ``--help`` stays fast.
+Bad arguments raise ``ConfigurationError`` (exit 2), an unreachable database
+``StoreUnavailableError`` (exit 3); ``cli.main`` maps both.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+from typing import Any, Final
+
+from .config import (
+    DEFAULT_GROUP,
+    DEFAULT_SQLITE_URL,
+    resolve_database_url,
+    resolve_redis_url,
+    resolve_schema,
+)
+from .exceptions import ConfigurationError
+
+logger: Final = logging.getLogger("activity_logging.cli")
+
+EXIT_OK: Final = 0
+EXIT_FAILED: Final = 1
+
+
+def register(subparsers: Any) -> None:
+    """Add ``init-db`` and ``worker`` to the ``activity-logging`` parser."""
+    p = subparsers.add_parser(
+        "init-db", help="create the activity_logs table and its indexes (idempotent)",
+        description="Create the activity_logs table and its indexes if missing. Safe to re-run.",
+    )
+    p.add_argument("--database-url", default=None,
+                   help=f"postgresql://, postgres://, postgresql+asyncpg:// or sqlite:/// "
+                        f"(default: DATABASE_URL, else {DEFAULT_SQLITE_URL})")
+    p.add_argument("--schema", default=None,
+                   help="PostgreSQL schema to create the table in (default: ACTIVITY_LOG_SCHEMA)")
+    p.add_argument("--partitioned", action="store_true",
+                   help="PostgreSQL: partition by month on timestamp (primary key (id, timestamp))")
+    p.add_argument("--months-ahead", type=int, default=3,
+                   help="with --partitioned: months of partitions to create ahead (default: 3)")
+    p.set_defaults(func=cmd_init_db)
+
+    w = subparsers.add_parser(
+        "worker", help="drain the Redis stream into PostgreSQL",
+        description="Read activity records from the Redis stream through a consumer group and "
+                    "store them in PostgreSQL. SIGTERM/SIGINT: finish the batch in hand and exit 0; "
+                    "a second signal exits at once (unacknowledged entries stay pending).",
+    )
+    w.add_argument("--redis-url", default=None, help="Redis holding the stream (default: REDIS_URL)")
+    w.add_argument("--database-url", default=None,
+                   help="PostgreSQL URL (default: DATABASE_URL)")
+    w.add_argument("--schema", default=None,
+                   help="PostgreSQL schema holding the table (default: ACTIVITY_LOG_SCHEMA)")
+    w.add_argument("--stream", default=None,
+                   help="stream name (default: ACTIVITY_LOG_STREAM, else activity_log_stream)")
+    w.add_argument("--group", default=DEFAULT_GROUP, help=f"consumer group (default: {DEFAULT_GROUP})")
+    w.add_argument("--consumer", default=None,
+                   help="this worker's name in the group (default: <hostname>-<pid>)")
+    # Numeric defaults live in worker.py (not imported here: it pulls in SQLAlchemy/asyncpg);
+    # an option left out is simply not passed.
+    w.add_argument("--batch-size", type=int, default=None,
+                   help="records per insert transaction (default: 10000)")
+    w.add_argument("--max-wait", type=float, default=None,
+                   help="seconds a read blocks waiting for new entries (default: 0.5)")
+    w.add_argument("--claim-idle", type=float, default=None,
+                   help="seconds before entries left pending by a silent consumer are claimed "
+                        "(default: 60)")
+    w.add_argument("--heartbeat-interval", type=float, default=None,
+                   help="seconds between heartbeats (default: 5)")
+    w.add_argument("--exit-when-idle", action="store_true",
+                   help="exit 0 once the stream has nothing left to read (one-shot drain)")
+    w.set_defaults(func=cmd_worker)
+
+
+def cmd_init_db(args: argparse.Namespace) -> int:
+    """``init-db``: create the table (and partitions) idempotently."""
+    from .db import init_db
+    from .schema import redact_url
+
+    url = resolve_database_url(args.database_url, default=DEFAULT_SQLITE_URL)
+    assert url is not None  # a default was given
+    schema = resolve_schema(args.schema)
+    if args.months_ahead < 0:
+        raise ConfigurationError(f"--months-ahead must be >= 0, got {args.months_ahead}")
+    asyncio.run(init_db(url, schema=schema, partitioned=args.partitioned,
+                        months_ahead=args.months_ahead))
+    logger.info(
+        "activity_logs ready in %s%s%s", redact_url(url), f" schema {schema}" if schema else "",
+        " (partitioned by month)" if args.partitioned else "",
+    )
+    return EXIT_OK
+
+
+def cmd_worker(args: argparse.Namespace) -> int:
+    """``worker``: drain until SIGTERM/SIGINT (exit 0), or a second signal (exit 1)."""
+    from .worker import ActivityWorker
+
+    options: dict[str, Any] = {
+        name: getattr(args, name)
+        for name in ("batch_size", "max_wait", "claim_idle", "heartbeat_interval")
+        if getattr(args, name) is not None
+    }
+    redis_url = resolve_redis_url(args.redis_url)
+    worker = ActivityWorker(
+        redis_url, resolve_database_url(args.database_url), stream=args.stream, group=args.group,
+        consumer=args.consumer, schema=args.schema, **options,
+    )
+    try:
+        asyncio.run(worker.run(stop_when_idle=args.exit_when_idle, install_signal_handlers=True))
+    except asyncio.CancelledError:
+        # Second signal: cold stop. Whatever was not acknowledged stays pending.
+        logger.warning("worker %s stopped cold: %s", worker.consumer, worker.stats())
+        return EXIT_FAILED
+    return EXIT_OK
