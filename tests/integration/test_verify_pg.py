@@ -20,7 +20,7 @@ async def test_verify_finds_exactly_the_missing_sequence_numbers(
 ) -> None:
     rows = (make_rows(500, producer_id="app-1")
             + make_rows(300, producer_id="app-2", skip_seqs=(1, 50, 51, 52, 299))
-            + make_rows(40, producer_id="app-3", start=BASE + timedelta(days=2)))
+            + make_rows(40, producer_id="app-3", start=BASE + timedelta(days=30)))
     await seed(pg_url, rows, schema=pg_schema)
     base = ["verify", "--database-url", pg_url, "--schema", pg_schema, "--json"]
 
@@ -40,7 +40,7 @@ async def test_verify_finds_exactly_the_missing_sequence_numbers(
     assert code == 0
     assert json.loads(capsys.readouterr().out)["producers"] == 1
 
-    since = (BASE + timedelta(days=1)).isoformat()
+    since = (BASE + timedelta(days=20)).isoformat()
     code = await anyio.to_thread.run_sync(main, [*base, "--since", since])
     report = json.loads(capsys.readouterr().out)
     assert code == 0
