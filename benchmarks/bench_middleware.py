@@ -1,0 +1,213 @@
+"""Overhead of ActivityContextMiddleware on a trivial Starlette endpoint, side by side.
+
+Three measurements, each interleaving the variants round by round in one run so the shared
+machine's noise hits all of them alike; each reports the median per-request time over rounds
+and the overhead against the bare app:
+
+1. raw ASGI: the app called directly with a prepared scope (no HTTP client): the most
+   sensitive measure, the middleware's own cost against the cheapest possible baseline;
+2. httpx.AsyncClient + ASGITransport: an in-process HTTP client;
+3. uvicorn on loopback with a keep-alive httpx client: a real server, one process per variant.
+
+Variants: ``bare`` (no middleware), ``mw`` (defaults: context + request id, no request
+activity), ``mw+log`` (``log_requests=True`` into an ``ActivityHandler`` writing to a
+temporary SQLite file), the last in 1. and 2. only.
+
+    .venv/bin/python benchmarks/bench_middleware.py            # all three
+    .venv/bin/python benchmarks/bench_middleware.py --quick    # fewer rounds
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import httpx
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import PlainTextResponse
+from starlette.routing import Route
+
+from activity_logging import ActivityContextMiddleware, ActivityHandler
+
+App = Callable[[Any, Any, Any], Awaitable[None]]
+
+
+async def hello(request: Request) -> PlainTextResponse:
+    return PlainTextResponse("ok")
+
+
+def make_app(variant: str) -> App:
+    app = Starlette(routes=[Route("/hello", hello)])
+    if variant == "bare":
+        return app
+    return ActivityContextMiddleware(app, log_requests=(variant == "mw+log"))
+
+
+def report(title: str, samples: dict[str, list[float]]) -> None:
+    """Print median µs/request per variant and overhead versus ``bare``."""
+    base = statistics.median(samples["bare"])
+    print(f"\n{title}")
+    for name, values in samples.items():
+        med = statistics.median(values)
+        spread = (min(values), max(values))
+        overhead = (med / base - 1.0) * 100.0
+        extra = "" if name == "bare" else f"  overhead {overhead:+6.2f}%  (+{med - base:6.2f} µs)"
+        print(f"  {name:<7} {med:9.2f} µs/request  (rounds {spread[0]:.2f}..{spread[1]:.2f}){extra}")
+
+
+# --- 1. raw ASGI -------------------------------------------------------------------------------
+
+
+async def bench_raw(apps: dict[str, App], rounds: int, per_round: int) -> dict[str, list[float]]:
+    scope_base = {
+        "type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "GET",
+        "scheme": "http", "path": "/hello", "raw_path": b"/hello", "query_string": b"",
+        "root_path": "", "server": ("127.0.0.1", 8000), "client": ("203.0.113.5", 40000),
+        "headers": [(b"host", b"bench"), (b"user-agent", b"bench/1.0"), (b"accept", b"*/*")],
+    }
+
+    async def receive() -> dict[str, Any]:
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+    async def send(message: dict[str, Any]) -> None:
+        return None
+
+    samples: dict[str, list[float]] = {name: [] for name in apps}
+    for _ in range(rounds):
+        for name, app in apps.items():
+            start = time.perf_counter()
+            for _ in range(per_round):
+                await app(dict(scope_base), receive, send)
+            samples[name].append((time.perf_counter() - start) / per_round * 1e6)
+    return samples
+
+
+# --- 2. httpx + ASGITransport --------------------------------------------------------------------
+
+
+async def bench_asgi_transport(apps: dict[str, App], rounds: int,
+                               per_round: int) -> dict[str, list[float]]:
+    clients = {
+        name: httpx.AsyncClient(transport=httpx.ASGITransport(app=app, client=("203.0.113.5", 1)),
+                                base_url="http://bench")
+        for name, app in apps.items()
+    }
+    samples: dict[str, list[float]] = {name: [] for name in apps}
+    try:
+        for _ in range(rounds):
+            for name, client in clients.items():
+                start = time.perf_counter()
+                for _ in range(per_round):
+                    response = await client.get("/hello")
+                    assert response.status_code == 200
+                samples[name].append((time.perf_counter() - start) / per_round * 1e6)
+    finally:
+        for client in clients.values():
+            await client.aclose()
+    return samples
+
+
+# --- 3. uvicorn on loopback ----------------------------------------------------------------------
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def serve(variant: str, port: int) -> None:
+    import uvicorn
+
+    uvicorn.run(make_app(variant), host="127.0.0.1", port=port, log_level="warning",
+                access_log=False, log_config=None)
+
+
+def bench_uvicorn(variants: list[str], rounds: int, per_round: int) -> dict[str, list[float]]:
+    procs: dict[str, tuple[subprocess.Popen[bytes], int]] = {}
+    try:
+        for variant in variants:
+            port = _free_port()
+            proc = subprocess.Popen([sys.executable, __file__, "--serve", variant, "--port", str(port)])
+            procs[variant] = (proc, port)
+        clients = {v: httpx.Client(base_url=f"http://127.0.0.1:{port}") for v, (_, port) in procs.items()}
+        for variant, client in clients.items():
+            deadline = time.monotonic() + 30
+            while True:
+                try:
+                    client.get("/hello")
+                    break
+                except httpx.TransportError:
+                    if time.monotonic() > deadline:
+                        raise RuntimeError(f"uvicorn for {variant} did not start") from None
+                    time.sleep(0.1)
+        samples: dict[str, list[float]] = {v: [] for v in variants}
+        for _ in range(rounds):
+            for variant, client in clients.items():
+                start = time.perf_counter()
+                for _ in range(per_round):
+                    client.get("/hello", headers={"User-Agent": "bench/1.0"})
+                samples[variant].append((time.perf_counter() - start) / per_round * 1e6)
+        for client in clients.values():
+            client.close()
+        return samples
+    finally:
+        for proc, _ in procs.values():
+            proc.send_signal(signal.SIGINT)
+        for proc, _ in procs.values():
+            try:
+                proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument("--quick", action="store_true", help="fewer rounds (a smoke run)")
+    parser.add_argument("--serve", choices=["bare", "mw"], help=argparse.SUPPRESS)
+    parser.add_argument("--port", type=int, default=0, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.serve:
+        serve(args.serve, args.port)
+        return 0
+
+    rounds = 5 if args.quick else 30
+    tmp = Path(tempfile.mkdtemp(prefix="bench-mw-"))
+    handler = ActivityHandler(database_url=f"sqlite:///{tmp / 'bench.db'}")
+    log = logging.getLogger("activity")
+    log.addHandler(handler)
+    log.setLevel(logging.INFO)
+    log.propagate = False
+    apps = {v: make_app(v) for v in ("bare", "mw", "mw+log")}
+    print(f"python {sys.version.split()[0]}, {os.cpu_count()} cpus, {rounds} interleaved rounds")
+    try:
+        report(f"1. raw ASGI call ({rounds} rounds x 2000 requests)",
+               asyncio.run(bench_raw(apps, rounds, 2000)))
+        report(f"2. httpx.AsyncClient + ASGITransport ({rounds} rounds x 300 requests)",
+               asyncio.run(bench_asgi_transport(apps, rounds, 300)))
+        handler.flush(30.0)
+        stats = handler.stats()
+        print(f"  (mw+log activities: enqueued {stats['enqueued']}, sent {stats['sent']}, "
+              f"dropped {stats['dropped_queue_full']})")
+    finally:
+        handler.close()
+    report(f"3. uvicorn on loopback, keep-alive httpx client ({rounds} rounds x 300 requests)",
+           bench_uvicorn(["bare", "mw"], rounds, 300))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
