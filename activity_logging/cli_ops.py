@@ -185,7 +185,7 @@ async def cmd_status(args: argparse.Namespace) -> int:
 # --- query ------------------------------------------------------------------------------------
 
 _TABLE_COLUMNS: Final = (
-    ("timestamp", 26), ("severity", 8), ("activity_type", 22), ("actor", 20), ("target", 20),
+    ("timestamp", 23), ("severity", 8), ("activity_type", 22), ("actor", 28), ("target", 24),
     ("description", 48),
 )
 

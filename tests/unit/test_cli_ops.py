@@ -160,13 +160,19 @@ def test_status_in_embedded_mode_is_healthy_with_a_reachable_store(
     assert status["newest_activity"] == max(r["timestamp"] for r in rows).isoformat()
 
 
-def test_scheduler_once_runs_both_jobs(db: str, rows: list[dict[str, Any]],
+def test_scheduler_once_runs_both_jobs_and_records_them(db: str, rows: list[dict[str, Any]],
                                        capsys: pytest.CaptureFixture[str],
                                        monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("REDIS_URL", raising=False)
     code, _, err = run(["scheduler", "--database-url", db, "--once", "--retention-days", "3650"],
                        capsys)
     assert code == 0, err
+    # each run was recorded, through the "activity" logger and ActivityHandler, in the store
+    code, out, _ = run(["query", "--database-url", db, "--type", "system_event",
+                        "--format", "jsonl"], capsys)
+    events = [json.loads(line) for line in out.splitlines()]
+    assert sorted(e["target_id"] for e in events) == ["cleanup", "vacuum"]
+    assert all(e["actor_type"] == "system" and e["metadata"]["ok"] for e in events)
 
 
 @pytest.mark.parametrize(("argv", "message"), [
