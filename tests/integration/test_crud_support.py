@@ -165,7 +165,26 @@ class Store:
             await engine.dispose()
 
 
-class CrudContract:
+class IterContract:
+    """``iter_activities`` streams every matching row once, oldest first."""
+
+    @pytest.mark.anyio
+    async def test_iter_activities_streams_every_matching_row_once(self, store: Store) -> None:
+        from activity_logging.db import create_async_engine_for
+
+        rows = make_rows(45)
+        await seed(store.url, rows, schema=store.schema)
+        engine = create_async_engine_for(store.url, schema=store.schema)
+        try:
+            async with engine.connect() as conn, conn.begin():
+                got = [r async for r in activity_log_crud.iter_activities(
+                    conn, ActivityFilter.build(actor_type="agent"), batch_size=4)]
+        finally:
+            await engine.dispose()
+        assert ids(got) == ids(reference(rows, desc=False, actor_type="agent"))
+
+
+class CrudContract(IterContract):
     """Every query and filter on seeded data with known answers. Subclasses give ``store``."""
 
     N = 60
@@ -355,3 +374,4 @@ async def seed_sql(conn: Any, n: int, *, start: datetime = BASE,
     """Insert ``n`` synthetic rows with ``generate_series`` on the asyncpg ``conn`` (fast)."""
     for offset in range(0, n, chunk):
         await conn.execute(SEED_SQL, start, step, actors, min(chunk, n - offset), first + offset)
+
