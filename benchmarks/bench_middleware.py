@@ -7,7 +7,8 @@ and the overhead against the bare app:
 1. raw ASGI: the app called directly with a prepared scope (no HTTP client): the most
    sensitive measure, the middleware's own cost against the cheapest possible baseline;
 2. httpx.AsyncClient + ASGITransport: an in-process HTTP client;
-3. uvicorn on loopback with a keep-alive httpx client: a real server, one process per variant.
+3. uvicorn on loopback with a keep-alive httpx client: a real server; both variants are
+   served by one process (dispatched by path) so they share its scheduling.
 
 Variants: ``bare`` (no middleware), ``mw`` (defaults: context + request id, no request
 activity), ``mw+log`` (``log_requests=True`` into an ``ActivityHandler`` writing to a
@@ -57,15 +58,23 @@ def make_app(variant: str) -> App:
 
 
 def report(title: str, samples: dict[str, list[float]]) -> None:
-    """Print median µs/request per variant and overhead versus ``bare``."""
-    base = statistics.median(samples["bare"])
+    """Print median µs/request per variant and its overhead versus ``bare``.
+
+    The overhead is the median over rounds of (variant / bare - 1) within the same round,
+    so a noisy stretch of the shared machine shifts both sides of a ratio together; the
+    inter-quartile range of those per-round overheads shows how far to trust it.
+    """
     print(f"\n{title}")
     for name, values in samples.items():
         med = statistics.median(values)
-        spread = (min(values), max(values))
-        overhead = (med / base - 1.0) * 100.0
-        extra = "" if name == "bare" else f"  overhead {overhead:+6.2f}%  (+{med - base:6.2f} µs)"
-        print(f"  {name:<7} {med:9.2f} µs/request  (rounds {spread[0]:.2f}..{spread[1]:.2f}){extra}")
+        if name == "bare":
+            print(f"  {name:<7} {med:9.2f} µs/request")
+            continue
+        ratios = [(v / b - 1.0) * 100.0 for v, b in zip(values, samples["bare"], strict=True)]
+        q1, q2, q3 = statistics.quantiles(ratios, n=4)
+        deltas = [v - b for v, b in zip(values, samples["bare"], strict=True)]
+        print(f"  {name:<7} {med:9.2f} µs/request  overhead {q2:+6.2f}% "
+              f"(IQR {q1:+.2f}..{q3:+.2f}%), +{statistics.median(deltas):.2f} µs")
 
 
 # --- 1. raw ASGI -------------------------------------------------------------------------------
@@ -129,62 +138,80 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def serve(variant: str, port: int) -> None:
+def make_dispatcher(variants: list[str]) -> App:
+    """One ASGI app serving ``/<variant>/hello`` from each variant's app.
+
+    Both variants live in one server process and are hit over one keep-alive connection, so
+    process placement and scheduling on the shared cores cannot favour either of them; the
+    dispatcher's own cost is the same for both.
+    """
+    apps = {f"/{v}/hello": make_app(v) for v in variants}
+    fallback = make_app("bare")
+
+    async def dispatch(scope: Any, receive: Any, send: Any) -> None:
+        app = apps.get(scope.get("path", ""), fallback) if scope["type"] == "http" else fallback
+        await app(scope, receive, send)
+
+    for app in apps.values():
+        # the inner Starlette apps route on /<variant>/hello too
+        inner = app.app if isinstance(app, ActivityContextMiddleware) else app
+        assert isinstance(inner, Starlette)
+        for v in variants:
+            inner.router.routes.append(Route(f"/{v}/hello", hello))
+    return dispatch
+
+
+def serve(port: int) -> None:
     import uvicorn
 
-    uvicorn.run(make_app(variant), host="127.0.0.1", port=port, log_level="warning",
-                access_log=False, log_config=None)
+    uvicorn.run(make_dispatcher(["bare", "mw"]), host="127.0.0.1", port=port,
+                log_level="warning", access_log=False, log_config=None)
 
 
 def bench_uvicorn(variants: list[str], rounds: int, per_round: int) -> dict[str, list[float]]:
-    procs: dict[str, tuple[subprocess.Popen[bytes], int]] = {}
+    port = _free_port()
+    proc = subprocess.Popen([sys.executable, __file__, "--serve", "--port", str(port)])
     try:
-        for variant in variants:
-            port = _free_port()
-            proc = subprocess.Popen([sys.executable, __file__, "--serve", variant, "--port", str(port)])
-            procs[variant] = (proc, port)
-        clients = {v: httpx.Client(base_url=f"http://127.0.0.1:{port}") for v, (_, port) in procs.items()}
-        for variant, client in clients.items():
-            deadline = time.monotonic() + 30
-            while True:
-                try:
-                    client.get("/hello")
-                    break
-                except httpx.TransportError:
-                    if time.monotonic() > deadline:
-                        raise RuntimeError(f"uvicorn for {variant} did not start") from None
-                    time.sleep(0.1)
+        client = httpx.Client(base_url=f"http://127.0.0.1:{port}",
+                              headers={"User-Agent": "bench/1.0"})
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                client.get("/bare/hello")
+                break
+            except httpx.TransportError:
+                if time.monotonic() > deadline:
+                    raise RuntimeError("uvicorn did not start") from None
+                time.sleep(0.1)
         samples: dict[str, list[float]] = {v: [] for v in variants}
         for _ in range(rounds):
-            for variant, client in clients.items():
+            for variant in variants:
+                url = f"/{variant}/hello"
                 start = time.perf_counter()
                 for _ in range(per_round):
-                    client.get("/hello", headers={"User-Agent": "bench/1.0"})
+                    client.get(url)
                 samples[variant].append((time.perf_counter() - start) / per_round * 1e6)
-        for client in clients.values():
-            client.close()
+        client.close()
         return samples
     finally:
-        for proc, _ in procs.values():
-            proc.send_signal(signal.SIGINT)
-        for proc, _ in procs.values():
-            try:
-                proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
+        proc.send_signal(signal.SIGINT)
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--quick", action="store_true", help="fewer rounds (a smoke run)")
-    parser.add_argument("--serve", choices=["bare", "mw"], help=argparse.SUPPRESS)
+    parser.add_argument("--serve", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--port", type=int, default=0, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.serve:
-        serve(args.serve, args.port)
+        serve(args.port)
         return 0
 
-    rounds = 5 if args.quick else 30
+    rounds = 8 if args.quick else 60
     tmp = Path(tempfile.mkdtemp(prefix="bench-mw-"))
     handler = ActivityHandler(database_url=f"sqlite:///{tmp / 'bench.db'}")
     log = logging.getLogger("activity")
@@ -194,18 +221,18 @@ def main() -> int:
     apps = {v: make_app(v) for v in ("bare", "mw", "mw+log")}
     print(f"python {sys.version.split()[0]}, {os.cpu_count()} cpus, {rounds} interleaved rounds")
     try:
-        report(f"1. raw ASGI call ({rounds} rounds x 2000 requests)",
-               asyncio.run(bench_raw(apps, rounds, 2000)))
-        report(f"2. httpx.AsyncClient + ASGITransport ({rounds} rounds x 300 requests)",
-               asyncio.run(bench_asgi_transport(apps, rounds, 300)))
+        report(f"1. raw ASGI call ({rounds} rounds x 1000 requests per variant)",
+               asyncio.run(bench_raw(apps, rounds, 1000)))
+        report(f"2. httpx.AsyncClient + ASGITransport ({rounds} rounds x 150 requests)",
+               asyncio.run(bench_asgi_transport(apps, rounds, 150)))
         handler.flush(30.0)
         stats = handler.stats()
         print(f"  (mw+log activities: enqueued {stats['enqueued']}, sent {stats['sent']}, "
               f"dropped {stats['dropped_queue_full']})")
     finally:
         handler.close()
-    report(f"3. uvicorn on loopback, keep-alive httpx client ({rounds} rounds x 300 requests)",
-           bench_uvicorn(["bare", "mw"], rounds, 300))
+    report(f"3. uvicorn on loopback, one keep-alive httpx connection ({rounds} rounds x 150 "
+           "requests)", bench_uvicorn(["bare", "mw"], rounds, 150))
     return 0
 
 
