@@ -15,7 +15,7 @@ Contracts shared by every helper:
 * An explicit actor wins over the request's actor as a *pair*: passing ``actor_id`` or
   ``actor_type`` writes both (the missing one as the helper's default or ``None``), so a
   system event can never be stored as ``actor_type="system"`` with a user's id taken from
-  the request context.
+  the request context. ``actor_id=None`` on its own counts as not given.
 * Usable three ways, all of which log exactly once: called directly
   (``log_call_activity(...)``), awaited (``await log_call_activity(...)``) and passed to
   ``BackgroundTasks.add_task(log_call_activity, ...)``. The helpers log when called and
@@ -81,6 +81,12 @@ def build_extra(
     extra: dict[str, Any] = {"activity_type": str(activity_type)}
     if description is not None:
         extra["description"] = description
+    # ``actor_id=None`` alone means "not known here" (``actor_id=call.agent_id`` on a call
+    # with no agent): the request's actor is used, not a typed actor without an id
+    if actor_type is _UNSET and actor_id is None:
+        actor_id = _UNSET
+    elif actor_id is _UNSET and actor_type is None:
+        actor_type = _UNSET
     if actor_type is not _UNSET or actor_id is not _UNSET:
         extra["actor_type"] = None if actor_type is _UNSET else actor_type
         extra["actor_id"] = None if actor_id is _UNSET else actor_id
@@ -244,7 +250,7 @@ def _target_helper(
     default_actor_type: str | None,
     fields: dict[str, Any],
 ) -> _Logged:
-    if actor_id is not _UNSET and actor_type is _UNSET:
+    if actor_id is not _UNSET and actor_id is not None and actor_type is _UNSET:
         actor_type = default_actor_type
     logger = fields.pop("logger", None)
     emit_activity(

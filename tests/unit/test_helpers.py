@@ -198,9 +198,10 @@ def test_explicit_actor_wins_as_a_pair_over_the_context(captured: Capture) -> No
         activity_logger.log("system_event", actor_type="system")
         log_call_activity("call_hangup", call_id=5, actor_id="agent-9")
         log_call_activity("call_updated", call_id=5)
+        log_call_activity("call_ended", call_id=5, actor_id=None)  # a call without an agent
     rows = captured.rows()
     assert [(r["actor_type"], r["actor_id"]) for r in rows] == [
-        ("system", None), ("system", None), ("agent", "agent-9"), ("user", "u1")]
+        ("system", None), ("system", None), ("agent", "agent-9"), ("user", "u1"), ("user", "u1")]
     assert {r["request_id"] for r in rows} == {"r1"}
 
 
