@@ -255,18 +255,26 @@ class ActivityContextMiddleware:
                 forwarded.append(value.decode("latin-1"))
         if request_id is None:
             request_id = self._new_request_id()
-        client = scope.get("client")
-        peer = client[0] if client else None
-        ip = parse_forwarded_for(peer, ",".join(forwarded) if forwarded else None,
-                                 self.trusted_proxies)
-        method = scope.get("method") or ("WS" if scope_type == "websocket" else None)
         path = scope.get("path")
-        actor = self._actor(scope)
-        token = bind_context(
-            request_id=request_id, ip_address=ip, user_agent=user_agent or None,
-            http_method=method, path=path,
-            actor_type=actor[0] if actor else None, actor_id=actor[1] if actor else None,
-        )
+        # only the fields that have a value: bind_context treats None as "remove"
+        fields: dict[str, Any] = {
+            "request_id": request_id,
+            "http_method": scope.get("method") or ("WS" if scope_type == "websocket" else None),
+            "path": path,
+        }
+        client = scope.get("client")
+        if client:
+            ip = parse_forwarded_for(client[0], ",".join(forwarded) if forwarded else None,
+                                     self.trusted_proxies)
+            if ip is not None:
+                fields["ip_address"] = ip
+        if user_agent:
+            fields["user_agent"] = user_agent
+        if self.actor_getter is not None:
+            actor = self._actor(scope)
+            if actor is not None:
+                fields["actor_type"], fields["actor_id"] = actor
+        token = bind_context(**fields)
         try:
             if scope_type == "websocket":
                 await self.app(scope, receive, send)
