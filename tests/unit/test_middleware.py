@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import logging
 import warnings
 from collections.abc import AsyncIterator
@@ -25,7 +26,7 @@ from starlette.websockets import WebSocket
 from activity_logging import ActivityContextMiddleware, activity_logger, get_context
 from activity_logging.context import ContextFilter
 from activity_logging.exceptions import ConfigurationError
-from activity_logging.middleware import REQUEST_ID_PATTERN, parse_forwarded_for
+from activity_logging.middleware import REQUEST_ID_PATTERN, _parse_ip, parse_forwarded_for
 from activity_logging.record import activity_from_record
 
 with warnings.catch_warnings():
@@ -226,10 +227,30 @@ def test_any_incoming_request_id_yields_a_safe_bounded_one(raw: bytes) -> None:
 )
 def test_parse_forwarded_for(peer: str | None, xff: str | None, trusted: tuple[str, ...],
                              expected: str | None) -> None:
-    import ipaddress
-
     networks = tuple(ipaddress.ip_network(n) for n in trusted)
     assert parse_forwarded_for(peer, xff, networks) == expected
+
+
+_TRUSTED = (ipaddress.ip_network("10.0.0.0/8"),)
+_addresses = st.ip_addresses(v=4).map(str) | st.ip_addresses(v=6).map(str)
+_xff = st.lists(_addresses | st.text(max_size=20), max_size=40).map(", ".join) | st.text(max_size=200)
+
+
+@settings(max_examples=300, deadline=None)
+@given(xff=_xff, peer=st.ip_addresses(v=4, network="192.0.2.0/24").map(str))
+def test_forwarded_for_from_an_untrusted_peer_never_changes_the_address(xff: str,
+                                                                        peer: str) -> None:
+    assert parse_forwarded_for(peer, xff, _TRUSTED) == peer
+
+
+@settings(max_examples=300, deadline=None)
+@given(xff=_xff, peer=st.ip_addresses(v=4, network="10.0.0.0/8").map(str))
+def test_forwarded_for_from_a_trusted_peer_gives_an_address_from_the_chain_or_none(
+    xff: str, peer: str
+) -> None:
+    result = parse_forwarded_for(peer, xff, _TRUSTED)
+    chain = {str(a) for a in (_parse_ip(e) for e in xff.split(",")) if a is not None}
+    assert result is None or result in chain | {peer}
 
 
 @pytest.mark.anyio
