@@ -492,3 +492,28 @@ def test_request_activity_sees_the_user_set_during_the_request(captured: Capture
         client.get("/login")
     (row,) = captured.rows()
     assert (row["actor_type"], row["actor_id"]) == ("user", "user-77")
+
+
+def test_streamed_response_gets_one_request_activity_after_its_last_chunk(
+    captured: Capture,
+) -> None:
+    with TestClient(make_app(log_requests=True)) as client:
+        body = client.get("/stream", headers={"X-Request-ID": "s-2"}).text
+    assert body.splitlines() == ["0:s-2", "1:s-2", "2:s-2"]
+    (row,) = captured.rows()
+    assert (row["activity_type"], row["request_id"], row["metadata"]["status_code"]) == (
+        "api_request", "s-2", 200)
+
+
+def test_the_apps_header_list_is_not_mutated() -> None:
+    shared = [(b"content-type", b"text/plain")]
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        await send({"type": "http.response.start", "status": 200, "headers": shared})
+        await send({"type": "http.response.body", "body": b"x"})
+
+    scope = {"type": "http", "method": "GET", "path": "/", "headers": []}
+    for _ in range(2):
+        sent = asyncio.run(_raw_call(ActivityContextMiddleware(app), scope))
+        assert [k for k, _ in sent[0]["headers"]] == [b"content-type", b"x-request-id"]
+    assert shared == [(b"content-type", b"text/plain")]
