@@ -8,7 +8,8 @@ and the overhead against the bare app:
    sensitive measure, the middleware's own cost against the cheapest possible baseline;
 2. httpx.AsyncClient + ASGITransport: an in-process HTTP client;
 3. uvicorn on loopback with a keep-alive httpx client: a real server; both variants are
-   served by one process (dispatched by path) so they share its scheduling.
+   served by one process (dispatched by path) so they share its scheduling;
+4. ``@log_activity`` on a trivial function, logger off and on (the decorator's own cost).
 
 Variants: ``bare`` (no middleware), ``mw`` (defaults: context + request id, no request
 activity), ``mw+log`` (``log_requests=True`` into an ``ActivityHandler`` writing to a
@@ -57,7 +58,7 @@ def make_app(variant: str) -> App:
     return ActivityContextMiddleware(app, log_requests=(variant == "mw+log"))
 
 
-def report(title: str, samples: dict[str, list[float]]) -> None:
+def report(title: str, samples: dict[str, list[float]], unit: str = "request") -> None:
     """Print median µs/request per variant and its overhead versus ``bare``.
 
     The overhead is the median over rounds of (variant / bare - 1) within the same round,
@@ -69,13 +70,13 @@ def report(title: str, samples: dict[str, list[float]]) -> None:
     for name, values in samples.items():
         med = statistics.median(values)
         if name == "bare":
-            print(f"  {name:<7} {med:9.2f} µs/request")
+            print(f"  {name:<7} {med:9.2f} µs/{unit}")
             continue
         ratios = [(v / b - 1.0) * 100.0 for v, b in zip(values, samples["bare"], strict=True)]
         q1, q2, q3 = statistics.quantiles(ratios, n=4)
         deltas = [v - b for v, b in zip(values, samples["bare"], strict=True)]
         best = (min(values) / min(samples["bare"]) - 1.0) * 100.0
-        print(f"  {name:<7} {med:9.2f} µs/request  overhead {q2:+6.2f}% "
+        print(f"  {name:<7} {med:9.2f} µs/{unit}  overhead {q2:+6.2f}% "
               f"(IQR {q1:+.2f}..{q3:+.2f}%), +{statistics.median(deltas):.2f} µs; "
               f"best rounds {min(values):.2f} vs {min(samples['bare']):.2f} µs ({best:+.2f}%)")
 
@@ -204,6 +205,39 @@ def bench_uvicorn(variants: list[str], rounds: int, per_round: int) -> dict[str,
             proc.kill()
 
 
+# --- 4. @log_activity ------------------------------------------------------------------------
+
+
+def bench_decorator(rounds: int, per_round: int) -> dict[str, list[float]]:
+    """A trivial sync function: plain, decorated with its logger off, and on (NullHandler)."""
+    from activity_logging import log_activity
+
+    off = logging.getLogger("bench.decorator.off")
+    off.setLevel(logging.CRITICAL)
+    off.propagate = False
+    on = logging.getLogger("bench.decorator.on")
+    on.setLevel(logging.INFO)
+    on.addHandler(logging.NullHandler())
+    on.propagate = False
+
+    def plain(x: int) -> dict[str, int]:
+        return {"id": x}
+
+    funcs = {
+        "bare": plain,
+        "off": log_activity("bench", target_type="thing", logger=off)(plain),
+        "on": log_activity("bench", target_type="thing", logger=on)(plain),
+    }
+    samples: dict[str, list[float]] = {name: [] for name in funcs}
+    for _ in range(rounds):
+        for name, func in funcs.items():
+            start = time.perf_counter()
+            for i in range(per_round):
+                func(i)
+            samples[name].append((time.perf_counter() - start) / per_round * 1e6)
+    return samples
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--quick", action="store_true", help="fewer rounds (a smoke run)")
@@ -236,6 +270,8 @@ def main() -> int:
         handler.close()
     report(f"3. uvicorn on loopback, one keep-alive httpx connection ({rounds} rounds x 150 "
            "requests)", bench_uvicorn(["bare", "mw"], rounds, 150))
+    report(f"4. @log_activity on a trivial function: plain / logger off / on with a NullHandler "
+           f"({rounds} rounds x 5000 calls)", bench_decorator(rounds, 5000), unit="call")
     return 0
 
 
