@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import sqlite3
 import threading
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -239,7 +240,11 @@ def test_bad_arguments_are_refused_at_construction(kwargs: dict[str, Any]) -> No
         ActivityHandler(**kwargs)
 
 
-def test_emit_survives_broken_records(logger: logging.Logger) -> None:
+def test_emit_survives_broken_records() -> None:
+    # a logger pytest has not seen: its own capture handler would raise on these records
+    logger = logging.getLogger(f"activity.broken.{uuid.uuid4().hex}")
+    logger.setLevel(logging.INFO)
+    logger.propagate = False
     handler, sink = attach(logger)
 
     class BadStr:
