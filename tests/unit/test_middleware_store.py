@@ -45,7 +45,7 @@ class CallCRUD:
     def __init__(self) -> None:
         self.calls: dict[int, Call] = {}
 
-    @log_activity(activity_type="call_created", description="New call record created", target_type="call")  # noqa: E501 - the issue's line, as written
+    @log_activity(activity_type="call_created", description="New call record created", target_type="call")
     async def create_call(self, db, call_data, background_tasks=None, request=None) -> Call:
         call = Call(len(self.calls) + 1, call_data["number"])
         self.calls[call.id] = call
