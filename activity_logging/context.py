@@ -38,7 +38,10 @@ def bind_context(**fields: Any) -> Token[Mapping[str, Any]]:
     Returns the token to pass to ``reset_context``. Prefer ``activity_context``, which resets
     for you.
     """
-    merged = dict(_activity_ctx.get())
+    current = _activity_ctx.get()
+    if not current and None not in fields.values():
+        return _activity_ctx.set(MappingProxyType(fields))  # the common case: a fresh request
+    merged = dict(current)
     for key, value in fields.items():
         if value is None:
             merged.pop(key, None)
