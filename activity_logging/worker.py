@@ -113,6 +113,17 @@ class _Batch:
     rejects: list[_Reject] = field(default_factory=list)
 
 
+def _reraise_if_cancelled() -> None:
+    """Re-raise a cancellation that a library turned into an ordinary exception.
+
+    redis-py can catch ``CancelledError`` mid-command and raise a connection error instead;
+    a loop that retries ordinary errors would then swallow a cold stop.
+    """
+    task = asyncio.current_task()
+    if task is not None and task.cancelling():
+        raise asyncio.CancelledError
+
+
 def _text(value: Any) -> str:
     return value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
 
@@ -312,11 +323,13 @@ class ActivityWorker:
 
     async def _reader_loop(self, queue: asyncio.Queue[_Batch | None], stop_when_idle: bool) -> None:
         while not self._stopping.is_set():
+            _reraise_if_cancelled()
             try:
                 batch = await self._claim_batch()
                 if batch is None:
                     batch = await self._read_batch()
             except _REDIS_TRANSIENT as exc:
+                _reraise_if_cancelled()
                 self.counters.retried += 1
                 logger.warning("reading %r failed (%s); retrying", self.stream, exc)
                 await self._sleep(BACKOFF_INITIAL * 2)
@@ -424,6 +437,7 @@ class ActivityWorker:
 
     async def _writer_loop(self, queue: asyncio.Queue[_Batch | None]) -> None:
         while True:
+            _reraise_if_cancelled()
             batch = await queue.get()
             if batch is None:
                 return
@@ -438,6 +452,7 @@ class ActivityWorker:
             try:
                 inserted, rejects = await self._insert_isolating(batch, 0, len(batch.rows))
             except Exception as exc:
+                _reraise_if_cancelled()
                 if isinstance(exc, ConfigurationError):
                     logger.error("%s", exc)
                 self.counters.retried += 1
@@ -540,6 +555,7 @@ class ActivityWorker:
                 await action()
                 return
             except (*_REDIS_TRANSIENT, StoreUnavailableError) as exc:
+                _reraise_if_cancelled()
                 self.counters.retried += 1
                 logger.warning("could not %s (%s); retrying in %.1fs", what, exc, backoff)
                 await asyncio.sleep(backoff)
@@ -551,6 +567,7 @@ class ActivityWorker:
         key = heartbeat_key(self.stream, self.consumer)
         host = socket.gethostname()
         while True:
+            _reraise_if_cancelled()  # redis-py may have swallowed our cancel mid-command
             try:
                 await self._update_lag()
                 payload = orjson.dumps({
@@ -560,6 +577,7 @@ class ActivityWorker:
                 })
                 await self._r.set(key, payload, ex=int(DEFAULT_HEARTBEAT_TTL))
             except Exception as exc:  # a missed heartbeat must never stop the drain
+                _reraise_if_cancelled()
                 logger.debug("heartbeat failed: %s", exc)
             await asyncio.sleep(self.heartbeat_interval)
 
