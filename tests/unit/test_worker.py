@@ -1,0 +1,117 @@
+"""ActivityWorker logic without servers: settings, decoding, isolating poison records."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import orjson
+import pytest
+
+from activity_logging import record
+from activity_logging.exceptions import ConfigurationError
+from activity_logging.worker import ActivityWorker, _Batch
+
+REDIS = "redis://127.0.0.1:1/0"
+PG = "postgresql://postgres@127.0.0.1:1/test"
+
+
+def make_worker(**kw: Any) -> ActivityWorker:
+    return ActivityWorker(REDIS, PG, stream="s", **kw)
+
+
+def test_settings_are_validated_at_construction(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("REDIS_URL", raising=False)
+    monkeypatch.delenv("DATABASE_URL", raising=False)
+    with pytest.raises(ConfigurationError, match="redis_url"):
+        ActivityWorker(None, PG)
+    with pytest.raises(ConfigurationError, match="database_url"):
+        ActivityWorker(REDIS, None)
+    with pytest.raises(ConfigurationError, match="PostgreSQL"):
+        ActivityWorker(REDIS, "sqlite:///x.db")
+    with pytest.raises(ConfigurationError, match="batch_size"):
+        make_worker(batch_size=0)
+    with pytest.raises(ConfigurationError, match="schema"):
+        make_worker(schema="bad;name")
+
+
+def test_environment_supplies_urls_and_dead_stream_follows_stream(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("REDIS_URL", REDIS)
+    monkeypatch.setenv("DATABASE_URL", "postgres://u@h/db")
+    worker = ActivityWorker()
+    assert (worker.stream, worker.dead_stream) == ("activity_log_stream", "activity_log_dead")
+    assert worker.group == "activity_log_workers"
+    assert make_worker().dead_stream == "s:dead"
+
+
+def _entry(n: int, producer: str = "p") -> dict[str, Any]:
+    rec = logging.LogRecord("a", logging.INFO, "p", 1, "call_created", None, None)
+    return record.WireEncoder(producer).encode_batch([record.queued_from_record(rec)] * n)
+
+
+def test_entries_are_decoded_and_bad_ones_set_aside() -> None:
+    worker = make_worker()
+    batch = _Batch()
+    broken = _entry(3)
+    wires = orjson.loads(broken["d"])
+    del wires[1]["id"]  # build_activity refuses a record without id
+    broken["d"] = orjson.dumps(wires)
+    worker._add_entries(batch, [(b"1-0", _entry(4)), (b"2-0", {"v": "7", "d": b"[]"}),
+                                (b"3-0", broken), (b"4-0", {})])
+    assert batch.ids == [b"1-0", b"2-0", b"3-0", b"4-0"]
+    assert len(batch.rows) == 6 and batch.refs[-1] == (2, 2)
+    assert [(r.entry, r.attempts) for r in batch.rejects] == [(1, 1), (2, 1)]
+    assert "EntryFormatError" in batch.rejects[0].error
+    assert worker.stats()["read"] == 7 and worker.stats()["entries_read"] == 4
+
+
+class FakeStore:
+    """Stores rows by id; rejects (like a data error) any row whose actor_id is 'poison'."""
+
+    def __init__(self) -> None:
+        self.rows: dict[Any, dict[str, Any]] = {}
+        self.calls = 0
+
+    async def insert_activities(self, rows: list[dict[str, Any]]) -> int:
+        self.calls += 1
+        if any(r["actor_id"] == "poison" for r in rows):
+            raise OverflowError("value out of int64 range")
+        new = [r for r in rows if r["id"] not in self.rows]
+        self.rows.update((r["id"], r) for r in new)
+        return len(new)
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("poison_at", [[], [0], [17], [5, 6, 63], list(range(0, 64, 9))])
+async def test_poison_records_are_isolated_and_the_rest_stored(poison_at: list[int]) -> None:
+    worker = make_worker(max_attempts=3)
+    store = FakeStore()
+    worker.store = store  # type: ignore[assignment]
+    batch = _Batch()
+    worker._add_entries(batch, [(f"{i}-0".encode(), _entry(16, f"p{i}")) for i in range(4)])
+    for index in poison_at:
+        batch.rows[index]["actor_id"] = "poison"
+    inserted, rejects = await worker._insert_isolating(batch, 0, len(batch.rows))
+    assert inserted == 64 - len(poison_at) == len(store.rows)
+    assert all(r.attempts == 3 and "OverflowError" in r.error for r in rejects)
+    # The dead-lettered records are the poisoned ones, as the producer sent them.
+    assert sorted(orjson.loads(r.record)["id"] for r in rejects) == sorted(
+        str(batch.rows[i]["id"]) for i in poison_at)
+    assert all(r.entry == batch.refs[i][0] for r, i in zip(rejects, poison_at, strict=True))
+
+
+@pytest.mark.anyio
+async def test_a_database_error_is_not_mistaken_for_a_bad_record() -> None:
+    worker = make_worker()
+
+    class DownStore:
+        async def insert_activities(self, rows: list[dict[str, Any]]) -> int:
+            raise ConnectionResetError("server closed the connection")
+
+    worker.store = DownStore()  # type: ignore[assignment]
+    batch = _Batch()
+    worker._add_entries(batch, [(b"1-0", _entry(8))])
+    with pytest.raises(ConnectionResetError):
+        await worker._insert_isolating(batch, 0, len(batch.rows))
