@@ -34,6 +34,8 @@ if TYPE_CHECKING:
 logger: Final = logging.getLogger("activity_logging.db")
 
 STAGE_TABLE: Final = "_activity_stage"
+_UNIQUE_VIOLATION: Final = "23505"
+_STAGE_AFTER_CONFLICT: Final = 20
 DEFAULT_CONNECT_TIMEOUT: Final = 10.0
 
 # SQLSTATE classes: what a failed insert means for the records in it.
@@ -321,8 +323,9 @@ class PostgresStore:
 
     Not shared between event loops or tasks: each worker (or the handler's direct mode, from
     its own private loop) owns one. Holds no global state. ``insert_activities`` is the hot
-    path: ``COPY`` into a temporary stage table, then ``INSERT ... SELECT ... ON CONFLICT DO
-    NOTHING`` in one transaction, so a record delivered twice is stored once.
+    path: ``COPY`` straight into the table, and when a row is already there (a redelivery),
+    ``COPY`` into a temporary stage then ``INSERT ... SELECT ... ON CONFLICT DO NOTHING``, each
+    in one transaction, so a record delivered twice is stored once.
     """
 
     def __init__(self, url: str, *, schema: str | None = None, table: str = DEFAULT_TABLE) -> None:
@@ -333,6 +336,7 @@ class PostgresStore:
         self.conn: asyncpg.Connection | None = None
         self.partitioned = False
         self._known_months: set[tuple[int, int]] = set()
+        self._stage_batches_left = 0
         cols = ", ".join(_quote(c) for c in ACTIVITY_COLUMNS)
         self._insert_sql = (
             f"INSERT INTO {_quote(table)} ({cols}) SELECT {cols} FROM {STAGE_TABLE} "
@@ -408,6 +412,23 @@ class PostgresStore:
         if self.partitioned:
             await self._ensure_months(conn, rows)
         records = [row_tuple(r) for r in rows]
+        if self._stage_batches_left <= 0:
+            # Optimistic: duplicates only appear after a redelivery, so COPY straight into the
+            # table (~1.3x faster than the stage, see benchmarks/bench_worker.py) and fall back
+            # to the stage when a row turns out to be there already.
+            try:
+                async with conn.transaction():
+                    status = await conn.copy_records_to_table(
+                        self.table, records=records, columns=ACTIVITY_COLUMNS
+                    )
+                return int(status.rsplit(" ", 1)[-1])
+            except Exception as exc:
+                if getattr(exc, "sqlstate", None) != _UNIQUE_VIOLATION:
+                    raise
+                # Redeliveries come in runs (a dead worker's whole backlog): stay on the
+                # conflict-tolerant path for a while before trying the fast one again.
+                self._stage_batches_left = _STAGE_AFTER_CONFLICT
+        self._stage_batches_left -= 1
         async with conn.transaction():
             await conn.copy_records_to_table(STAGE_TABLE, records=records, columns=ACTIVITY_COLUMNS)
             status = await conn.execute(self._insert_sql)
