@@ -256,9 +256,10 @@ class ActivityWorker:
         finds nothing new and nothing left to claim).
 
         ``install_signal_handlers`` makes SIGTERM/SIGINT a warm stop and a second one a
-        cold stop (``asyncio.CancelledError`` out of ``run``). Raises ``StoreUnavailableError``
-        only when nothing can be reached at start-up for ``start_timeout``; transient failures
-        later are retried for as long as it takes.
+        cold stop (``asyncio.CancelledError`` out of ``run``). Unreachable Redis or PostgreSQL,
+        at start-up or later, is retried with backoff for as long as it takes (a worker is a
+        daemon: it waits for its services). Raises ``ConfigurationError`` for a bad setting
+        found at start-up.
         """
         self._run_task = asyncio.current_task()
         loop = asyncio.get_running_loop()
