@@ -97,7 +97,7 @@ def cmd_init_db(args: argparse.Namespace) -> int:
 
 def cmd_worker(args: argparse.Namespace) -> int:
     """``worker``: drain until SIGTERM/SIGINT (exit 0), or a second signal (exit 1)."""
-    from .worker import ActivityWorker
+    from .worker import ActivityWorker, tune_gc_for_draining
 
     options: dict[str, Any] = {
         name: getattr(args, name)
@@ -109,6 +109,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
         redis_url, resolve_database_url(args.database_url), stream=args.stream, group=args.group,
         consumer=args.consumer, schema=args.schema, **options,
     )
+    tune_gc_for_draining()
     try:
         asyncio.run(worker.run(stop_when_idle=args.exit_when_idle, install_signal_handlers=True))
     except asyncio.CancelledError:

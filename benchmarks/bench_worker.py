@@ -32,7 +32,7 @@ import redis
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from activity_logging import db, record
-from activity_logging.worker import ActivityWorker
+from activity_logging.worker import ActivityWorker, tune_gc_for_draining
 
 PG_URL = os.environ.get("TEST_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/test")
 REDIS_URL = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
@@ -236,6 +236,7 @@ async def bench_drain(records: int, per_entry: int, batch_size: int, sample_rss:
         fill = time.perf_counter() - start
         print(f"# backlog: {records} records in {entries} entries ({per_entry}/entry), "
               f"filled in {fill:.1f}s")
+        tune_gc_for_draining()  # as the `worker` command does
         worker = ActivityWorker(REDIS_URL, PG_URL, stream=stream, schema=schema,
                                 batch_size=batch_size, consumer="bench")
         rss: list[int] = []
