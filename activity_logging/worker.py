@@ -296,8 +296,8 @@ class ActivityWorker:
             await self._retrying("connect to PostgreSQL", self.store.connect)
             await self._ensure_group()
             await self._maybe_ensure_partitions(force=True)
-            await self._reader_loop(queue, stop_when_idle)
-            await queue.put(None)
+            await self._reader_loop(queue, writer, stop_when_idle)
+            await self._hand_over(queue, None, writer)
             await writer
         finally:
             for task in (heartbeat, writer):
@@ -337,7 +337,26 @@ class ActivityWorker:
                     raise
         await self._retrying("create the consumer group", create)
 
-    async def _reader_loop(self, queue: asyncio.Queue[_Batch | None], stop_when_idle: bool) -> None:
+    @staticmethod
+    async def _hand_over(
+        queue: asyncio.Queue[_Batch | None], batch: _Batch | None, writer: asyncio.Task[None]
+    ) -> None:
+        """Queue ``batch`` for the writer; if the writer died instead, raise its error
+        (rather than wait forever on a queue nobody empties)."""
+        put = asyncio.ensure_future(queue.put(batch))
+        try:
+            await asyncio.wait({put, writer}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            if not put.done():
+                put.cancel()
+        if not put.done() or put.cancelled():
+            writer.result()  # raises the writer's exception
+            raise RuntimeError("the writer stopped before the reader")
+        put.result()
+
+    async def _reader_loop(
+        self, queue: asyncio.Queue[_Batch | None], writer: asyncio.Task[None], stop_when_idle: bool
+    ) -> None:
         while not self._stopping.is_set():
             _reraise_if_cancelled()
             try:
@@ -361,7 +380,7 @@ class ActivityWorker:
                 await self._ensure_group()
                 continue
             if batch.ids:
-                await queue.put(batch)
+                await self._hand_over(queue, batch, writer)
             elif stop_when_idle and self._read_id == b">":
                 return
 
@@ -534,15 +553,25 @@ class ActivityWorker:
             return b"null"
 
     async def _finish(self, batch: _Batch) -> None:
-        """Dead-letter the rejects, then acknowledge and delete every entry, atomically."""
-        pipe = self._r.pipeline(transaction=True)
+        """Dead-letter the rejects, then acknowledge and delete every entry of the batch.
+
+        Two round trips on purpose: a Redis transaction does not roll back, so a failed
+        dead-letter ``XADD`` inside ``MULTI`` would still let ``XACK`` through and lose the
+        record. Acknowledging only after every dead letter is written keeps it pending
+        instead (a retry may write a dead letter twice; never zero times).
+        """
         now = time.time()
-        for reject in batch.rejects:
-            pipe.xadd(self.dead_stream, {
-                "record": reject.record, "error": reject.error[:4096],
-                "source_id": batch.ids[reject.entry], "source_stream": self.stream,
-                "attempts": str(reject.attempts), "consumer": self.consumer, "ts": f"{now:.6f}",
-            })
+        if batch.rejects:
+            pipe = self._r.pipeline(transaction=False)
+            for reject in batch.rejects:
+                pipe.xadd(self.dead_stream, {
+                    "record": reject.record, "error": reject.error[:4096],
+                    "source_id": batch.ids[reject.entry], "source_stream": self.stream,
+                    "attempts": str(reject.attempts), "consumer": self.consumer,
+                    "ts": f"{now:.6f}",
+                })
+            await pipe.execute()
+        pipe = self._r.pipeline(transaction=True)
         pipe.xack(self.stream, self.group, *batch.ids)
         pipe.xdel(self.stream, *batch.ids)
         await pipe.execute()

@@ -306,3 +306,20 @@ async def test_unreachable_database_names_the_redacted_url() -> None:
     with pytest.raises(StoreUnavailableError) as info:
         await db.connect_pg(url)
     assert "s3cret" not in str(info.value) and "127.0.0.1" in str(info.value)
+
+
+async def test_a_writer_failure_surfaces_instead_of_hanging(
+    redis_url: str, redis_stream: str, pg_url: str, pg_schema: str
+) -> None:
+    from redis.exceptions import ResponseError
+
+    await db.init_db(pg_url, schema=pg_schema)
+    client = redis.Redis.from_url(redis_url)
+    client.set(dead_stream_for(redis_stream), "not a stream")  # dead-lettering will fail
+    xadd_all(redis_url, redis_stream, [{"v": "99", "d": b"[]"}, *entries(30, 10)])
+    worker = worker_for(redis_url, pg_url, redis_stream, pg_schema, batch_size=20)
+    with pytest.raises(ResponseError, match="WRONGTYPE"):
+        await asyncio.wait_for(worker.run(), 30)
+    # Nothing acknowledged that was not settled: the failed batch is still pending.
+    assert client.xpending(redis_stream, "activity_log_workers")["pending"] >= 1
+    assert client.xlen(redis_stream) == 31 - worker.stats()["acked"]
