@@ -115,3 +115,13 @@ async def test_a_database_error_is_not_mistaken_for_a_bad_record() -> None:
     worker._add_entries(batch, [(b"1-0", _entry(8))])
     with pytest.raises(ConnectionResetError):
         await worker._insert_isolating(batch, 0, len(batch.rows))
+
+
+def test_worker_command_refuses_bad_settings_with_exit_2(monkeypatch: pytest.MonkeyPatch) -> None:
+    from activity_logging.cli import main
+
+    monkeypatch.delenv("REDIS_URL", raising=False)
+    monkeypatch.delenv("DATABASE_URL", raising=False)
+    assert main(["worker", "--database-url", PG]) == 2  # no Redis anywhere
+    assert main(["worker", "--redis-url", REDIS, "--database-url", "sqlite:///x.db"]) == 2
+    assert main(["worker", "--redis-url", REDIS, "--database-url", PG, "--batch-size", "0"]) == 2
