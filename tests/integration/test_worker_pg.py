@@ -323,3 +323,21 @@ async def test_a_writer_failure_surfaces_instead_of_hanging(
     # Nothing acknowledged that was not settled: the failed batch is still pending.
     assert client.xpending(redis_stream, "activity_log_workers")["pending"] >= 1
     assert client.xlen(redis_stream) == 31 - worker.stats()["acked"]
+
+
+async def test_worker_fills_a_partitioned_table_creating_past_months(
+    redis_url: str, redis_stream: str, pg_url: str, pg_schema: str
+) -> None:
+    await db.init_db(pg_url, schema=pg_schema, partitioned=True, months_ahead=1)
+    xadd_all(redis_url, redis_stream, entries(4, 25))  # created in September 2026
+    worker = worker_for(redis_url, pg_url, redis_stream, pg_schema, months_ahead=2)
+    await worker.run(stop_when_idle=True)
+    assert await counts(pg_url, pg_schema) == (100, 100)
+    assert worker.stats()["partitions_created"] == 1  # the third month ahead, at start
+    conn = await db.connect_pg(pg_url, schema=pg_schema)
+    try:
+        month = datetime.fromtimestamp(1_790_000_000, UTC)
+        name = db.partition_name("activity_logs", month.year, month.month)
+        assert await conn.fetchval("SELECT count(*) FROM " + name) == 100
+    finally:
+        await conn.close()
