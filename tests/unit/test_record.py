@@ -29,7 +29,7 @@ from activity_logging.record import (
 )
 
 
-def make_record(msg: str = "call_created", level: int = logging.INFO, args: Any = None,
+def make_record(msg: str = "call_created", level: int = logging.INFO, args: Any = None, /,
                 **extra: Any) -> logging.LogRecord:
     logger = logging.getLogger("activity")
     return logger.makeRecord("activity", level, __file__, 1, msg, args, None, extra=extra)
@@ -87,7 +87,7 @@ def test_fields_from_extra_become_columns_and_the_rest_metadata() -> None:
 
 
 def test_activity_type_from_extra_wins_over_message() -> None:
-    (row,) = roundtrip(make_record("something happened %s", args=("now",), activity_type="lead_created"))
+    (row,) = roundtrip(make_record("something happened %s", logging.INFO, ("now",), activity_type="lead_created"))
     assert row["activity_type"] == "lead_created"
     assert row["description"] == "something happened now"
 
