@@ -87,7 +87,8 @@ def test_fields_from_extra_become_columns_and_the_rest_metadata() -> None:
 
 
 def test_activity_type_from_extra_wins_over_message() -> None:
-    (row,) = roundtrip(make_record("something happened %s", logging.INFO, ("now",), activity_type="lead_created"))
+    rec = make_record("something happened %s", logging.INFO, ("now",), activity_type="lead_created")
+    (row,) = roundtrip(rec)
     assert row["activity_type"] == "lead_created"
     assert row["description"] == "something happened now"
 
