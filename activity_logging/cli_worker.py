@@ -71,6 +71,8 @@ def register(subparsers: Any) -> None:
                         "(default: 60)")
     w.add_argument("--heartbeat-interval", type=float, default=None,
                    help="seconds between heartbeats (default: 5)")
+    w.add_argument("--writers", type=int, default=None,
+                   help="batches inserted at once, one PostgreSQL connection each (default: 1)")
     w.add_argument("--exit-when-idle", action="store_true",
                    help="exit 0 once the stream has nothing left to read (one-shot drain)")
     w.set_defaults(func=cmd_worker)
@@ -101,7 +103,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
 
     options: dict[str, Any] = {
         name: getattr(args, name)
-        for name in ("batch_size", "max_wait", "claim_idle", "heartbeat_interval")
+        for name in ("batch_size", "max_wait", "claim_idle", "heartbeat_interval", "writers")
         if getattr(args, name) is not None
     }
     redis_url = resolve_redis_url(args.redis_url)

@@ -62,6 +62,7 @@ DEFAULT_CLAIM_IDLE: Final = 60.0
 DEFAULT_HEARTBEAT_INTERVAL: Final = 5.0
 DEFAULT_MAX_ATTEMPTS: Final = 3
 DEFAULT_PARTITION_INTERVAL: Final = 3600.0
+DEFAULT_WRITERS: Final = 1
 BACKOFF_INITIAL: Final = 0.5
 BACKOFF_MAX: Final = 30.0
 
@@ -162,6 +163,7 @@ class ActivityWorker:
             this one claims it.
         heartbeat_interval: seconds between heartbeats (TTL ``DEFAULT_HEARTBEAT_TTL``).
         max_attempts: attempts on a rejected record before it is dead-lettered.
+        writers: batches inserted concurrently, each over its own PostgreSQL connection.
 
     Raises ``ConfigurationError`` at construction for missing or invalid settings; connects
     only in ``run``. One worker runs in one event loop; run several processes to scale.
@@ -185,6 +187,7 @@ class ActivityWorker:
         max_attempts: int = DEFAULT_MAX_ATTEMPTS,
         months_ahead: int = 3,
         partition_interval: float = DEFAULT_PARTITION_INTERVAL,
+        writers: int = DEFAULT_WRITERS,
     ) -> None:
         resolved_redis = resolve_redis_url(redis_url)
         if resolved_redis is None:
@@ -201,7 +204,7 @@ class ActivityWorker:
             ("batch_size", batch_size, True), ("read_count", read_count, True),
             ("max_attempts", max_attempts, True), ("max_wait", max_wait, False),
             ("claim_idle", claim_idle, False), ("heartbeat_interval", heartbeat_interval, False),
-            ("partition_interval", partition_interval, False),
+            ("partition_interval", partition_interval, False), ("writers", writers, True),
         ):
             require_positive(name, value, integer=integer)
         self.redis_url = resolved_redis
@@ -221,6 +224,11 @@ class ActivityWorker:
         self.partition_interval = partition_interval
         self.counters = WorkerCounters()
         self.store = PostgresStore(self.database_url, schema=self.schema, table=table)
+        # More than one connection lets PostgreSQL commit one batch while the next is copied.
+        self.stores = [self.store] + [
+            PostgresStore(self.database_url, schema=self.schema, table=table)
+            for _ in range(writers - 1)
+        ]
         self._redis: aioredis.Redis | None = None
         self._stopping = asyncio.Event()
         self._run_task: asyncio.Task[None] | None = None
@@ -289,20 +297,25 @@ class ActivityWorker:
             "worker %s: stream %r group %r -> %s%s", self.consumer, self.stream, self.group,
             redact_url(self.database_url), f" schema {self.schema}" if self.schema else "",
         )
-        queue: asyncio.Queue[_Batch | None] = asyncio.Queue(maxsize=1)
+        queue: asyncio.Queue[_Batch | None] = asyncio.Queue(maxsize=len(self.stores))
         heartbeat = asyncio.create_task(self._heartbeat_loop(), name="activity-worker-heartbeat")
-        writer = asyncio.create_task(self._writer_loop(queue), name="activity-worker-writer")
+        writer_tasks = [
+            asyncio.create_task(self._writer_loop(queue, store), name=f"activity-worker-writer-{i}")
+            for i, store in enumerate(self.stores)
+        ]
+        writer: asyncio.Future[Any] = asyncio.gather(*writer_tasks)
         try:
             await self._retrying("connect to PostgreSQL", self.store.connect)
             await self._ensure_group()
-            await self._maybe_ensure_partitions(force=True)
+            await self._maybe_ensure_partitions(self.store, force=True)
             await self._reader_loop(queue, writer, stop_when_idle)
-            await self._hand_over(queue, None, writer)
+            for _ in writer_tasks:
+                await self._hand_over(queue, None, writer)
             await writer
         finally:
-            for task in (heartbeat, writer):
+            for task in (heartbeat, *writer_tasks):
                 task.cancel()
-            for task in (heartbeat, writer):
+            for task in (heartbeat, *writer_tasks):
                 with contextlib.suppress(asyncio.CancelledError, Exception):
                     await task
             if install_signal_handlers:
@@ -312,7 +325,8 @@ class ActivityWorker:
         logger.info("worker %s stopped: %s", self.consumer, self.stats())
 
     async def _shutdown(self) -> None:
-        await self.store.close()
+        for store in self.stores:
+            await store.close()
         if self._redis is not None:
             with contextlib.suppress(Exception):
                 await self._redis.delete(heartbeat_key(self.stream, self.consumer))
@@ -339,7 +353,7 @@ class ActivityWorker:
 
     @staticmethod
     async def _hand_over(
-        queue: asyncio.Queue[_Batch | None], batch: _Batch | None, writer: asyncio.Task[None]
+        queue: asyncio.Queue[_Batch | None], batch: _Batch | None, writer: asyncio.Future[Any]
     ) -> None:
         """Queue ``batch`` for the writer; if the writer died instead, raise its error
         (rather than wait forever on a queue nobody empties)."""
@@ -355,7 +369,7 @@ class ActivityWorker:
         put.result()
 
     async def _reader_loop(
-        self, queue: asyncio.Queue[_Batch | None], writer: asyncio.Task[None], stop_when_idle: bool
+        self, queue: asyncio.Queue[_Batch | None], writer: asyncio.Future[Any], stop_when_idle: bool
     ) -> None:
         while not self._stopping.is_set():
             _reraise_if_cancelled()
@@ -470,22 +484,22 @@ class ActivityWorker:
 
     # --- writing ---------------------------------------------------------------------------
 
-    async def _writer_loop(self, queue: asyncio.Queue[_Batch | None]) -> None:
+    async def _writer_loop(self, queue: asyncio.Queue[_Batch | None], store: PostgresStore) -> None:
         while True:
             _reraise_if_cancelled()
             batch = await queue.get()
             if batch is None:
                 return
-            await self._maybe_ensure_partitions()
-            await self._store_batch(batch)
+            await self._maybe_ensure_partitions(store)
+            await self._store_batch(batch, store)
             await self._retrying("acknowledge entries", lambda b=batch: self._finish(b))
             self.counters.batches += 1
 
-    async def _store_batch(self, batch: _Batch) -> None:
+    async def _store_batch(self, batch: _Batch, store: PostgresStore) -> None:
         backoff = BACKOFF_INITIAL
         while True:
             try:
-                inserted, rejects = await self._insert_isolating(batch, 0, len(batch.rows))
+                inserted, rejects = await self._insert_isolating(batch, 0, len(batch.rows), store)
             except Exception as exc:
                 _reraise_if_cancelled()
                 if isinstance(exc, ConfigurationError):
@@ -495,7 +509,7 @@ class ActivityWorker:
                     "insert of %d rows failed (%s: %s); retrying in %.1fs, entries stay pending",
                     len(batch.rows), type(exc).__name__, exc, backoff,
                 )
-                await self.store.close()
+                await store.close()
                 # Not _sleep: a warm stop still commits the batch in hand.
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, BACKOFF_MAX)
@@ -505,7 +519,9 @@ class ActivityWorker:
             batch.rejects.extend(rejects)
             return
 
-    async def _insert_isolating(self, batch: _Batch, lo: int, hi: int) -> tuple[int, list[_Reject]]:
+    async def _insert_isolating(
+        self, batch: _Batch, lo: int, hi: int, store: PostgresStore | None = None
+    ) -> tuple[int, list[_Reject]]:
         """Insert ``batch.rows[lo:hi]``; on a data error split in halves to isolate bad rows.
 
         Returns (rows inserted, rejected rows). Transient errors propagate so the caller
@@ -514,23 +530,24 @@ class ActivityWorker:
         if lo >= hi:
             return 0, []
         rows = batch.rows
+        store = store or self.store
         try:
-            return await self.store.insert_activities(rows[lo:hi]), []
+            return await store.insert_activities(rows[lo:hi]), []
         except Exception as exc:
             if not is_data_error(exc):
                 raise
             error = exc
         if hi - lo > 1:
             mid = (lo + hi) // 2
-            left, left_rejects = await self._insert_isolating(batch, lo, mid)
-            right, right_rejects = await self._insert_isolating(batch, mid, hi)
+            left, left_rejects = await self._insert_isolating(batch, lo, mid, store)
+            right, right_rejects = await self._insert_isolating(batch, mid, hi, store)
             return left + right, left_rejects + right_rejects
         attempts = 1
         while attempts < self.max_attempts:
             attempts += 1
             await asyncio.sleep(0.05 * attempts)
             try:
-                return await self.store.insert_activities(rows[lo:hi]), []
+                return await store.insert_activities(rows[lo:hi]), []
             except Exception as exc:
                 if not is_data_error(exc):
                     raise
@@ -581,13 +598,13 @@ class ActivityWorker:
         if batch.rejects:
             logger.warning("dead-lettered %d records to %r", len(batch.rejects), self.dead_stream)
 
-    async def _maybe_ensure_partitions(self, *, force: bool = False) -> None:
+    async def _maybe_ensure_partitions(self, store: PostgresStore, *, force: bool = False) -> None:
         now = time.monotonic()
         if not force and now - self._last_partition_check < self.partition_interval:
             return
         self._last_partition_check = now
         try:
-            created = await self.store.ensure_partitions(self.months_ahead)
+            created = await store.ensure_partitions(self.months_ahead)
         except Exception as exc:  # retried at the next interval; inserts create months they need
             logger.warning("could not create upcoming partitions: %s", exc)
             return

@@ -225,7 +225,9 @@ def rss_kib() -> int:
     return 0
 
 
-async def bench_drain(records: int, per_entry: int, batch_size: int, sample_rss: bool) -> None:
+async def bench_drain(
+    records: int, per_entry: int, batch_size: int, sample_rss: bool, writers: int = 1
+) -> None:
     schema = f"bench_{uuid.uuid4().hex[:8]}"
     stream = f"activity_bench:{schema}"
     client = redis.Redis.from_url(REDIS_URL)
@@ -238,7 +240,7 @@ async def bench_drain(records: int, per_entry: int, batch_size: int, sample_rss:
               f"filled in {fill:.1f}s")
         tune_gc_for_draining()  # as the `worker` command does
         worker = ActivityWorker(REDIS_URL, PG_URL, stream=stream, schema=schema,
-                                batch_size=batch_size, consumer="bench")
+                                batch_size=batch_size, consumer="bench", writers=writers)
         rss: list[int] = []
         done = asyncio.Event()
 
@@ -261,7 +263,7 @@ async def bench_drain(records: int, per_entry: int, batch_size: int, sample_rss:
         await conn.close()
         rate = stats["inserted"] / elapsed
         print(f"drained {stats['inserted']} rows in {elapsed:.1f}s: {rate:,.0f} rows/s "
-              f"(batch_size={batch_size}; distinct ids in table: {count}; "
+              f"(batch_size={batch_size}, writers={writers}; distinct ids in table: {count}; "
               f"stream left: {client.xlen(stream)})")
         if rss:
             print(f"worker RSS KiB: before {rss_before}, min {min(rss)}, max {max(rss)}, last {rss[-1]}; "
@@ -285,6 +287,7 @@ def main() -> None:
     p.add_argument("--records", type=int, default=200_000)
     p.add_argument("--per-entry", type=int, default=500)
     p.add_argument("--batch-size", type=int, default=10_000)
+    p.add_argument("--writers", type=int, default=1)
     p = sub.add_parser("backlog")
     p.add_argument("--entries", type=int, default=1_000_000)
     p.add_argument("--per-entry", type=int, default=1)
@@ -293,7 +296,8 @@ def main() -> None:
     if args.what == "inserts":
         asyncio.run(bench_inserts(args.rows, args.batch, args.repeat))
     elif args.what == "drain":
-        asyncio.run(bench_drain(args.records, args.per_entry, args.batch_size, sample_rss=True))
+        asyncio.run(bench_drain(args.records, args.per_entry, args.batch_size, sample_rss=True,
+                                writers=args.writers))
     else:
         asyncio.run(bench_drain(args.entries * args.per_entry, args.per_entry, args.batch_size,
                                 sample_rss=True))

@@ -156,8 +156,9 @@ async def test_two_workers_in_parallel_store_each_record_once(
 ) -> None:
     await db.init_db(pg_url, schema=pg_schema)
     xadd_all(redis_url, redis_stream, entries(100, 30))
+    # The second worker also inserts over two connections at once (writers=2).
     workers = [worker_for(redis_url, pg_url, redis_stream, pg_schema, consumer=f"w{i}",
-                          batch_size=120) for i in range(2)]
+                          batch_size=120, writers=i + 1) for i in range(2)]
     await asyncio.gather(*(w.run(stop_when_idle=True) for w in workers))
     assert await counts(pg_url, pg_schema) == (3000, 3000)
     assert sum(w.stats()["acked"] for w in workers) == 100
@@ -178,7 +179,7 @@ async def test_poison_record_is_isolated_and_dead_lettered(
     mixed["d"] = orjson.dumps(wire)
     xadd_all(redis_url, redis_stream, [*good[:2], mixed, *good[2:],
                                        {"v": "99", "n": "1", "d": b"[]"}])
-    worker = worker_for(redis_url, pg_url, redis_stream, pg_schema)
+    worker = worker_for(redis_url, pg_url, redis_stream, pg_schema, writers=2)
     await worker.run(stop_when_idle=True)
     assert await counts(pg_url, pg_schema) == (209, 209)
     assert worker.stats()["dead_lettered"] == 2
