@@ -52,6 +52,9 @@ from .db import PostgresStore, is_data_error
 from .exceptions import ConfigurationError, StoreUnavailableError
 from .record import build_activity, decode_entry
 from .schema import is_sqlite, redact_url
+from .sqlite_store import SQLiteStore
+
+Store = PostgresStore | SQLiteStore  # the worker's writers: same duck-typed interface
 
 logger: Final = logging.getLogger("activity_logging.worker")
 
@@ -195,11 +198,6 @@ class ActivityWorker:
         resolved_db = resolve_database_url(database_url)
         if resolved_db is None:
             raise ConfigurationError("the worker needs database_url (or DATABASE_URL)")
-        if is_sqlite(resolved_db):
-            raise ConfigurationError(
-                "the worker writes to PostgreSQL; the embedded sqlite store is written by the "
-                f"handler directly, got database_url={redact_url(resolved_db)!r}"
-            )
         for name, value, integer in (
             ("batch_size", batch_size, True), ("read_count", read_count, True),
             ("max_attempts", max_attempts, True), ("max_wait", max_wait, False),
@@ -223,10 +221,15 @@ class ActivityWorker:
         self.months_ahead = months_ahead
         self.partition_interval = partition_interval
         self.counters = WorkerCounters()
-        self.store = PostgresStore(self.database_url, schema=self.schema, table=table)
+        store_class: type[PostgresStore] | type[SQLiteStore] = (
+            SQLiteStore if is_sqlite(resolved_db) else PostgresStore
+        )
+        if store_class is SQLiteStore:
+            writers = 1  # one writer: SQLite serialises writes anyway
+        self.store: Store = store_class(self.database_url, schema=self.schema, table=table)
         # More than one connection lets PostgreSQL commit one batch while the next is copied.
-        self.stores = [self.store] + [
-            PostgresStore(self.database_url, schema=self.schema, table=table)
+        self.stores: list[Store] = [self.store] + [
+            store_class(self.database_url, schema=self.schema, table=table)
             for _ in range(writers - 1)
         ]
         self._redis: aioredis.Redis | None = None
@@ -484,7 +487,7 @@ class ActivityWorker:
 
     # --- writing ---------------------------------------------------------------------------
 
-    async def _writer_loop(self, queue: asyncio.Queue[_Batch | None], store: PostgresStore) -> None:
+    async def _writer_loop(self, queue: asyncio.Queue[_Batch | None], store: Store) -> None:
         while True:
             _reraise_if_cancelled()
             batch = await queue.get()
@@ -495,7 +498,7 @@ class ActivityWorker:
             await self._retrying("acknowledge entries", lambda b=batch: self._finish(b))
             self.counters.batches += 1
 
-    async def _store_batch(self, batch: _Batch, store: PostgresStore) -> None:
+    async def _store_batch(self, batch: _Batch, store: Store) -> None:
         backoff = BACKOFF_INITIAL
         while True:
             try:
@@ -520,7 +523,7 @@ class ActivityWorker:
             return
 
     async def _insert_isolating(
-        self, batch: _Batch, lo: int, hi: int, store: PostgresStore | None = None
+        self, batch: _Batch, lo: int, hi: int, store: Store | None = None
     ) -> tuple[int, list[_Reject]]:
         """Insert ``batch.rows[lo:hi]``; on a data error split in halves to isolate bad rows.
 
@@ -598,7 +601,7 @@ class ActivityWorker:
         if batch.rejects:
             logger.warning("dead-lettered %d records to %r", len(batch.rejects), self.dead_stream)
 
-    async def _maybe_ensure_partitions(self, store: PostgresStore, *, force: bool = False) -> None:
+    async def _maybe_ensure_partitions(self, store: Store, *, force: bool = False) -> None:
         now = time.monotonic()
         if not force and now - self._last_partition_check < self.partition_interval:
             return

@@ -27,8 +27,8 @@ def test_settings_are_validated_at_construction(monkeypatch: pytest.MonkeyPatch)
         ActivityWorker(None, PG)
     with pytest.raises(ConfigurationError, match="database_url"):
         ActivityWorker(REDIS, None)
-    with pytest.raises(ConfigurationError, match="PostgreSQL"):
-        ActivityWorker(REDIS, "sqlite:///x.db")
+    with pytest.raises(ConfigurationError, match="database_url"):
+        ActivityWorker(REDIS, "mysql://x/db")
     with pytest.raises(ConfigurationError, match="batch_size"):
         make_worker(batch_size=0)
     with pytest.raises(ConfigurationError, match="schema"):
@@ -123,5 +123,5 @@ def test_worker_command_refuses_bad_settings_with_exit_2(monkeypatch: pytest.Mon
     monkeypatch.delenv("REDIS_URL", raising=False)
     monkeypatch.delenv("DATABASE_URL", raising=False)
     assert main(["worker", "--database-url", PG]) == 2  # no Redis anywhere
-    assert main(["worker", "--redis-url", REDIS, "--database-url", "sqlite:///x.db"]) == 2
+    assert main(["worker", "--redis-url", REDIS, "--database-url", "mysql://x/db"]) == 2
     assert main(["worker", "--redis-url", REDIS, "--database-url", PG, "--batch-size", "0"]) == 2
