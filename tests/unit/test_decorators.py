@@ -5,47 +5,14 @@ from __future__ import annotations
 import inspect
 import logging
 import traceback
-import warnings
 from dataclasses import dataclass
 from typing import Annotated, Any
 
 import pytest
 from fastapi import BackgroundTasks, Depends, FastAPI, Request
-from starlette.exceptions import StarletteDeprecationWarning
 
 from activity_logging import ActivityContextMiddleware, activity_context, log_activity
-from activity_logging.context import ContextFilter
-from activity_logging.record import activity_from_record
-
-with warnings.catch_warnings():
-    # Starlette 1.x wants httpx2 for its TestClient; httpx is what this project ships with.
-    warnings.simplefilter("ignore", StarletteDeprecationWarning)
-    from fastapi.testclient import TestClient
-
-
-class Capture(logging.Handler):
-    """Keeps records; the ContextFilter runs in the caller's thread, as on ActivityHandler."""
-
-    def __init__(self) -> None:
-        super().__init__(logging.DEBUG)
-        self.records: list[logging.LogRecord] = []
-        self.addFilter(ContextFilter())
-
-    def emit(self, record: logging.LogRecord) -> None:
-        self.records.append(record)
-
-    def rows(self) -> list[dict[str, Any]]:
-        return [activity_from_record(r) for r in self.records]
-
-
-@pytest.fixture
-def captured() -> Capture:
-    handler = Capture()
-    log = logging.getLogger("activity")
-    log.addHandler(handler)
-    log.setLevel(logging.DEBUG)
-    log.propagate = False
-    return handler
+from tests.capture import Capture, TestClient
 
 
 @dataclass

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import inspect
 import logging
-import warnings
 from typing import Any
 
 import pytest
@@ -12,15 +11,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from starlette.applications import Starlette
 from starlette.background import BackgroundTasks
-from starlette.exceptions import StarletteDeprecationWarning
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
-
-with warnings.catch_warnings():
-    # Starlette 1.x wants httpx2 for its TestClient; httpx is what this project ships with.
-    warnings.simplefilter("ignore", StarletteDeprecationWarning)
-    from starlette.testclient import TestClient
 
 from activity_logging import (
     ActivityContextMiddleware,
@@ -34,33 +27,8 @@ from activity_logging import (
     log_system_event,
     log_user_activity,
 )
-from activity_logging.context import ContextFilter
-from activity_logging.record import RESERVED_EXTRA_KEYS, activity_from_record
-
-
-class Capture(logging.Handler):
-    """Keeps records; the ContextFilter runs in the caller's thread, as on ActivityHandler."""
-
-    def __init__(self) -> None:
-        super().__init__(logging.DEBUG)
-        self.records: list[logging.LogRecord] = []
-        self.addFilter(ContextFilter())
-
-    def emit(self, record: logging.LogRecord) -> None:
-        self.records.append(record)
-
-    def rows(self) -> list[dict[str, Any]]:
-        return [activity_from_record(r) for r in self.records]
-
-
-@pytest.fixture
-def captured() -> Capture:
-    handler = Capture()
-    log = logging.getLogger("activity")
-    log.addHandler(handler)
-    log.setLevel(logging.DEBUG)
-    log.propagate = False
-    return handler
+from activity_logging.record import RESERVED_EXTRA_KEYS
+from tests.capture import Capture, TestClient
 
 
 def test_activity_type_and_severity_are_the_plain_strings() -> None:

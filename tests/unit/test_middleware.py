@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import ipaddress
-import logging
-import warnings
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -16,7 +14,6 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from starlette.applications import Starlette
 from starlette.background import BackgroundTask
-from starlette.exceptions import StarletteDeprecationWarning
 from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, StreamingResponse
@@ -24,40 +21,9 @@ from starlette.routing import Route, WebSocketRoute
 from starlette.websockets import WebSocket
 
 from activity_logging import ActivityContextMiddleware, activity_logger, get_context
-from activity_logging.context import ContextFilter
 from activity_logging.exceptions import ConfigurationError
 from activity_logging.middleware import REQUEST_ID_PATTERN, _parse_ip, parse_forwarded_for
-from activity_logging.record import activity_from_record
-
-with warnings.catch_warnings():
-    # Starlette 1.x wants httpx2 for its TestClient; httpx is what this project ships with.
-    warnings.simplefilter("ignore", StarletteDeprecationWarning)
-    from starlette.testclient import TestClient
-
-
-class Capture(logging.Handler):
-    """Keeps records; the ContextFilter runs in the caller's thread, as on ActivityHandler."""
-
-    def __init__(self) -> None:
-        super().__init__(logging.DEBUG)
-        self.records: list[logging.LogRecord] = []
-        self.addFilter(ContextFilter())
-
-    def emit(self, record: logging.LogRecord) -> None:
-        self.records.append(record)
-
-    def rows(self) -> list[dict[str, Any]]:
-        return [activity_from_record(r) for r in self.records]
-
-
-@pytest.fixture
-def captured() -> Capture:
-    handler = Capture()
-    log = logging.getLogger("activity")
-    log.addHandler(handler)
-    log.setLevel(logging.DEBUG)
-    log.propagate = False
-    return handler
+from tests.capture import Capture, TestClient
 
 
 async def echo_context(request: Request) -> JSONResponse:
