@@ -7,6 +7,7 @@ libraries we drive (redis, sqlalchemy, asyncpg, urllib3) are refused by the hand
 from __future__ import annotations
 
 import logging
+import os
 import sys
 import threading
 import time
@@ -36,8 +37,13 @@ class RateLimitedReporter:
     def __init__(self, interval: float = 30.0) -> None:
         self._interval = interval
         self._lock = threading.Lock()
+        if hasattr(os, "register_at_fork"):  # a fork while another thread held it: start unlocked
+            os.register_at_fork(after_in_child=self._reinit_lock)
         self._last: dict[str, float] = {}
         self._suppressed: dict[str, int] = {}
+
+    def _reinit_lock(self) -> None:
+        self._lock = threading.Lock()
 
     def report(self, key: str, message: str, exc: BaseException | None = None) -> bool:
         """Report ``message`` unless ``key`` was reported within the interval. Returns True if written."""

@@ -66,10 +66,15 @@ class activity_context:
 
     def __init__(self, **fields: Any) -> None:
         self._fields = fields
-        self._tokens: list[Token[Mapping[str, Any]]] = []
+        # The tokens of this object's open entries, per context: one module-level instance
+        # entered by concurrent tasks or threads must give each its own token back.
+        self._tokens: ContextVar[tuple[Token[Mapping[str, Any]], ...]] = ContextVar(
+            f"activity_context_tokens_{id(self):x}", default=()
+        )
 
     def __enter__(self) -> Mapping[str, Any]:
-        self._tokens.append(bind_context(**self._fields))
+        token = bind_context(**self._fields)
+        self._tokens.set((*self._tokens.get(), token))
         return _activity_ctx.get()
 
     def __exit__(
@@ -78,7 +83,9 @@ class activity_context:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        reset_context(self._tokens.pop())
+        tokens = self._tokens.get()
+        self._tokens.set(tokens[:-1])
+        reset_context(tokens[-1])
 
     async def __aenter__(self) -> Mapping[str, Any]:
         return self.__enter__()

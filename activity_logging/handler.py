@@ -35,6 +35,7 @@ from .record import (
     Redactor,
     WireEncoder,
     exception_text,
+    limit_extras,
     message_of,
     snapshot_extras,
 )
@@ -42,6 +43,7 @@ from .sinks import Entry, Sink, make_sink
 from .spool import Spool
 
 _STANDARD_COUNT: Final = len(vars(logging.LogRecord("n", logging.INFO, "p", 1, "m", None, None)))
+_RECORD_OVERHEAD: Final = 200  # bytes a queued record costs beyond its message and extra (estimate)
 _MAX_ENTRIES_PER_SEND: Final = 8
 _REFUSED_CACHE_LIMIT: Final = 10_000
 
@@ -49,10 +51,22 @@ _COUNTERS: Final = (
     "enqueued", "sent", "batches_sent", "dropped_queue_full", "dropped_closed", "refused",
     "errors", "listener_errors", "send_failures", "reconnects", "spooled", "spool_replayed",
     "dropped_spool_full",
-    "lost",
+    "lost", "truncated_at_call", "redacted_at_call",
 )
 
 _live_handlers: weakref.WeakSet[ActivityHandler] = weakref.WeakSet()
+
+
+def _queued_bytes(items: list[QueuedRecord]) -> int:
+    """The byte estimate ``emit`` added for these records (see ``queue_max_bytes``)."""
+    total = _RECORD_OVERHEAD * len(items)
+    for item in items:
+        total += len(item[3])
+        if item[4] is not None:
+            total += len(item[4])
+        if item[5] is not None:
+            total += len(item[5])
+    return total
 
 
 class _BoundedQueueView:
@@ -119,6 +133,8 @@ class ActivityHandler(logging.handlers.QueueHandler):
         database_url: Store written directly when no Redis is configured.
         schema: PostgreSQL schema of the table in direct mode (``ACTIVITY_LOG_SCHEMA``).
         queue_size: Records held in memory at most; beyond it records are dropped and counted.
+        queue_max_bytes: Approximate bytes of queued records at most (messages and ``extra``);
+            beyond it records are dropped and counted like a full queue.
         batch_size: Records per stream entry at most.
         flush_interval: Seconds a record may wait for its batch to fill before it is shipped.
         spool_path: Directory for the local spool used while the sink is down (off if empty).
@@ -143,6 +159,7 @@ class ActivityHandler(logging.handlers.QueueHandler):
         database_url: str | None = None,
         schema: str | None = None,
         queue_size: int = 100_000,
+        queue_max_bytes: int = 256 * 1024 * 1024,
         batch_size: int = 500,
         flush_interval: float = 0.05,
         spool_path: str | None = None,
@@ -158,6 +175,7 @@ class ActivityHandler(logging.handlers.QueueHandler):
         logging.Handler.__init__(self, level)
         for name, value, integer in (
             ("queue_size", queue_size, True), ("batch_size", batch_size, True),
+            ("queue_max_bytes", queue_max_bytes, True),
             ("flush_interval", flush_interval, False), ("spool_max_bytes", spool_max_bytes, True),
             ("max_record_bytes", max_record_bytes, True), ("close_timeout", close_timeout, False),
             ("reconnect_delay", reconnect_delay, False),
@@ -174,6 +192,7 @@ class ActivityHandler(logging.handlers.QueueHandler):
 
             normalize_async_url(self.database_url)  # validates the URL's form now, not at first send
         self.queue_size = queue_size
+        self.queue_max_bytes = queue_max_bytes
         self.batch_size = batch_size
         self.flush_interval = flush_interval
         self.spool_path = spool_path or None
@@ -222,8 +241,10 @@ class ActivityHandler(logging.handlers.QueueHandler):
         self._dq: deque[QueuedRecord] = deque()
         self._queue_view = _BoundedQueueView(self)
         self.producer_id = uuid.uuid4().hex[:16]
+        self._redactor = Redactor(self.redact_keys)
+        self._extras_limit = self.max_record_bytes - 1024
         self._encoder = WireEncoder(
-            self.producer_id, max_record_bytes=self.max_record_bytes, redactor=Redactor(self.redact_keys)
+            self.producer_id, max_record_bytes=self.max_record_bytes, redactor=self._redactor
         )
         self._sink: Sink = make_sink(self.redis_url, self.stream, self.database_url or "", self.schema)
         self._spool = (
@@ -240,6 +261,10 @@ class ActivityHandler(logging.handlers.QueueHandler):
         self._give_up_at: float | None = None
         self._held: list[tuple[Entry, int]] = []
         self._in_flight = 0  # taken from the queue, not yet sent/spooled/lost: counts against queue_size
+        # bytes of queued records: added by callers (under the handler lock), removed by the
+        # listener; two counters, each written by one side only, so neither needs a lock
+        self._bytes_in = 0
+        self._bytes_out = 0
         self._down_until = 0.0
         self._backoff = self.reconnect_delay
         self._thread: threading.Thread | None = None
@@ -261,7 +286,8 @@ class ActivityHandler(logging.handlers.QueueHandler):
                 counts["refused"] += 1
                 return
             dq = self._dq
-            if len(dq) + self._in_flight >= self.queue_size:
+            if (len(dq) + self._in_flight >= self.queue_size
+                    or self._bytes_in - self._bytes_out >= self.queue_max_bytes):
                 counts["dropped_queue_full"] += 1
                 return
             msg = record.msg
@@ -270,11 +296,19 @@ class ActivityHandler(logging.handlers.QueueHandler):
             elif len(msg) > MAX_MESSAGE_CHARS:
                 msg = msg[:MAX_MESSAGE_CHARS]
             attrs = record.__dict__
-            dq.append((
-                record.created, record.levelno, name, msg,
-                snapshot_extras(attrs) if len(attrs) > _STANDARD_COUNT else None,
-                exception_text(record) if record.exc_info or record.exc_text else None,
-            ))
+            extras = snapshot_extras(attrs) if len(attrs) > _STANDARD_COUNT else None
+            size = _RECORD_OVERHEAD + len(msg)
+            if extras is not None:
+                if len(extras) > self._extras_limit:  # cut now: the queue holds bounded records
+                    extras, redacted = limit_extras(extras, self.max_record_bytes, self._redactor)
+                    counts["truncated_at_call"] += 1
+                    counts["redacted_at_call"] += redacted
+                size += len(extras)
+            exc = exception_text(record) if record.exc_info or record.exc_text else None
+            if exc is not None:
+                size += len(exc)
+            dq.append((record.created, record.levelno, name, msg, extras, exc))
+            self._bytes_in += size
             counts["enqueued"] += 1
             if self._waiting and len(dq) >= self._wake_at:
                 self._wake.set()
@@ -325,8 +359,8 @@ class ActivityHandler(logging.handlers.QueueHandler):
         now = time.monotonic()
         if self._held or (self._down_until > now and self._spool is None):
             if self._give_up_now(now):
-                self._lose_held()
-                return not self._dq
+                self._lose_held()  # also whatever is still queued
+                return not self._stop_requested
             if self._down_until > now:
                 self._sleep(min(self._down_until - now, 0.25))
                 return True
@@ -337,8 +371,7 @@ class ActivityHandler(logging.handlers.QueueHandler):
                     self._account(sum(n for _, n in held), "sent", batches=len(held))
                 return True
         if self._spool is not None and self._down_until <= now and self._spool.has_pending():
-            self._replay_spool()
-            return True
+            self._replay_spool()  # then on to the queue: fresh records must not wait behind it
         dq = self._dq
         if not dq:
             if self._stop_requested:
@@ -375,7 +408,9 @@ class ActivityHandler(logging.handlers.QueueHandler):
         popleft = dq.popleft
         n = min(limit, len(dq))
         self._in_flight += n
-        return [popleft() for _ in range(n)]
+        items = [popleft() for _ in range(n)]
+        self._bytes_out += _queued_bytes(items)
+        return items
 
     def _idle_wait(self) -> None:
         self._wake.clear()
@@ -438,7 +473,7 @@ class ActivityHandler(logging.handlers.QueueHandler):
             self._deliver_failed(exc)
             return
         if replayed:
-            self._counts["spool_replayed"] += replayed
+            self._counts["spool_replayed"] += replayed  # records, like "spooled"
         if self._down_until:
             self._counts["reconnects"] += 1
             self._down_until = 0.0
@@ -458,9 +493,7 @@ class ActivityHandler(logging.handlers.QueueHandler):
         lost = sum(n for _, n in self._held)
         self._held = []
         while self._dq:
-            self._dq.popleft()
-            self._in_flight += 1
-            lost += 1
+            lost += len(self._take(self.batch_size))
         if lost:
             reporter.report("lost", f"closing with the sink unreachable: {lost} records lost")
         self._account(lost, "lost")
@@ -513,8 +546,8 @@ class ActivityHandler(logging.handlers.QueueHandler):
         limit = self.close_timeout if timeout is None else timeout
         thread = self._thread
         self.flush(limit)
-        self._give_up_at = time.monotonic()  # anything still in hand now is lost (counted)
         self._stop_requested = True
+        self._give_up_at = time.monotonic()  # anything still in hand now is lost (counted)
         self._wake.set()
         if thread is not None and thread is not threading.current_thread():
             thread.join(max(1.0, limit))
@@ -549,8 +582,10 @@ class ActivityHandler(logging.handlers.QueueHandler):
         snapshot["queue_depth"] = len(self._dq)
         snapshot["queue_size"] = self.queue_size
         snapshot["in_hand"] = self._in_flight
-        snapshot["truncated"] = self._encoder.truncated
-        snapshot["redacted"] = self._encoder.redacted
+        snapshot["truncated"] = self._encoder.truncated + snapshot.pop("truncated_at_call")
+        snapshot["redacted"] = self._encoder.redacted + snapshot.pop("redacted_at_call")
+        snapshot["queue_bytes"] = max(0, self._bytes_in - self._bytes_out)
+        snapshot["rejected"] = int(getattr(self._sink, "rejected", 0))
         snapshot["sanitized"] = self._encoder.sanitized
         snapshot["spool_bytes"] = self._spool.size_bytes if self._spool is not None else 0
         snapshot["connected"] = int(self._down_until == 0.0)

@@ -310,6 +310,44 @@ class Redactor:
         return obj, 0
 
 
+def limit_extras(raw: bytes, max_record_bytes: int, redactor: Redactor) -> tuple[bytes, int]:
+    """Cut an oversized ``extra`` (JSON bytes) to fit ``max_record_bytes``; never raises.
+
+    Secrets are redacted first (a preview must not carry them), then long strings are cut to
+    ``MAX_VALUE_CHARS``, containers over ``MAX_VALUE_BYTES`` become
+    ``{"_truncated": true, "bytes": N, "preview": "..."}``, and if that is still too large only
+    the activity fields survive, beside ``{"_truncated": {"original_bytes": N, "keys": [...]}}``.
+    Returns the new bytes and how many values were redacted.
+    """
+    try:
+        extras = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        extras = {}
+    if not isinstance(extras, dict):
+        extras = {"extra": extras}
+    extras, redacted = redactor.redact(extras)
+    cut: dict[str, Any] = {}
+    for key, value in extras.items():
+        if isinstance(value, str):
+            cut[key] = value[:MAX_VALUE_CHARS]
+        elif isinstance(value, dict | list):
+            encoded = orjson.dumps(value)
+            cut[key] = value if len(encoded) <= MAX_VALUE_BYTES else {
+                "_truncated": True, "bytes": len(encoded),
+                "preview": encoded[:512].decode("utf-8", "replace"),
+            }
+        else:
+            cut[key] = value
+    limited = orjson.dumps(cut)
+    if len(limited) <= max_record_bytes - 1024:
+        return limited, redacted
+    keep: dict[str, Any] = {
+        k: str(v)[:255] for k, v in cut.items() if k in _KEPT_WHEN_TRUNCATED and v is not None
+    }
+    keep["_truncated"] = {"original_bytes": len(raw), "keys": sorted(cut)[:64]}
+    return orjson.dumps(keep), redacted
+
+
 class WireEncoder:
     """Encodes queued records into stream entries. Used by one listener thread; not thread-safe.
 
@@ -336,34 +374,10 @@ class WireEncoder:
         self.sanitized = 0
 
     def _limit_extras(self, raw: bytes) -> bytes:
-        """Cut an oversized ``extra``: long strings and big containers first, then everything."""
         self.truncated += 1
-        try:
-            extras = orjson.loads(raw)
-        except orjson.JSONDecodeError:
-            extras = {}
-        if not isinstance(extras, dict):
-            extras = {"extra": extras}
-        cut: dict[str, Any] = {}
-        for key, value in extras.items():
-            if isinstance(value, str):
-                cut[key] = value[:MAX_VALUE_CHARS]
-            elif isinstance(value, dict | list):
-                encoded = orjson.dumps(value)
-                cut[key] = value if len(encoded) <= MAX_VALUE_BYTES else {
-                    "_truncated": True, "bytes": len(encoded),
-                    "preview": encoded[:512].decode("utf-8", "replace"),
-                }
-            else:
-                cut[key] = value
-        limited = orjson.dumps(cut)
-        if len(limited) <= self.max_record_bytes - 1024:
-            return limited
-        keep: dict[str, Any] = {
-            k: str(v)[:255] for k, v in cut.items() if k in _KEPT_WHEN_TRUNCATED and v is not None
-        }
-        keep["_truncated"] = {"original_bytes": len(raw), "keys": sorted(cut)[:64]}
-        return orjson.dumps(keep)
+        limited, redacted = limit_extras(raw, self.max_record_bytes, self.redactor)
+        self.redacted += redacted
+        return limited
 
     def encode_batch(self, items: Sequence[QueuedRecord]) -> dict[str, bytes | str]:
         """Give each record its id and sequence number; encode all into one stream entry.
@@ -483,6 +497,8 @@ _COLUMN_EXTRA_LIMITS: Final = tuple((key, TEXT_LIMITS[key]) for key in _COLUMN_E
 _SHORT_LIMIT: Final = 255
 _DESCRIPTION_LIMIT: Final = TEXT_LIMITS["description"]
 _EPOCH: Final = datetime(1970, 1, 1, tzinfo=UTC)
+_MIN_TS_US: Final = -62_135_596_800_000_000  # 0001-01-01T00:00:00Z
+_MAX_TS_US: Final = 253_402_300_799_999_999  # 9999-12-31T23:59:59.999999Z
 
 
 def _clean_text(value: Any, limit: int) -> str | None:
@@ -512,7 +528,8 @@ def _canonical_ip(text: str) -> str | None:
     # Cached: the same client addresses recur from record to record, and ipaddress parsing
     # was ~30% of build_activity on the worker's hot path (benchmarks/bench_worker.py).
     try:
-        return str(ipaddress.ip_address(text.strip()))
+        # a zone id ("fe80::1%eth0") is not part of the address, and inet refuses it
+        return str(ipaddress.ip_address(text.strip().split("%", 1)[0]))
     except ValueError:
         return None
 
@@ -569,6 +586,8 @@ def build_activity(wire: Mapping[str, Any], meta: Mapping[str, Any]) -> dict[str
         ts_us = int(wire["ts"])
     except (KeyError, ValueError, TypeError, AttributeError) as exc:
         raise EntryFormatError(f"record without a valid id/timestamp: {exc!r}") from None
+    if not _MIN_TS_US <= ts_us <= _MAX_TS_US:  # datetime's range (e.g. created given in ms)
+        raise EntryFormatError(f"record timestamp out of range: {ts_us} us since the epoch")
     nul = meta.get("_nul", True) is not False
     levelno = wire.get("lv")
     level = levelno if type(levelno) is int else logging.INFO

@@ -12,6 +12,7 @@ import contextlib
 from typing import TYPE_CHECKING, Any, Protocol
 
 from ._internal import reporter
+from .exceptions import EntryFormatError
 from .record import build_activity, decode_entry
 from .schema import is_sqlite, make_table, normalize_sync_sqlite_url
 
@@ -35,16 +36,44 @@ class Sink(Protocol):
 
     def send(self, entries: list[Entry]) -> None: ...
 
+    @property
+    def rejected(self) -> int:
+        """Records dropped because they could not be stored (direct modes; 0 for Redis)."""
+        ...
+
     def close(self) -> None: ...
 
 
-def entries_to_rows(entries: list[Entry]) -> list[dict[str, Any]]:
-    """Decode entries and build one ``activity_logs`` row per record."""
+def entries_to_rows(entries: list[Entry]) -> tuple[list[dict[str, Any]], int]:
+    """Decode entries and build one ``activity_logs`` row per record.
+
+    Returns (rows, rejected): a record that cannot become a row (e.g. a timestamp outside
+    what the database can store) is left out and counted, never allowed to block the others.
+    """
     rows: list[dict[str, Any]] = []
+    rejected = 0
     for entry in entries:
-        meta, records = decode_entry(entry)
-        rows.extend(build_activity(rec, meta) for rec in records)
-    return rows
+        try:
+            meta, records = decode_entry(entry)
+        except EntryFormatError as exc:
+            rejected += _record_count(entry)
+            reporter.report("reject", "an entry could not be decoded and was dropped", exc)
+            continue
+        for rec in records:
+            try:
+                rows.append(build_activity(rec, meta))
+            except EntryFormatError as exc:
+                rejected += 1
+                reporter.report("reject", "a record could not become a row and was dropped", exc)
+    return rows, rejected
+
+
+def _record_count(entry: Entry) -> int:
+    raw: Any = entry.get("n") or 1
+    try:
+        return max(1, int(raw))
+    except (TypeError, ValueError):
+        return 1
 
 
 class RedisStreamSink:
@@ -55,6 +84,7 @@ class RedisStreamSink:
         self.stream = stream
         self._socket_timeout = socket_timeout
         self._client: redis.Redis | None = None
+        self.rejected = 0  # the worker isolates and dead-letters bad records on this path
 
     def _connect(self) -> redis.Redis:
         if self._client is None:
@@ -100,6 +130,7 @@ class SQLiteSink:
 
     def __init__(self, url: str) -> None:
         self.url = normalize_sync_sqlite_url(url)
+        self.rejected = 0
         self._engine: Engine | None = None
         self._table: Table | None = None
 
@@ -131,11 +162,11 @@ class SQLiteSink:
         from sqlalchemy.dialects.sqlite import insert
 
         engine, table = self._connect()
-        rows = entries_to_rows(entries)
-        if not rows:
-            return
-        with engine.begin() as conn:
-            conn.execute(insert(table).on_conflict_do_nothing(index_elements=["id"]), rows)
+        rows, rejected = entries_to_rows(entries)
+        if rows:
+            with engine.begin() as conn:
+                conn.execute(insert(table).on_conflict_do_nothing(index_elements=["id"]), rows)
+        self.rejected += rejected  # counted once the send succeeded (a retry builds them again)
 
     def close(self) -> None:
         engine, self._engine = self._engine, None
@@ -153,6 +184,7 @@ class PostgresSink:
     def __init__(self, url: str, *, schema: str | None = None) -> None:
         self.url = url
         self.schema = schema
+        self.rejected = 0
         self._loop: asyncio.AbstractEventLoop | None = None
         self._store: Any = None
 
@@ -165,20 +197,34 @@ class PostgresSink:
         from . import db  # noqa: F401 - imported now (with asyncpg), see Sink.prepare
 
     def send(self, entries: list[Entry]) -> None:
-        from .db import PostgresStore
+        from .db import PostgresStore, is_data_error
 
-        rows = entries_to_rows(entries)
+        rows, rejected = entries_to_rows(entries)
         if self._store is None:
             store = PostgresStore(self.url, schema=self.schema)
             self._run(store.connect())
             self._store = store
         try:
-            self._run(self._store.insert_activities(rows))
+            try:
+                self._run(self._store.insert_activities(rows))
+            except Exception as exc:
+                if not is_data_error(exc):
+                    raise
+                # a row PostgreSQL refuses must not block the rest: store them one by one
+                for row in rows:
+                    try:
+                        self._run(self._store.insert_activities([row]))
+                    except Exception as row_exc:
+                        if not is_data_error(row_exc):
+                            raise
+                        rejected += 1
+                        reporter.report("reject", f"PostgreSQL refused record {row['id']}", row_exc)
         except Exception:
             store, self._store = self._store, None
             with contextlib.suppress(Exception):
                 self._run(store.close())
             raise
+        self.rejected += rejected
 
     def close(self) -> None:
         try:

@@ -13,6 +13,7 @@ import contextlib
 import fcntl
 import os
 import struct
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, BinaryIO, Final
@@ -23,6 +24,7 @@ from ._internal import reporter
 
 _LEN: Final = struct.Struct(">I")
 SUFFIX: Final = ".spool"
+ORPHAN_CHECK_INTERVAL: Final = 5.0
 
 Entry = dict[str, Any]
 
@@ -56,6 +58,13 @@ def read_frames(data: bytes) -> Iterator[Entry]:
         yield header
 
 
+def _record_count(entry: Entry) -> int:
+    try:
+        return int(entry.get("n", 0))
+    except (TypeError, ValueError):
+        return 0
+
+
 class Spool:
     """A producer's spool file plus adoption of orphaned ones. Used by one thread at a time.
 
@@ -68,6 +77,7 @@ class Spool:
         self.max_bytes = max_bytes
         self._file: BinaryIO | None = None
         self._size = 0
+        self._next_orphan_check = 0.0
 
     @property
     def size_bytes(self) -> int:
@@ -96,20 +106,36 @@ class Spool:
         return True
 
     def has_pending(self) -> bool:
-        """True when this producer's file holds frames, or an orphaned file is waiting."""
+        """True when this producer's file holds frames, or an orphaned file is waiting.
+
+        A file another live producer holds (its lock) is not an orphan. Looking for orphans
+        lists the directory, so it is done at most every ``ORPHAN_CHECK_INTERVAL`` seconds.
+        """
         if self._size > 0:
             return True
+        now = time.monotonic()
+        if now < self._next_orphan_check:
+            return False
+        self._next_orphan_check = now + ORPHAN_CHECK_INTERVAL
         return any(True for _ in self._orphans())
 
     def _orphans(self) -> Iterator[Path]:
+        """Non-empty spool files of other producers that nobody holds (lock probed, released)."""
         if not self.directory.is_dir():
             return
         for path in sorted(self.directory.glob(f"*{SUFFIX}")):
-            if path != self.path and path.stat().st_size > 0:
-                yield path
+            try:
+                if path == self.path or path.stat().st_size == 0:
+                    continue
+                with open(path, "rb") as probe:
+                    fcntl.flock(probe.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    fcntl.flock(probe.fileno(), fcntl.LOCK_UN)
+            except (BlockingIOError, FileNotFoundError):
+                continue  # a live producer owns it, or it was just replayed and removed
+            yield path
 
     def replay(self, send: Callable[[list[Entry]], None], group: int = 16) -> int:
-        """Send every spooled entry (own file, then orphans nobody holds); returns entries sent.
+        """Send every spooled entry (own file, then orphans nobody holds); returns records sent.
 
         A file is truncated or removed only after all its entries were sent; if ``send``
         raises, the exception propagates and the file stays for the next attempt (entries
@@ -144,7 +170,7 @@ class Spool:
         entries = list(read_frames(data))
         for start in range(0, len(entries), group):
             send(entries[start : start + group])
-        return len(entries)
+        return sum(_record_count(entry) for entry in entries)
 
     def close(self) -> None:
         """Release the lock; an empty own file is removed. Never raises."""

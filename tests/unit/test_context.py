@@ -114,3 +114,40 @@ async def test_tasks_inherit_the_context_they_were_created_in() -> None:
             return str(get_context()["request_id"])
 
         assert await asyncio.create_task(read()) == "parent"
+
+
+@pytest.mark.anyio
+async def test_one_instance_entered_by_concurrent_tasks_gives_each_its_token() -> None:
+    shared = activity_context(actor_type="system", actor_id="shared")
+
+    async def job(i: int) -> str:
+        async with shared:
+            with activity_context(request_id=f"r{i}"):
+                await asyncio.sleep(0.001 * (i % 3))
+                return f"{get_context()['actor_id']}/{get_context()['request_id']}"
+
+    assert await asyncio.gather(*(job(i) for i in range(20))) == [f"shared/r{i}" for i in range(20)]
+    assert dict(get_context()) == {}
+
+
+def test_one_instance_used_from_threads() -> None:
+    import threading
+
+    shared = activity_context(actor_id="t")
+    errors: list[BaseException] = []
+
+    def work() -> None:
+        try:
+            for _ in range(200):
+                with shared:
+                    assert get_context()["actor_id"] == "t"
+            assert dict(get_context()) == {}
+        except BaseException as exc:  # collected for the assertion below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=work) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import sqlite3
 import threading
@@ -27,6 +28,7 @@ class RecordingSink:
         self.gate = threading.Event()
         self.gate.set()
         self.closed = False
+        self.rejected = 0
 
     def prepare(self) -> None:
         pass
@@ -280,3 +282,117 @@ def test_flush_and_close_at_exit_paths_are_bounded(logger: logging.Logger) -> No
     logging.shutdown([lambda: handler])  # type: ignore[list-item]
     assert len(sink.rows()) == 1
     assert sink.closed
+
+
+def test_a_live_producers_spool_is_not_an_orphan_and_does_not_stall_others(
+    logger: logging.Logger, tmp_path: Path
+) -> None:
+    down = RecordingSink()
+    down.fail = True
+    first, _ = attach(logger, down, spool_path=str(tmp_path), reconnect_delay=5.0)
+    logger.info("spooled by the first handler")
+    assert first.flush(5)
+    assert first.stats()["spooled"] == 1  # its file stays locked: the first handler is alive
+    logger.removeHandler(first)
+    other = logging.getLogger("activity.unit.other")
+    other.setLevel(logging.INFO)
+    other.propagate = False
+    second, sink = attach(other, spool_path=str(tmp_path))
+    for i in range(10):
+        other.info("x", extra={"i": i})
+    assert second.flush(5), second.stats()
+    assert len(sink.rows()) == 10
+    second.close()
+    first.close()
+
+
+def test_spool_replayed_counts_records_not_entries(logger: logging.Logger, tmp_path: Path) -> None:
+    sink = RecordingSink()
+    sink.fail = True
+    handler, _ = attach(logger, sink, spool_path=str(tmp_path), reconnect_delay=0.05, batch_size=10)
+    for i in range(35):
+        logger.info("x", extra={"i": i})
+    assert handler.flush(5)
+    sink.fail = False
+    for _ in range(200):
+        if handler.stats()["spool_replayed"] == 35:
+            break
+        threading.Event().wait(0.02)
+    assert handler.stats()["spool_replayed"] == handler.stats()["spooled"] == 35
+    handler.close()
+
+
+def test_oversized_extra_is_cut_in_the_caller_so_memory_is_bounded(logger: logging.Logger) -> None:
+    sink = RecordingSink()
+    sink.gate.clear()  # nothing leaves the queue while we measure it
+    handler, _ = attach(logger, sink, queue_size=1000)
+    for _ in range(20):
+        logger.info("big", extra={"blob": "x" * 5_000_000, "actor_id": "a"})
+    stats = handler.stats()
+    assert stats["enqueued"] == 20
+    assert stats["truncated"] == 20
+    assert stats["queue_bytes"] < 20 * 70_000  # each record cut to max_record_bytes, not 5 MB
+    sink.gate.set()
+    assert handler.flush(10)
+    assert all(r["actor_id"] == "a" for r in sink.rows())
+    handler.close()
+
+
+def test_queue_byte_budget_drops_and_counts(logger: logging.Logger) -> None:
+    sink = RecordingSink()
+    sink.gate.clear()
+    handler, _ = attach(logger, sink, queue_size=100_000, queue_max_bytes=200_000)
+    for _ in range(100):
+        logger.info("x", extra={"payload": "y" * 20_000})
+    stats = handler.stats()
+    assert stats["dropped_queue_full"] > 0
+    assert stats["enqueued"] + stats["dropped_queue_full"] == 100
+    assert stats["queue_bytes"] <= 200_000 + 30_000  # at most one record past the budget
+    sink.gate.set()
+    assert handler.flush(10)
+    handler.close()
+
+
+def test_secret_inside_an_oversized_value_is_redacted_before_the_preview(logger: logging.Logger) -> None:
+    handler, sink = attach(logger)
+    logger.info("x", extra={"user": {"password": "hunter2", "api_token": "tok-SECRET", "bio": "b" * 70_000}})
+    assert handler.flush(5)
+    handler.close()
+    (row,) = sink.rows()
+    text = json.dumps(row["metadata"])
+    assert "hunter2" not in text and "tok-SECRET" not in text
+    assert handler.stats()["redacted"] >= 2
+
+
+def test_close_with_the_sink_down_stops_the_listener(logger: logging.Logger) -> None:
+    sink = RecordingSink()
+    sink.fail = True
+    handler, _ = attach(logger, sink, close_timeout=0.3, reconnect_delay=10.0)
+    logger.info("x")
+    handler.close()
+    thread = handler._thread
+    assert thread is not None
+    thread.join(2)
+    assert not thread.is_alive()
+    assert handler.stats()["lost"] == 1
+
+
+def test_direct_mode_drops_and_counts_an_unstorable_record_without_blocking_the_rest(
+    tmp_path: Path,
+) -> None:
+    log = logging.getLogger(f"activity.direct.{uuid.uuid4().hex}")
+    log.setLevel(logging.INFO)
+    log.propagate = False
+    handler = ActivityHandler(database_url=f"sqlite:///{tmp_path / 'd.db'}", direct=True)
+    log.addHandler(handler)
+    bad = log.makeRecord(log.name, logging.INFO, __file__, 1, "bad", None, None)
+    bad.created = 1.7e12  # milliseconds given as seconds: year 55,000
+    log.handle(bad)
+    for i in range(100):
+        log.info("good", extra={"i": i})
+    assert handler.flush(10), handler.stats()
+    handler.close()
+    assert handler.stats()["rejected"] == 1
+    conn = sqlite3.connect(tmp_path / "d.db")
+    assert conn.execute("select count(*) from activity_logs").fetchone() == (100,)
+    conn.close()
