@@ -6,13 +6,17 @@ scheduler, verify; ``cli_demo``: demo), which registers its subcommands and impo
 heavy dependencies lazily so ``--help`` stays fast.
 
 Exit codes: 0 success, 1 unhealthy / operation failed, 2 bad arguments, 3 a service
-(Redis, the database) could not be reached.
+(Redis, the database) could not be reached, 141 (128 + SIGPIPE, what the shell reports for
+a command killed by a closed pipe) when stdout's reader went away, as in
+``activity-logging query --format jsonl | head -1``: that ends the command quietly, with
+no traceback, stdout pointed at ``/dev/null`` so the interpreter's final flush cannot fail.
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from collections.abc import Sequence
 
@@ -23,6 +27,7 @@ EXIT_OK = 0
 EXIT_FAILED = 1
 EXIT_USAGE = 2
 EXIT_UNAVAILABLE = 3
+EXIT_BROKEN_PIPE = 141
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -54,6 +59,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     try:
         code: int = args.func(args)
+        sys.stdout.flush()  # a closed pipe shows here, not in the interpreter's final flush
+    except BrokenPipeError:
+        _silence_stdout()
+        return EXIT_BROKEN_PIPE
     except ConfigurationError as exc:
         print(f"activity-logging {args.command}: {exc}", file=sys.stderr)
         return EXIT_USAGE
@@ -63,6 +72,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         return 130
     return code
+
+
+def _silence_stdout() -> None:
+    """Point stdout's descriptor at /dev/null: what is left in its buffer goes nowhere."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (OSError, ValueError):  # stdout replaced by an object without a descriptor
+        pass
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -1,7 +1,8 @@
 """``activity-logging demo``: log a few hundred call-center activities and show what landed.
 
 Runs on the embedded default (SQLite, no servers): the records go through the real
-``ActivityHandler``, exactly as an application's would.
+``ActivityHandler``, exactly as an application's would. The handler never raises; a store
+that cannot be read back (an SQLite file that cannot be opened) is one line on stderr, exit 1.
 """
 
 from __future__ import annotations
@@ -9,6 +10,7 @@ from __future__ import annotations
 import argparse
 import logging
 import random
+import sys
 from typing import Any
 
 from .config import DEFAULT_SQLITE_URL, resolve_database_url
@@ -71,9 +73,17 @@ def _simulate(log: logging.Logger, count: int, rng: random.Random) -> int:
     return logged
 
 
+def _cannot_read(url: str, exc: BaseException) -> int:
+    from .cli_ops import database_error_line
+
+    print(f"activity-logging demo: cannot open {url}: {database_error_line(exc)}", file=sys.stderr)
+    return 1
+
+
 def run(args: argparse.Namespace) -> int:
     """Log the sample activities, flush, print a summary. Exit 0 when everything landed."""
     from sqlalchemy import create_engine, func, select
+    from sqlalchemy.exc import DBAPIError
 
     from .exceptions import ConfigurationError
     from .handler import ActivityHandler
@@ -84,6 +94,14 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigurationError(f"demo writes to the embedded SQLite store; got {url!r}")
     if args.count < 1:
         raise ConfigurationError(f"--count must be >= 1, got {args.count}")
+    engine = create_engine(normalize_sync_sqlite_url(url))
+    try:
+        with engine.connect():
+            pass  # fail fast: the handler would drop every record, after its flush timeout
+    except DBAPIError as exc:
+        return _cannot_read(url, exc)
+    finally:
+        engine.dispose()
     handler = ActivityHandler(database_url=url, direct=True)
     log = logging.getLogger("activity.demo")
     log.setLevel(logging.INFO)
@@ -112,6 +130,8 @@ def run(args: argparse.Namespace) -> int:
                 table.c.timestamp, table.c.severity, table.c.activity_type, table.c.actor_id,
                 table.c.target_id, table.c.ip_address, table.c.description,
             ).order_by(table.c.timestamp.desc(), table.c.id.desc()).limit(args.latest)).all()
+    except DBAPIError as exc:
+        return _cannot_read(url, exc)
     finally:
         engine.dispose()
 

@@ -4,8 +4,8 @@ verify.
 Each verb is a function ``(args) -> exit code``; heavy imports happen inside it so ``--help``
 stays fast. Expected failures never print a traceback: bad arguments raise
 ``ConfigurationError`` (exit 2), unreachable services ``StoreUnavailableError`` (exit 3),
-both mapped by ``cli.main``; a missing table or a database error is reported in one line
-(exit 1).
+both mapped by ``cli.main``; a missing table, a database error or a failed write of the
+output is reported in one line (exit 1).
 """
 
 from __future__ import annotations
@@ -28,7 +28,6 @@ from .config import (
     DEFAULT_SQLITE_URL,
     resolve_database_url,
     resolve_redis_url,
-    resolve_retention_days,
     resolve_schema,
     resolve_stream,
 )
@@ -49,19 +48,24 @@ _UNITS: Final = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
 
 def parse_when(text: str, *, now: datetime | None = None) -> datetime:
     """A CLI time: ISO 8601 (``2026-03-01``, ``2026-03-01T12:00+01:00``; naive = UTC) or an
-    age before now (``90s``, ``15m``, ``24h``, ``7d``, ``2w``). Raises ``ConfigurationError``."""
+    age before now (``90s``, ``15m``, ``24h``, ``7d``, ``2w``). Raises ``ConfigurationError``,
+    also for a time outside what ``datetime`` holds (``99999999999w``)."""
     match = _RELATIVE.match(text)
-    if match:
-        base = now or datetime.now(UTC)
-        return base - timedelta(seconds=float(match.group(1)) * _UNITS[match.group(2)])
     try:
-        value = datetime.fromisoformat(text.strip())
-    except ValueError:
+        if match:
+            base = now or datetime.now(UTC)
+            return base - timedelta(seconds=float(match.group(1)) * _UNITS[match.group(2)])
+        try:
+            value = datetime.fromisoformat(text.strip())
+        except ValueError:
+            raise ConfigurationError(
+                f"invalid time {text!r}: use ISO 8601 (2026-03-01, 2026-03-01T12:00Z) "
+                "or an age (24h, 7d)"
+            ) from None
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+    except OverflowError:
         raise ConfigurationError(
-            f"invalid time {text!r}: use ISO 8601 (2026-03-01, 2026-03-01T12:00Z) "
-            "or an age (24h, 7d)"
-        ) from None
-    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+            f"time {text!r} is out of range (years 1 to 9999)") from None
 
 
 def _database_options(parser: argparse.ArgumentParser) -> None:
@@ -138,6 +142,30 @@ def _print_json(obj: Any) -> None:
     sys.stdout.write(orjson.dumps(obj, default=str, option=orjson.OPT_INDENT_2).decode() + "\n")
 
 
+def database_error_line(exc: BaseException) -> str:
+    """The first line of the driver's (the server's) own message for a database error."""
+    orig = getattr(exc, "orig", None)
+    message = str(orig) if orig is not None else str(exc)
+    return message.splitlines()[0] if message.strip() else type(exc).__name__
+
+
+def report_database_error(command: str, exc: BaseException) -> int:
+    """Print a database error in one line on stderr; returns ``EXIT_FAILED``.
+
+    Only an undefined table (SQLSTATE 42P01, SQLite "no such table") says to run
+    ``init-db``: a missing database, schema or column is reported with the server's message.
+    """
+    from .retention import is_missing_table
+
+    first = database_error_line(exc)
+    if is_missing_table(exc):
+        print(f"activity-logging {command}: table not found ({first}); "
+              "run `activity-logging init-db` first", file=sys.stderr)
+    else:
+        print(f"activity-logging {command}: database error: {first}", file=sys.stderr)
+    return EXIT_FAILED
+
+
 def _verb(func: Callable[[argparse.Namespace], Coroutine[Any, Any, int]]
           ) -> Callable[[argparse.Namespace], int]:
     """Run an async verb; report database errors in one line instead of a traceback."""
@@ -149,15 +177,7 @@ def _verb(func: Callable[[argparse.Namespace], Coroutine[Any, Any, int]]
         try:
             return asyncio.run(func(args))
         except DBAPIError as exc:
-            message = str(exc.orig) if exc.orig is not None else str(exc)
-            first = message.splitlines()[0] if message else type(exc).__name__
-            if "does not exist" in message or "no such table" in message:
-                print(f"activity-logging {args.command}: table not found ({first}); "
-                      "run `activity-logging init-db` first", file=sys.stderr)
-            else:
-                print(f"activity-logging {args.command}: database error: {first}",
-                      file=sys.stderr)
-            return EXIT_FAILED
+            return report_database_error(args.command, exc)
 
     return run
 
@@ -253,19 +273,30 @@ async def cmd_export(args: argparse.Namespace) -> int:
 
     url, schema = _database(args)
     filters = _filters(args)
-    if args.output in (None, "-"):
-        result = await export_activities(
-            url, sys.stdout.buffer, fmt=args.format, filters=filters, schema=schema,
-            batch_size=args.batch_size, progress=args.progress)
-    else:
-        try:
-            out = open(args.output, "wb")  # noqa: SIM115, ASYNC230 - closed below; local file
-        except OSError as exc:
-            raise ConfigurationError(f"cannot write {args.output!r}: {exc.strerror}") from None
-        with out:
+    to_stdout = args.output in (None, "-")
+    try:
+        if to_stdout:
             result = await export_activities(
-                url, out, fmt=args.format, filters=filters, schema=schema,
+                url, sys.stdout.buffer, fmt=args.format, filters=filters, schema=schema,
                 batch_size=args.batch_size, progress=args.progress)
+        else:
+            try:
+                out = open(args.output, "wb")  # noqa: SIM115, ASYNC230 - closed below; local file
+            except OSError as exc:
+                raise ConfigurationError(f"cannot write {args.output!r}: {exc.strerror}") from None
+            with out:
+                result = await export_activities(
+                    url, out, fmt=args.format, filters=filters, schema=schema,
+                    batch_size=args.batch_size, progress=args.progress)
+    except BrokenPipeError:
+        raise  # the reader went away (`| head`): cli.main ends quietly
+    except OSError as exc:
+        # export_activities maps connect/fetch failures to StoreUnavailableError: an
+        # OSError here comes from writing the output (disk full, I/O error).
+        where = "stdout" if to_stdout else repr(args.output)
+        print(f"activity-logging export: cannot write {where}: {exc.strerror or exc}",
+              file=sys.stderr)
+        return EXIT_FAILED
     print(f"exported {result.rows} rows as {result.format} in {result.seconds:.1f} s",
           file=sys.stderr)
     return EXIT_OK
@@ -347,10 +378,11 @@ def cmd_scheduler(args: argparse.Namespace) -> int:
     import logging
     import signal
 
+    from .retention import resolve_cleanup_days
     from .scheduler import MaintenanceScheduler, local_timezone_name
 
     url, schema = _database(args)
-    resolve_retention_days(args.retention_days)  # fail now (exit 2), not at 02:00
+    resolve_cleanup_days(args.retention_days)  # fail now (exit 2), not at 02:00
     if args.tz:
         _set_timezone(args.tz)
     sched = MaintenanceScheduler(

@@ -2,7 +2,8 @@
 
 Heavy imports (SQLAlchemy, asyncpg, redis) happen inside the verbs so ``--help`` stays fast.
 Bad arguments raise ``ConfigurationError`` (exit 2), an unreachable database
-``StoreUnavailableError`` (exit 3); ``cli.main`` maps both.
+``StoreUnavailableError`` (exit 3); ``cli.main`` maps both. Other expected database failures
+(no such database or schema, an SQLite file that cannot be opened) print one line, exit 1.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import sys
 from typing import Any, Final
 
 from .config import (
@@ -80,6 +82,9 @@ def register(subparsers: Any) -> None:
 
 def cmd_init_db(args: argparse.Namespace) -> int:
     """``init-db``: create the table (and partitions) idempotently."""
+    from sqlalchemy.exc import DBAPIError
+
+    from .cli_ops import database_error_line
     from .db import init_db
     from .schema import redact_url
 
@@ -88,8 +93,16 @@ def cmd_init_db(args: argparse.Namespace) -> int:
     schema = resolve_schema(args.schema)
     if args.months_ahead < 0:
         raise ConfigurationError(f"--months-ahead must be >= 0, got {args.months_ahead}")
-    asyncio.run(init_db(url, schema=schema, partitioned=args.partitioned,
-                        months_ahead=args.months_ahead))
+    try:
+        asyncio.run(init_db(url, schema=schema, partitioned=args.partitioned,
+                            months_ahead=args.months_ahead))
+    except DBAPIError as exc:
+        print(f"activity-logging init-db: database error at {redact_url(url)}: "
+              f"{database_error_line(exc)}", file=sys.stderr)
+        return EXIT_FAILED
+    except OSError as exc:
+        print(f"activity-logging init-db: cannot open {redact_url(url)}: {exc}", file=sys.stderr)
+        return EXIT_FAILED
     logger.info(
         "activity_logs ready in %s%s%s", redact_url(url), f" schema {schema}" if schema else "",
         " (partitioned by month)" if args.partitioned else "",

@@ -120,7 +120,11 @@ class ActivityCursor:
         """Parse ``encode()``'s output; raises ``ConfigurationError`` for anything else."""
         try:
             raw = base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
-            ts_text, id_hex = orjson.loads(raw)
+            decoded = orjson.loads(raw)
+            if not (isinstance(decoded, list) and len(decoded) == 2
+                    and all(isinstance(part, str) for part in decoded)):
+                raise ValueError("a cursor is a [timestamp, id] pair of strings")
+            ts_text, id_hex = decoded
             ts = datetime.fromisoformat(ts_text)
             return cls(ts if ts.tzinfo else ts.replace(tzinfo=UTC), uuid.UUID(hex=id_hex))
         except (ValueError, TypeError, orjson.JSONDecodeError):

@@ -66,6 +66,22 @@ def _csv_value(column: str, value: Any) -> Any:
     return value
 
 
+def encode_csv(rows: Sequence[Sequence[Any]], *, header: bool = False) -> bytes:
+    """Rows in ``ACTIVITY_COLUMNS`` order → CSV lines (UTF-8), after a header line when asked.
+
+    Encoded in a buffer of its own, batch by batch, so no text wrapper is ever put around
+    (and, after a failed write, left to close) the caller's binary stream.
+    """
+    buffer = io.StringIO(newline="")
+    writer = csv.writer(buffer)
+    if header:
+        writer.writerow(ACTIVITY_COLUMNS)
+    writer.writerows(
+        [_csv_value(c, v) for c, v in zip(ACTIVITY_COLUMNS, row, strict=True)] for row in rows
+    )
+    return buffer.getvalue().encode("utf-8")
+
+
 class ProgressLine:
     """A one-line progress report on a terminal (``\\r``-rewritten), at most 5 times a second.
 
@@ -113,8 +129,9 @@ async def export_activities(
     """Write every activity matching ``filters`` to the binary stream ``out``.
 
     ``progress=None`` shows the progress line when ``progress_stream`` (stderr by default)
-    is a terminal. Raises ``ConfigurationError`` for an unknown format and
-    ``StoreUnavailableError`` when the database cannot be reached.
+    is a terminal. Raises ``ConfigurationError`` for an unknown format,
+    ``StoreUnavailableError`` when the database cannot be reached, and the ``OSError`` of a
+    failed write to ``out`` (``BrokenPipeError``, disk full) as it is.
     """
     if fmt not in EXPORT_FORMATS:
         raise ConfigurationError(f"format must be one of {', '.join(EXPORT_FORMATS)}, got {fmt!r}")
@@ -126,38 +143,44 @@ async def export_activities(
     started = time.monotonic()
     written = 0
     engine = create_async_engine_for(database_url, schema=schema)
-    text: io.TextIOWrapper | None = None
+    # Only talking to the database goes through ``reachable``: an OSError from writing
+    # ``out`` (a closed pipe, a full disk) is the caller's to report, not "unreachable".
     try:
-        # The server-side cursor lives as long as its transaction: hold one open throughout.
-        async with reachable(database_url), engine.connect() as conn, conn.begin():
-            total = await activity_log_crud.count(conn, filters) if show else None
+        async with reachable(database_url):
+            conn = await engine.connect()
+        try:
+            # The server-side cursor lives as long as its transaction: hold one open throughout.
+            async with reachable(database_url):
+                await conn.begin()
+                total = await activity_log_crud.count(conn, filters) if show else None
+                stmt = build_select(filters, order="asc").execution_options(yield_per=batch_size)
+                result = await conn.stream(stmt)
+                batches = result.partitions(batch_size).__aiter__()
             bar = ProgressLine(pstream, enabled=show, total=total)
             if fmt == "csv":
-                text = io.TextIOWrapper(out, encoding="utf-8", newline="", write_through=True)
-                writer = csv.writer(text)
-                writer.writerow(ACTIVITY_COLUMNS)
-            stmt = build_select(filters, order="asc").execution_options(yield_per=batch_size)
-            result = await conn.stream(stmt)
-            async for batch in result.partitions(batch_size):
+                out.write(encode_csv([], header=True))
+            while True:
+                async with reachable(database_url):
+                    batch = await anext(batches, None)
+                if batch is None:
+                    break
                 if fmt == "jsonl":
                     out.write(encode_jsonl(batch))
                 else:
-                    writer.writerows(
-                        [_csv_value(c, v) for c, v in zip(ACTIVITY_COLUMNS, row, strict=True)]
-                        for row in batch
-                    )
+                    out.write(encode_csv(batch))
                 written += len(batch)
                 bar.update(written)
                 if on_batch is not None:
                     on_batch(written)
             bar.update(written, final=True)
+        finally:
+            async with reachable(database_url):
+                await conn.close()  # read only: rolling the transaction back loses nothing
     finally:
-        if text is not None:
-            text.flush()
-            text.detach()  # leave ``out`` open: the caller owns it
         await engine.dispose()
     out.flush()
     return ExportResult(rows=written, format=fmt, seconds=round(time.monotonic() - started, 3))
 
 
-__all__ = ["EXPORT_FORMATS", "ExportResult", "ProgressLine", "encode_jsonl", "export_activities"]
+__all__ = ["EXPORT_FORMATS", "ExportResult", "ProgressLine", "encode_csv", "encode_jsonl",
+           "export_activities"]

@@ -49,8 +49,10 @@ MAX_FORWARDED_ENTRIES: Final = 32
 def _parse_ip(text: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
     """Parse one address as it appears in a peer or a forwarded entry; None if not an address.
 
-    Accepts ``1.2.3.4``, ``1.2.3.4:5678``, ``::1`` and ``[::1]:5678``. Cached: the same few
-    peers (proxies, load balancers) come back on almost every request.
+    Accepts ``1.2.3.4``, ``1.2.3.4:5678``, ``::1`` and ``[::1]:5678``. A scoped IPv6 address
+    (``fe80::1%eth0``) loses its zone id: it names an interface of this host, not part of
+    the address, and PostgreSQL's ``inet`` refuses it. Cached: the same few peers (proxies,
+    load balancers) come back on almost every request.
     """
     text = text.strip()
     if not text or len(text) > 64:
@@ -64,8 +66,11 @@ def _parse_ip(text: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None
         address = ipaddress.ip_address(text)
     except ValueError:
         return None
-    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
-        return address.ipv4_mapped
+    if isinstance(address, ipaddress.IPv6Address):
+        if address.ipv4_mapped is not None:
+            return address.ipv4_mapped
+        if address.scope_id is not None:
+            return ipaddress.IPv6Address(text.split("%", 1)[0])
     return address
 
 

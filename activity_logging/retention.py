@@ -8,6 +8,9 @@
   partition whose whole month is past the cutoff, deletes the few expired rows left in
   the partition the cutoff falls in, and creates the partitions ahead.
 
+The retention period is capped at ``MAX_RETENTION_DAYS`` (36500, a hundred years): a
+larger one would put the cutoff before year 1 and is surely a typo.
+
 ``vacuum`` runs ``VACUUM (ANALYZE)`` outside any transaction, as PostgreSQL requires
 (``VACUUM`` then ``ANALYZE`` on SQLite). Both are coroutines; ``run_cleanup`` and
 ``run_vacuum`` are the blocking equivalents for scripts and the scheduler.
@@ -19,6 +22,7 @@ import asyncio
 import contextlib
 import logging
 import re
+import sqlite3
 import time
 from collections.abc import AsyncIterator
 from dataclasses import asdict, dataclass, field
@@ -29,12 +33,16 @@ from sqlalchemy import MetaData, Table, delete, select, tuple_
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from .config import DEFAULT_TABLE, require_positive, resolve_retention_days
-from .exceptions import StoreUnavailableError
+from .exceptions import ConfigurationError, StoreUnavailableError
 from .schema import activity_logs, is_sqlite, make_table, redact_url
 
 logger: Final = logging.getLogger("activity_logging.retention")
 
 DEFAULT_BATCH_SIZE: Final = 10_000
+#: Longest retention period accepted, in days (a hundred years).
+MAX_RETENTION_DAYS: Final = 36_500
+#: PostgreSQL SQLSTATE ``undefined_table``.
+UNDEFINED_TABLE: Final = "42P01"
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,6 +92,37 @@ def _is_unreachable(exc: BaseException) -> bool:
             return True
         current = current.__cause__ or current.__context__
     return False
+
+
+def is_missing_table(exc: BaseException) -> bool:
+    """True when ``exc`` (or what it wraps) says a table does not exist: PostgreSQL SQLSTATE
+    42P01 (asyncpg's ``UndefinedTableError``, also under SQLAlchemy's ``.orig``) or SQLite's
+    "no such table". A missing database, schema, column or function is not a missing table.
+    """
+    seen: set[int] = set()
+    pending: list[BaseException | None] = [exc]
+    while pending:
+        current = pending.pop()
+        if current is None or id(current) in seen:
+            continue
+        seen.add(id(current))
+        if getattr(current, "sqlstate", None) == UNDEFINED_TABLE:
+            return True
+        if isinstance(current, sqlite3.OperationalError) and str(current).startswith(
+                "no such table"):
+            return True
+        pending += [getattr(current, "orig", None), current.__cause__, current.__context__]
+    return False
+
+
+def resolve_cleanup_days(value: int | None = None) -> int:
+    """``config.resolve_retention_days`` bounded by ``MAX_RETENTION_DAYS``; raises
+    ``ConfigurationError`` outside ``1..MAX_RETENTION_DAYS``."""
+    days = resolve_retention_days(value)
+    if days > MAX_RETENTION_DAYS:
+        raise ConfigurationError(
+            f"retention days must be <= {MAX_RETENTION_DAYS} (100 years), got {days}")
+    return days
 
 
 @contextlib.asynccontextmanager
@@ -189,14 +228,15 @@ async def cleanup(
 ) -> CleanupResult:
     """Remove activities older than the retention period; see the module docstring.
 
-    ``retention_days`` defaults to ``ACTIVITY_LOG_RETENTION_DAYS``, else 90. The cutoff is
+    ``retention_days`` defaults to ``ACTIVITY_LOG_RETENTION_DAYS``, else 90, and may not
+    exceed ``MAX_RETENTION_DAYS``. The cutoff is
     ``now - retention_days`` (UTC); rows with ``timestamp < cutoff`` go, others stay. Raises
     ``ConfigurationError`` for bad arguments and ``StoreUnavailableError`` when the database
     cannot be reached.
     """
     from .db import connect_pg, create_async_engine_for, ensure_partitions, is_partitioned
 
-    days = resolve_retention_days(retention_days)
+    days = resolve_cleanup_days(retention_days)
     require_positive("batch_size", batch_size, integer=True)
     started = time.monotonic()
     current = now.astimezone(UTC) if now is not None and now.tzinfo else (
@@ -286,12 +326,15 @@ def run_vacuum(url: str, **kwargs: Any) -> VacuumResult:
 
 __all__ = [
     "DEFAULT_BATCH_SIZE",
+    "MAX_RETENTION_DAYS",
     "CleanupResult",
     "VacuumResult",
     "cleanup",
     "delete_before",
     "expire_partitions",
+    "is_missing_table",
     "reachable",
+    "resolve_cleanup_days",
     "run_cleanup",
     "run_vacuum",
     "vacuum",

@@ -226,13 +226,14 @@ async def gather_database(status: PipelineStatus, url: str, *, schema: str | Non
     """Fill the newest-activity, its age and the rows of the last 24 hours.
 
     Raises ``StoreUnavailableError`` when the database cannot be reached; a missing table
-    is a problem, not an error.
+    (SQLSTATE 42P01, SQLite "no such table") is a problem, not an error. Any other database
+    error (a missing database, schema or column) is raised, to be reported as it is.
     """
     from sqlalchemy.exc import DBAPIError
 
     from .crud import ActivityFilter, activity_log_crud
     from .db import create_async_engine_for
-    from .retention import reachable
+    from .retention import is_missing_table, reachable
 
     engine = create_async_engine_for(url, schema=schema)
     try:
@@ -241,7 +242,7 @@ async def gather_database(status: PipelineStatus, url: str, *, schema: str | Non
             day = ActivityFilter(start=status.checked_at - timedelta(days=1))
             status.rows_last_24h = await activity_log_crud.count(conn, day)
     except DBAPIError as exc:
-        if "does not exist" in str(exc) or "no such table" in str(exc):
+        if is_missing_table(exc):
             status.problems.append(
                 "table activity_logs does not exist: run `activity-logging init-db`")
             return
