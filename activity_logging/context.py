@@ -32,6 +32,9 @@ def get_context() -> Mapping[str, Any]:
     return _activity_ctx.get()
 
 
+current_context = _activity_ctx.get  # the same, without a Python call: for hot paths
+
+
 def bind_context(**fields: Any) -> Token[Mapping[str, Any]]:
     """Add ``fields`` to the current context; ``None`` values remove a key.
 

@@ -153,21 +153,24 @@ def encode_json(value: Any) -> bytes:
         return orjson.dumps(sanitize(value), default=_default, option=_OPTS)
 
 
-def snapshot_extras(attrs: dict[str, Any]) -> bytes | None:
+def snapshot_extras(attrs: dict[str, Any], context: Mapping[str, Any] | None = None) -> bytes | None:
     """Serialise the non-standard attributes of a record (its ``extra``) now, as JSON bytes.
 
     Runs in the caller's thread, so later mutation of a passed dict cannot change the audit
     record, at the cost of one orjson call. ``LogRecord.__init__`` sets the standard
     attributes first and ``makeRecord`` adds ``extra`` after them, so only the tail of
-    ``__dict__`` is taken. Returns ``None`` when there are no extras. Never raises.
+    ``__dict__`` is taken. ``context`` (the request context) fills keys ``extra`` did not set.
+    Returns ``None`` when there is nothing to store. Never raises.
     """
-    if len(attrs) <= _STANDARD_COUNT:
-        return None
     snap = dict(islice(attrs.items(), _STANDARD_COUNT, None))
-    if not snap.keys().isdisjoint(STANDARD_RECORD_ATTRS):  # e.g. "message" set by a formatter
+    if snap and not snap.keys().isdisjoint(STANDARD_RECORD_ATTRS):  # e.g. "message" from a formatter
         snap = {k: v for k, v in snap.items() if k not in STANDARD_RECORD_ATTRS}
-        if not snap:
-            return None
+    if context:
+        for key, value in context.items():
+            if key not in snap:
+                snap[key] = value
+    if not snap:
+        return None
     try:
         return orjson.dumps(snap, default=_default)
     except Exception:
