@@ -47,8 +47,12 @@ DEFAULT_CONNECT_TIMEOUT: Final = 10.0
 _DATA_ERROR_CLASSES: Final = ("22", "23", "54")
 
 
-def _quote(identifier: str) -> str:
+def quote_identifier(identifier: str) -> str:
+    """``identifier`` as a double-quoted SQL identifier (embedded quotes doubled)."""
     return '"' + identifier.replace('"', '""') + '"'
+
+
+_quote = quote_identifier  # short internal name, used throughout this module
 
 
 def is_data_error(exc: BaseException) -> bool:
@@ -262,7 +266,8 @@ async def init_db(
             await conn_pg.close()
 
 
-def _is_unreachable(exc: BaseException) -> bool:
+def is_unreachable(exc: BaseException) -> bool:
+    """True when ``exc`` (or what caused it) is a network-level failure: the server is away."""
     seen: set[int] = set()
     current: BaseException | None = exc
     while current is not None and id(current) not in seen:
@@ -271,6 +276,9 @@ def _is_unreachable(exc: BaseException) -> bool:
             return True
         current = current.__cause__ or current.__context__
     return False
+
+
+_is_unreachable = is_unreachable
 
 
 # --- the bulk insert -------------------------------------------------------------------------

@@ -33,6 +33,7 @@ from sqlalchemy import MetaData, Table, delete, select, tuple_
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from .config import DEFAULT_TABLE, require_positive, resolve_retention_days
+from .db import is_unreachable, quote_identifier
 from .exceptions import ConfigurationError, StoreUnavailableError
 from .schema import activity_logs, is_sqlite, make_table, redact_url
 
@@ -79,19 +80,8 @@ class VacuumResult:
         return asdict(self)
 
 
-def _quote(identifier: str) -> str:
-    return '"' + identifier.replace('"', '""') + '"'
-
-
-def _is_unreachable(exc: BaseException) -> bool:
-    seen: set[int] = set()
-    current: BaseException | None = exc
-    while current is not None and id(current) not in seen:
-        seen.add(id(current))
-        if isinstance(current, OSError | TimeoutError):
-            return True
-        current = current.__cause__ or current.__context__
-    return False
+_quote = quote_identifier
+_is_unreachable = is_unreachable
 
 
 def is_missing_table(exc: BaseException) -> bool:
