@@ -12,9 +12,10 @@ PostgreSQL isolation: every entry point takes ``schema``; when given, the connec
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import socket
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from datetime import UTC, datetime
 from operator import itemgetter
 from typing import TYPE_CHECKING, Any, Final
@@ -24,7 +25,7 @@ from sqlalchemy import Column, Index, MetaData, PrimaryKeyConstraint, Table
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from .config import DEFAULT_TABLE
-from .exceptions import ConfigurationError, StoreUnavailableError
+from .exceptions import ActivityLoggingError, ConfigurationError, StoreUnavailableError
 from .record import ACTIVITY_COLUMNS
 from .schema import asyncpg_dsn, is_sqlite, make_table, normalize_async_url, redact_url
 
@@ -246,16 +247,8 @@ async def init_db(
         make_table(metadata, table)
     engine = create_async_engine_for(url, schema=schema)
     try:
-        async with engine.begin() as conn:
+        async with reachable(url), engine.begin() as conn:
             await conn.run_sync(metadata.create_all, checkfirst=True)
-    except ConfigurationError:
-        raise
-    except Exception as exc:
-        if _is_unreachable(exc):
-            raise StoreUnavailableError(
-                f"cannot reach the database at {redact_url(url)}: {type(exc).__name__}: {exc}"
-            ) from exc
-        raise
     finally:
         await engine.dispose()
     if partitioned:
@@ -279,6 +272,24 @@ def is_unreachable(exc: BaseException) -> bool:
 
 
 _is_unreachable = is_unreachable
+
+
+@contextlib.asynccontextmanager
+async def reachable(url: str) -> AsyncIterator[None]:
+    """Turn "cannot connect" into ``StoreUnavailableError`` naming the URL (password hidden).
+
+    Errors of this library pass through unchanged: they already say what is wrong.
+    """
+    try:
+        yield
+    except ActivityLoggingError:
+        raise
+    except Exception as exc:
+        if _is_unreachable(exc):
+            raise StoreUnavailableError(
+                f"cannot reach the database at {redact_url(url)}: {type(exc).__name__}: {exc}"
+            ) from exc
+        raise
 
 
 # --- the bulk insert -------------------------------------------------------------------------

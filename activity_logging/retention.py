@@ -19,12 +19,10 @@ larger one would put the cutoff before year 1 and is surely a typo.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import re
 import sqlite3
 import time
-from collections.abc import AsyncIterator
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any, Final
@@ -33,9 +31,9 @@ from sqlalchemy import MetaData, Table, delete, select, tuple_
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from .config import DEFAULT_TABLE, require_positive, resolve_retention_days
-from .db import is_unreachable, quote_identifier
-from .exceptions import ConfigurationError, StoreUnavailableError
-from .schema import activity_logs, is_sqlite, make_table, redact_url
+from .db import quote_identifier, reachable
+from .exceptions import ConfigurationError
+from .schema import activity_logs, is_sqlite, make_table
 
 logger: Final = logging.getLogger("activity_logging.retention")
 
@@ -81,7 +79,6 @@ class VacuumResult:
 
 
 _quote = quote_identifier
-_is_unreachable = is_unreachable
 
 
 def is_missing_table(exc: BaseException) -> bool:
@@ -113,21 +110,6 @@ def resolve_cleanup_days(value: int | None = None) -> int:
         raise ConfigurationError(
             f"retention days must be <= {MAX_RETENTION_DAYS} (100 years), got {days}")
     return days
-
-
-@contextlib.asynccontextmanager
-async def reachable(url: str) -> AsyncIterator[None]:
-    """Turn "cannot connect" into ``StoreUnavailableError`` naming the URL (password hidden)."""
-    try:
-        yield
-    except StoreUnavailableError:
-        raise
-    except Exception as exc:
-        if _is_unreachable(exc):
-            raise StoreUnavailableError(
-                f"cannot reach the database at {redact_url(url)}: {type(exc).__name__}: {exc}"
-            ) from exc
-        raise
 
 
 def _table(name: str) -> Table:
