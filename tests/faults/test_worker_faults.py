@@ -19,6 +19,7 @@ import pytest
 import redis
 
 from activity_logging import db, record
+from tests.integration.test_worker_pg import counts
 from tests.servers import TcpProxy
 
 pytestmark = [pytest.mark.fault, pytest.mark.integration]
@@ -42,15 +43,8 @@ def fill(redis_url: str, stream: str, entries: int, per_entry: int) -> int:
 
 
 def distinct_rows(pg_url: str, schema: str) -> tuple[int, int]:
-    async def go() -> tuple[int, int]:
-        conn = await db.connect_pg(pg_url, schema=schema)
-        try:
-            row = await conn.fetchrow("SELECT count(*) AS n, count(DISTINCT id) AS d FROM activity_logs")
-        finally:
-            await conn.close()
-        assert row is not None
-        return int(row["n"]), int(row["d"])
-    return asyncio.run(go())
+    """(rows, distinct ids) in the schema's activity_logs, from synchronous test code."""
+    return asyncio.run(counts(pg_url, schema))
 
 
 def wait_for(condition: Any, seconds: float = 60.0) -> None:

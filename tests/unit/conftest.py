@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
+from pathlib import Path
+from typing import Any
 
 import pytest
 
 from tests.capture import Capture
+from tests.integration.test_crud_support import make_rows, seed
 
 
 @pytest.fixture
@@ -18,3 +22,17 @@ def captured() -> Capture:
     log.setLevel(logging.DEBUG)
     log.propagate = False
     return handler
+
+
+@pytest.fixture
+def db(tmp_path: Path) -> str:
+    """A fresh embedded-store URL (the CLI tests' database)."""
+    return f"sqlite:///{tmp_path / 'cli.db'}"
+
+
+@pytest.fixture
+def rows(db: str) -> list[dict[str, Any]]:
+    """40 known rows seeded into ``db`` (see tests/integration/test_crud_support.py)."""
+    data = make_rows(40)
+    asyncio.run(seed(db, data))
+    return data

@@ -15,26 +15,9 @@ import pytest
 from activity_logging.cli import main
 from activity_logging.cli_ops import parse_when
 from activity_logging.exceptions import ConfigurationError
+from tests.cli_run import run
 from tests.integration.test_crud_support import BASE, make_rows, reference, seed
 from tests.servers import free_port
-
-
-@pytest.fixture
-def db(tmp_path: Path) -> str:
-    return f"sqlite:///{tmp_path / 'cli.db'}"
-
-
-@pytest.fixture
-def rows(db: str) -> list[dict[str, Any]]:
-    data = make_rows(40)
-    asyncio.run(seed(db, data))
-    return data
-
-
-def run(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
-    code = main(argv)
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 def test_query_prints_a_table_and_the_next_cursor(

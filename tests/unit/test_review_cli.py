@@ -17,34 +17,17 @@ from typing import Any
 import orjson
 import pytest
 
-from activity_logging.cli import main
 from activity_logging.cli_ops import parse_when
 from activity_logging.crud import ActivityCursor
 from activity_logging.exceptions import ConfigurationError, StoreUnavailableError
 from activity_logging.export import export_activities
 from activity_logging.middleware import _parse_ip, parse_forwarded_for
 from activity_logging.retention import MAX_RETENTION_DAYS, cleanup
-from tests.integration.test_crud_support import make_rows, seed
+from tests.cli_run import run
 
 ROOT = Path(__file__).resolve().parents[2]
 
 
-@pytest.fixture
-def db(tmp_path: Path) -> str:
-    return f"sqlite:///{tmp_path / 'review.db'}"
-
-
-@pytest.fixture
-def rows(db: str) -> list[dict[str, Any]]:
-    data = make_rows(40)
-    asyncio.run(seed(db, data))
-    return data
-
-
-def run(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
-    code = main(argv)
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 # --- 1. scoped IPv6 peers ----------------------------------------------------------------------
