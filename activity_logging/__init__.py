@@ -26,6 +26,7 @@ _EXPORTS: dict[str, str] = {
     "activity_log_crud": "crud",
     "activity_logger": "helpers",
     "bind_context": "context",
+    "flush_handlers": "handler",
     "get_context": "context",
     "level_to_severity": "record",
     "log_activity": "decorators",
@@ -54,6 +55,7 @@ __all__ = [
     "activity_log_crud",
     "activity_logger",
     "bind_context",
+    "flush_handlers",
     "get_context",
     "level_to_severity",
     "log_activity",
@@ -75,7 +77,7 @@ if TYPE_CHECKING:
     from .decorators import log_activity
     from .exceptions import ActivityLoggingError, ConfigurationError
     from .formatter import ActivityJsonFormatter
-    from .handler import ActivityHandler
+    from .handler import ActivityHandler, flush_handlers
     from .helpers import (
         activity_logger,
         log_agent_activity,

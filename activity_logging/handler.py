@@ -611,6 +611,28 @@ class ActivityHandler(logging.handlers.QueueHandler):
         return f"<ActivityHandler {target} ({logging.getLevelName(self.level)})>"
 
 
+def flush_handlers(timeout: float | None = None) -> bool:
+    """Flush every open ``ActivityHandler`` of this process; True when all of them finished.
+
+    The one line to call where a process is about to end without ``logging.shutdown()``
+    (a server that re-raises SIGTERM, a gunicorn ``worker_exit`` hook, a Celery
+    ``worker_process_shutdown`` signal). ``timeout`` (default: each handler's
+    ``close_timeout``) bounds the whole call, not each handler. Never raises; thread-safe.
+    """
+    try:
+        handlers = list(_live_handlers)
+        if timeout is None:
+            timeout = max((h.close_timeout for h in handlers), default=0.0)
+        deadline = time.monotonic() + max(0.0, timeout)
+        ok = True
+        for handler in handlers:
+            ok = handler.flush(max(0.0, deadline - time.monotonic())) and ok
+        return ok
+    except Exception as exc:
+        reporter.report("flush", "flush_handlers failed", exc)
+        return False
+
+
 def _reinit_handlers_after_fork() -> None:
     for handler in list(_live_handlers):
         try:
