@@ -6,17 +6,24 @@ inner application call, background tasks included, and resets it with its token 
 ``finally``. Each request runs in its own task, so concurrent requests never see each
 other's context. Optionally it logs one ``api_request``/``api_error`` activity per request.
 
+For the ``lifespan`` scope it flushes every ``ActivityHandler`` of the process before the
+server hears ``lifespan.shutdown.complete`` (or ``.failed``): uvicorn re-raises SIGTERM once
+the lifespan has completed, so ``logging.shutdown()`` never runs and whatever the handlers
+still hold would die with the process.
+
 Pure ASGI, no Starlette import: it works under Starlette, FastAPI or any ASGI server, and
 does not buffer or wrap the body, so streaming responses stream.
 """
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import ipaddress
 import logging
 import os
 import re
+import sys
 import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping, MutableMapping
 from typing import Any, Final
@@ -43,6 +50,9 @@ IpNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 REQUEST_ID_PATTERN: Final = re.compile(r"[A-Za-z0-9._:@+=/-]{1,128}")
 MAX_USER_AGENT_CHARS: Final = 512
 MAX_FORWARDED_ENTRIES: Final = 32
+#: Lifespan messages after which the server may end the process without ``logging.shutdown``.
+SHUTDOWN_MESSAGES: Final = frozenset({"lifespan.shutdown.complete", "lifespan.shutdown.failed"})
+_HANDLER_MODULE: Final = __name__.rpartition(".")[0] + ".handler"
 
 
 @functools.lru_cache(maxsize=4096)
@@ -174,9 +184,18 @@ class ActivityContextMiddleware:
         logger: logger or logger name for the request activities (``"activity"``).
         max_user_agent_chars: user agents are cut to this length (512).
         request_id_factory: makes a request id when none usable came in (128 random bits, hex).
+        shutdown_flush_timeout: seconds the lifespan shutdown waits for the activity handlers
+            to flush, in total (``None``: the handlers' ``close_timeout``).
 
-    Never raises on its own account: a failing ``actor_getter`` or logger is reported on
-    stderr and the request goes on. Exceptions from the app propagate unchanged.
+    Lifespan: the app's lifespan runs unchanged, but ``lifespan.shutdown.complete`` and
+    ``lifespan.shutdown.failed`` reach the server only after ``flush_handlers()`` has
+    returned (in a worker thread: the event loop keeps running). An app that refuses the
+    lifespan scope (raises before asking for its first message, as Django does) gets a
+    minimal lifespan from the middleware instead, which only does that flush.
+
+    Never raises on its own account: a failing ``actor_getter``, logger or shutdown flush is
+    reported on stderr and the request (or shutdown) goes on. Exceptions from the app
+    propagate unchanged.
     """
 
     def __init__(
@@ -193,6 +212,7 @@ class ActivityContextMiddleware:
         logger: str | logging.Logger = DEFAULT_LOGGER_NAME,
         max_user_agent_chars: int = MAX_USER_AGENT_CHARS,
         request_id_factory: Callable[[], str] | None = None,
+        shutdown_flush_timeout: float | None = None,
     ) -> None:
         if not request_id_header or not request_id_header.strip():
             raise ConfigurationError(
@@ -205,6 +225,10 @@ class ActivityContextMiddleware:
         if max_user_agent_chars < 0:
             raise ConfigurationError(
                 f"max_user_agent_chars must be >= 0, got {max_user_agent_chars!r}"
+            )
+        if shutdown_flush_timeout is not None and not shutdown_flush_timeout >= 0:
+            raise ConfigurationError(
+                f"shutdown_flush_timeout must be >= 0 seconds or None, got {shutdown_flush_timeout!r}"
             )
         self.app = app
         self.request_id_header = request_id_header.strip()
@@ -220,6 +244,7 @@ class ActivityContextMiddleware:
         self.logger = logger if isinstance(logger, logging.Logger) else logging.getLogger(logger)
         self.max_user_agent_chars = max_user_agent_chars
         self._request_id_factory = request_id_factory
+        self.shutdown_flush_timeout = shutdown_flush_timeout
 
     # -- per request ------------------------------------------------------------------------
 
@@ -240,7 +265,10 @@ class ActivityContextMiddleware:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         scope_type = scope["type"]
         if scope_type != "http" and scope_type != "websocket":
-            await self.app(scope, receive, send)
+            if scope_type == "lifespan":
+                await self._lifespan(scope, receive, send)
+            else:
+                await self.app(scope, receive, send)
             return
 
         request_id: str | None = None
@@ -370,3 +398,76 @@ class ActivityContextMiddleware:
             log.log(level, activity_type, extra=extra)
         except Exception as exc:
             reporter.report("middleware.log", "could not log the request activity", exc)
+
+    # -- lifespan ---------------------------------------------------------------------------
+
+    async def _lifespan(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Run the app's lifespan; shutdown messages reach the server after the flush."""
+        spoke = started = flushed = False
+
+        async def receive_watched() -> Message:
+            nonlocal spoke
+            spoke = True
+            return await receive()
+
+        async def send_after_flush(message: Message) -> None:
+            nonlocal spoke, started, flushed
+            spoke = True
+            kind = message.get("type")
+            if kind == "lifespan.startup.complete":
+                started = True
+            elif kind in SHUTDOWN_MESSAGES:
+                flushed = True
+                await self._flush_at_shutdown()
+            await send(message)
+
+        try:
+            await self.app(scope, receive_watched, send_after_flush)
+        except Exception:
+            if not spoke:
+                # Refusing the scope before reading a message is how an ASGI app says it
+                # has no lifespan (Django does). The server would then skip the lifespan and,
+                # on SIGTERM, end the process with the handlers still holding records.
+                await self._minimal_lifespan(receive, send)
+                return
+            if started and not flushed:
+                # raised past startup without a shutdown message: the server may end the
+                # process as soon as it sees the error
+                await self._flush_at_shutdown()
+            raise  # a lifespan that ran and failed: the server must see it unchanged
+
+    async def _minimal_lifespan(self, receive: Receive, send: Send) -> None:
+        """The lifespan of an app without one: startup completes at once, shutdown flushes."""
+        while True:
+            kind = (await receive()).get("type")
+            if kind == "lifespan.startup":
+                await send({"type": "lifespan.startup.complete"})
+            elif kind == "lifespan.shutdown":
+                await self._flush_at_shutdown()
+                await send({"type": "lifespan.shutdown.complete"})
+                return
+
+    async def _flush_at_shutdown(self) -> None:
+        """``flush_handlers(shutdown_flush_timeout)`` off the event loop. Never raises.
+
+        Cancellation still propagates (the flush thread then finishes on its own, bounded).
+        """
+        if _HANDLER_MODULE not in sys.modules:
+            return  # no ActivityHandler was ever built here: nothing to flush, nothing to import
+        try:
+            from .handler import flush_handlers
+
+            timeout = self.shutdown_flush_timeout
+            try:
+                asyncio.get_running_loop()
+            except RuntimeError:
+                done = flush_handlers(timeout)  # not asyncio (trio): blocking beats losing records
+            else:
+                done = await asyncio.to_thread(flush_handlers, timeout)
+            if not done:
+                reporter.report(
+                    "middleware.shutdown", "the activity handlers did not finish flushing before "
+                    "the lifespan shutdown completed: records still queued may be lost")
+        except Exception as exc:
+            reporter.report("middleware.shutdown",
+                            "could not flush the activity handlers at shutdown", exc)
