@@ -5,9 +5,12 @@ Pure: reads ``os.environ`` only when asked, does no I/O otherwise.
 
 from __future__ import annotations
 
+import hashlib
 import os
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Final
+from urllib.parse import urlsplit, urlunsplit
 
 from .exceptions import ConfigurationError
 
@@ -23,6 +26,8 @@ ENV_DATABASE_URL: Final = "DATABASE_URL"
 ENV_RETENTION_DAYS: Final = "ACTIVITY_LOG_RETENTION_DAYS"
 ENV_STREAM: Final = "ACTIVITY_LOG_STREAM"
 ENV_SCHEMA: Final = "ACTIVITY_LOG_SCHEMA"
+ENV_SPOOL_PATH: Final = "ACTIVITY_LOG_SPOOL_PATH"
+SPOOL_OFF: Final = frozenset({"off", "none", "false", "0", "no"})
 
 
 def _env(name: str, environ: Mapping[str, str] | None) -> str | None:
@@ -62,6 +67,43 @@ def resolve_schema(value: str | None = None, environ: Mapping[str, str] | None =
     if schema is not None and not schema.replace("_", "").isalnum():
         raise ConfigurationError(f"schema must be letters, digits and underscores, got {schema!r}")
     return schema
+
+
+def default_state_dir(environ: Mapping[str, str] | None = None) -> Path:
+    """The per-user state directory: ``$XDG_STATE_HOME/activity_logging``, else
+    ``~/.local/state/activity_logging`` (the XDG base-directory default)."""
+    env = os.environ if environ is None else environ
+    base = env.get("XDG_STATE_HOME") or ""
+    root = Path(base) if base.strip() and os.path.isabs(base) else Path.home() / ".local" / "state"
+    return root / "activity_logging"
+
+
+def resolve_spool_path(
+    value: str | None, *, redis_url: str | None, stream: str, environ: Mapping[str, str] | None = None
+) -> str | None:
+    """Where the handler spools entries while Redis is down; ``None`` when the spool is off.
+
+    The argument wins, then ``ACTIVITY_LOG_SPOOL_PATH``; ``""`` or ``"off"`` (also ``none``,
+    ``false``, ``no``, ``0``) switch the spool off. Without either, a handler shipping to
+    Redis spools under the per-user state directory, in a folder named after the Redis
+    server and stream (credentials left out), so that a spool is only ever replayed into
+    the stream it was meant for. Direct mode (no Redis) has no default spool.
+    """
+    raw = value if value is not None else _env(ENV_SPOOL_PATH, environ)
+    if raw is not None:
+        text = raw.strip()
+        return None if not text or text.lower() in SPOOL_OFF else text
+    if not redis_url:
+        return None
+    target = f"{_without_credentials(redis_url)}\0{stream}".encode()
+    return str(default_state_dir(environ) / "spool" / hashlib.sha256(target).hexdigest()[:16])
+
+
+def _without_credentials(url: str) -> str:
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    netloc = f"{host}:{parts.port}" if parts.port else host
+    return urlunsplit((parts.scheme, netloc, parts.path, "", ""))
 
 
 def resolve_retention_days(value: int | None = None, environ: Mapping[str, str] | None = None) -> int:

@@ -12,10 +12,12 @@ sink is counted in ``stats()``.
 
 from __future__ import annotations
 
+import atexit
 import logging
 import logging.handlers
 import os
 import queue as queue_mod
+import sys
 import threading
 import time
 import uuid
@@ -48,11 +50,21 @@ _MAX_ENTRIES_PER_SEND: Final = 8
 _REFUSED_CACHE_LIMIT: Final = 10_000
 
 _COUNTERS: Final = (
-    "enqueued", "sent", "batches_sent", "dropped_queue_full", "dropped_closed", "refused",
-    "errors", "listener_errors", "send_failures", "reconnects", "spooled", "spool_replayed",
-    "dropped_spool_full",
-    "lost", "truncated_at_call", "redacted_at_call",
+    "enqueued", "sent", "batches_sent", "dropped_queue_full", "dropped_closed", "dropped_emit_error",
+    "refused", "listener_errors", "send_failures", "send_timeouts", "reconnects",
+    "spooled", "spool_replayed", "spool_adopted", "spool_write_failures",
+    "dropped_spool_full", "dropped_unencodable", "lost", "lost_spool_damaged", "unconfirmed",
+    "truncated_at_call", "redacted_at_call",
 )
+# Outcomes of accepted records other than "sent" and "spooled": with the gauges they balance
+# ``enqueued`` (see ``ActivityHandler.stats``).
+_LOSS_OUTCOMES: Final = (
+    "dropped_spool_full", "dropped_unencodable", "lost", "lost_spool_damaged", "unconfirmed",
+)
+_FLUSH_THEN_CLOSE_WINDOW: Final = 1.0  # a close this soon after a timed-out flush shares its budget
+_SENT: Final = 0
+_FAILED: Final = 1
+_UNCONFIRMED: Final = 2
 
 _live_handlers: weakref.WeakSet[ActivityHandler] = weakref.WeakSet()
 
@@ -137,7 +149,10 @@ class ActivityHandler(logging.handlers.QueueHandler):
             beyond it records are dropped and counted like a full queue.
         batch_size: Records per stream entry at most.
         flush_interval: Seconds a record may wait for its batch to fill before it is shipped.
-        spool_path: Directory for the local spool used while the sink is down (off if empty).
+        spool_path: Directory for the local spool used while Redis is down. Default (also
+            ``ACTIVITY_LOG_SPOOL_PATH``): on when shipping to Redis, in the per-user state
+            directory (``~/.local/state/activity_logging/spool/<server+stream>``); ``"off"``
+            or ``""`` switch it off. Direct mode spools only where a path is given.
         spool_max_bytes: Size limit of this producer's spool file.
         max_record_bytes: Encoded size limit of one record; larger ones are cut and counted.
         redact_keys: Comma-separated key fragments whose values are replaced by ``[REDACTED]``.
@@ -145,7 +160,9 @@ class ActivityHandler(logging.handlers.QueueHandler):
             to every record, never overwriting ``extra``: what ``ContextFilter`` does, done
             inside ``emit`` (still in the caller's thread) because a filter costs a few
             microseconds more per record. The record itself is left unchanged.
-        close_timeout: Seconds ``close()`` (and a bare ``flush()``) wait for the sink.
+        close_timeout: Seconds ``close()`` (and a bare ``flush()``) wait for the sink, in total:
+            what is not delivered by then is spooled or counted. ``logging.shutdown()``'s
+            flush-then-close shares one budget.
         reconnect_delay: First back-off delay after a failed send; doubles up to 30 s.
         direct: Write straight to ``database_url`` even when ``REDIS_URL`` is set.
 
@@ -198,7 +215,10 @@ class ActivityHandler(logging.handlers.QueueHandler):
         self.queue_max_bytes = queue_max_bytes
         self.batch_size = batch_size
         self.flush_interval = flush_interval
-        self.spool_path = spool_path or None
+        self.spool_path = config.resolve_spool_path(
+            spool_path if spool_path is not None or self.redis_url else "",
+            redis_url=self.redis_url, stream=self.stream,
+        )
         self.spool_max_bytes = spool_max_bytes
         self.max_record_bytes = max_record_bytes
         self.redact_keys = redact_keys
@@ -209,8 +229,12 @@ class ActivityHandler(logging.handlers.QueueHandler):
         self._listener_face = ActivityListener(self)
         self._refused_cache: dict[str, bool] = {}
         self._closed = False
+        # A send must give up before close() does, so that close can still spool what it held.
+        self._send_timeout = min(5.0, max(0.25, close_timeout / 2))
+        self._flush_timed_out: tuple[float, float] | None = None  # (started, ended) of a bare flush
         self._init_runtime()
         _live_handlers.add(self)
+        _install_multiprocessing_exit_hook()
         self._start_listener()
 
     # --- QueueHandler compatibility ----------------------------------------------------
@@ -248,11 +272,13 @@ class ActivityHandler(logging.handlers.QueueHandler):
         self._encoder = WireEncoder(
             self.producer_id, max_record_bytes=self.max_record_bytes, redactor=self._redactor
         )
-        self._sink: Sink = make_sink(self.redis_url, self.stream, self.database_url or "", self.schema)
+        self._sink: Sink = make_sink(self.redis_url, self.stream, self.database_url or "", self.schema,
+                                     socket_timeout=self._send_timeout)
         self._spool = (
             Spool(self.spool_path, self.producer_id, self.spool_max_bytes) if self.spool_path else None
         )
         self._counts = dict.fromkeys(_COUNTERS, 0)
+        self._prepare_sink()
         self._done = 0
         self._cond = threading.Condition()
         self._wake = threading.Event()
@@ -260,8 +286,10 @@ class ActivityHandler(logging.handlers.QueueHandler):
         self._wake_at = 1
         self._urgent = False
         self._stop_requested = False
+        self._close_when_done = False
         self._give_up_at: float | None = None
         self._held: list[tuple[Entry, int]] = []
+        self._held_unconfirmed = False  # a send of the held entries timed out: they may be stored
         self._in_flight = 0  # taken from the queue, not yet sent/spooled/lost: counts against queue_size
         # bytes of queued records: added by callers (under the handler lock), removed by the
         # listener; two counters, each written by one side only, so neither needs a lock
@@ -325,8 +353,8 @@ class ActivityHandler(logging.handlers.QueueHandler):
         return refused
 
     def handleError(self, record: logging.LogRecord) -> None:
-        """Count the failure and report it (rate-limited); no traceback per record."""
-        self._counts["errors"] += 1
+        """Count the record as dropped and report it (rate-limited); no traceback per record."""
+        self._counts["dropped_emit_error"] += 1
         reporter.report("emit", f"could not enqueue a record from logger {record.name!r}")
 
     # --- the listener thread -----------------------------------------------------------
@@ -342,38 +370,56 @@ class ActivityHandler(logging.handlers.QueueHandler):
             )
             self._thread.start()
 
-    def _run(self) -> None:
+    def _prepare_sink(self) -> None:
+        """Import and build what the listener will need, now, in the constructing thread.
+
+        Never lazily in the listener: a short script's first send happens during interpreter
+        shutdown, when imports that register ``atexit`` callbacks fail (every record was lost).
+        Building clients touches no network, so a handler made while Redis is down works.
+        """
         try:
             self._sink.prepare()
         except Exception as exc:  # e.g. an unwritable SQLite path: sends will retry and count
             self._counts["listener_errors"] += 1
             reporter.report("prepare", "could not prepare the sink", exc)
+
+    def _run(self) -> None:
         while True:
             try:
                 if not self._step():
-                    return
+                    break
             except Exception as exc:  # a bug must not kill the listener
                 self._counts["listener_errors"] += 1
                 reporter.report("listener", "listener loop error", exc)
                 time.sleep(0.1)
+        if self._close_when_done:
+            self._release()
 
     def _step(self) -> bool:
         """One turn of the listener; False when it should exit."""
         now = time.monotonic()
         if self._held or (self._down_until > now and self._spool is None):
             if self._give_up_now(now):
-                self._lose_held()  # also whatever is still queued
+                self._give_up()  # what is in hand and still queued: spooled, else counted
                 return not self._stop_requested
             if self._down_until > now:
                 self._sleep(min(self._down_until - now, 0.25))
                 return True
             if self._held:
                 held = self._held
-                if self._deliver([e for e, _ in held]):
-                    self._held = []
+                outcome = self._deliver([e for e, _ in held])
+                if outcome == _SENT:
+                    self._held, self._held_unconfirmed = [], False
                     self._account(sum(n for _, n in held), "sent", batches=len(held))
+                else:
+                    self._held_unconfirmed |= outcome == _UNCONFIRMED
+                    if self._spool is not None:  # the spool failed before; it may have room now
+                        self._held = []
+                        self._to_spool(held)
                 return True
-        if self._spool is not None and self._down_until <= now and self._spool.has_pending():
+        spool = self._spool
+        if (spool is not None and self._down_until <= now and not self._stop_requested
+                and spool.has_pending()):
             self._replay_spool()  # then on to the queue: fresh records must not wait behind it
         dq = self._dq
         if not dq:
@@ -385,26 +431,42 @@ class ActivityHandler(logging.handlers.QueueHandler):
             self._linger()
         entries: list[tuple[Entry, int]] = []
         while dq and len(entries) < _MAX_ENTRIES_PER_SEND:
-            batch = self._take(self.batch_size)
-            try:
-                entries.append((self._encoder.encode_batch(batch), len(batch)))
-            except Exception as exc:
-                self._counts["listener_errors"] += 1
-                self._account(len(batch), "lost")
-                reporter.report("encode", f"could not encode a batch of {len(batch)} records", exc)
+            encoded = self._encode(self._take(self.batch_size))
+            if encoded is not None:
+                entries.append(encoded)
             if len(dq) < self.batch_size:
                 break
         if not entries:
             return True
         if self._down_until > time.monotonic() and self._spool is not None:
             self._to_spool(entries)
-        elif self._deliver([e for e, _ in entries]):
+            return True
+        outcome = self._deliver([e for e, _ in entries])
+        if outcome == _SENT:
             self._account(sum(n for _, n in entries), "sent", batches=len(entries))
         elif self._spool is not None:
-            self._to_spool(entries)
+            self._to_spool(entries)  # resent from the spool later: the ids make that safe
         else:
-            self._held = entries
+            self._held, self._held_unconfirmed = entries, outcome == _UNCONFIRMED
         return True
+
+    def _encode(self, batch: list[QueuedRecord]) -> tuple[Entry, int] | None:
+        """One entry for ``batch``; records that cannot be encoded are counted, alone."""
+        encoder = self._encoder
+        before = encoder.unencodable
+        try:
+            entry = encoder.encode_batch(batch)
+        except Exception as exc:  # a bug: never seen, but it must not stop the listener
+            self._counts["listener_errors"] += 1
+            self._account(len(batch), "dropped_unencodable")
+            reporter.report("encode", f"could not encode a batch of {len(batch)} records", exc)
+            return None
+        dropped = encoder.unencodable - before
+        if dropped:
+            self._account(dropped, "dropped_unencodable")
+            reporter.report("encode", f"{dropped} record(s) could not be encoded and were dropped")
+        n = len(batch) - dropped
+        return (entry, n) if n else None
 
     def _take(self, limit: int) -> list[QueuedRecord]:
         dq = self._dq
@@ -436,70 +498,100 @@ class ActivityHandler(logging.handlers.QueueHandler):
         self._wake.clear()
         self._wake.wait(seconds)
 
-    def _deliver(self, entries: list[Entry]) -> bool:
+    def _deliver(self, entries: list[Entry]) -> int:
+        """Send ``entries``; ``_SENT``, ``_FAILED`` or ``_UNCONFIRMED`` (no answer: maybe stored)."""
         try:
             self._sink.send(entries)
         except Exception as exc:
-            self._counts["send_failures"] += 1
-            self._down_until = time.monotonic() + self._backoff
-            reporter.report(
-                "send", f"sink unavailable, retrying in {self._backoff:.1f}s "
-                f"({len(self._dq)} records queued)", exc,
-            )
-            self._backoff = min(self._backoff * 2, self.max_reconnect_delay)
+            unconfirmed = self._unconfirmed(exc)
+            self._counts["send_timeouts" if unconfirmed else "send_failures"] += 1
+            self._mark_down(f"sink unavailable ({len(self._dq)} records queued)", exc)
+            return _UNCONFIRMED if unconfirmed else _FAILED
+        self._mark_up()
+        return _SENT
+
+    def _unconfirmed(self, exc: BaseException) -> bool:
+        try:
+            return bool(self._sink.unconfirmed(exc))
+        except Exception:  # a sink without the method (tests' fakes): a plain failure
             return False
+
+    def _mark_down(self, what: str, exc: BaseException) -> None:
+        self._down_until = time.monotonic() + self._backoff
+        reporter.report("send", f"{what}, retrying in {self._backoff:.1f}s", exc)
+        self._backoff = min(self._backoff * 2, self.max_reconnect_delay)
+
+    def _mark_up(self) -> None:
         if self._down_until:
             self._counts["reconnects"] += 1
             self._down_until = 0.0
         self._backoff = self.reconnect_delay
-        return True
 
     def _to_spool(self, entries: list[tuple[Entry, int]]) -> None:
+        """Spool each entry; what the spool cannot take stays in hand (retried) or is counted."""
         assert self._spool is not None
-        for entry, n in entries:
+        for i, (entry, n) in enumerate(entries):
             try:
                 ok = self._spool.append(entry)
-            except Exception as exc:
-                ok = False
-                self._counts["listener_errors"] += 1
-                reporter.report("spool", "could not write to the spool", exc)
-            if ok:
-                self._account(n, "spooled")
-            else:
-                self._account(n, "dropped_spool_full")
+            except Exception as exc:  # e.g. disk full: the spool rolled the file back
+                self._counts["spool_write_failures"] += 1
+                reporter.report("spool", "could not write to the spool; holding the records", exc)
+                self._held = entries[i:] + self._held
+                if not self._down_until:
+                    self._down_until = time.monotonic() + self._backoff
+                return
+            self._account(n, "spooled" if ok else "dropped_spool_full")
 
     def _replay_spool(self) -> None:
         assert self._spool is not None
         try:
-            replayed = self._spool.replay(self._sink.send)
+            result = self._spool.replay(self._sink.send)
         except Exception as exc:
-            self._deliver_failed(exc)
+            self._counts["send_failures"] += 1
+            self._mark_down("spool replay failed", exc)
             return
-        if replayed:
-            self._counts["spool_replayed"] += replayed  # records, like "spooled"
-        if self._down_until:
-            self._counts["reconnects"] += 1
-            self._down_until = 0.0
-        self._backoff = self.reconnect_delay
+        self._count_replay(result)
+        self._mark_up()
 
-    def _deliver_failed(self, exc: BaseException) -> None:
-        self._counts["send_failures"] += 1
-        self._down_until = time.monotonic() + self._backoff
-        reporter.report("send", f"spool replay failed, retrying in {self._backoff:.1f}s", exc)
-        self._backoff = min(self._backoff * 2, self.max_reconnect_delay)
+    def _count_replay(self, result: Any) -> None:
+        """Own records replayed become ``sent``; adopted ones are another producer's."""
+        counts = self._counts
+        own = result if isinstance(result, int) else int(getattr(result, "own_records", 0))
+        counts["sent"] += own
+        counts["spool_replayed"] += own
+        counts["spool_adopted"] += int(getattr(result, "adopted_records", 0))
+        counts["lost_spool_damaged"] += int(getattr(result, "own_damaged_records", 0))
 
     def _give_up_now(self, now: float) -> bool:
         return self._give_up_at is not None and now >= self._give_up_at
 
-    def _lose_held(self) -> None:
-        """Closing with the sink still down and no spool: what is in hand and queued is lost."""
-        lost = sum(n for _, n in self._held)
-        self._held = []
+    def _give_up(self) -> None:
+        """Closing and the sink is still down: spool what is in hand and queued, else count it.
+
+        Held entries whose send timed out may have been stored: they are counted
+        ``unconfirmed``, never ``lost`` (``verify`` tells which).
+        """
+        held, unconfirmed = self._held, self._held_unconfirmed
+        self._held, self._held_unconfirmed = [], False
+        fresh: list[tuple[Entry, int]] = []
         while self._dq:
-            lost += len(self._take(self.batch_size))
-        if lost:
-            reporter.report("lost", f"closing with the sink unreachable: {lost} records lost")
-        self._account(lost, "lost")
+            encoded = self._encode(self._take(self.batch_size))
+            if encoded is not None:
+                fresh.append(encoded)
+        if self._spool is not None:
+            from_held = {id(entry) for entry, _ in held}
+            self._to_spool(held + fresh)
+            left, self._held = self._held, []  # whatever the spool could not take
+            held = [item for item in left if id(item[0]) in from_held]
+            fresh = [item for item in left if id(item[0]) not in from_held]
+        self._count_undelivered(held, "unconfirmed" if unconfirmed else "lost")
+        self._count_undelivered(fresh, "lost")
+
+    def _count_undelivered(self, entries: list[tuple[Entry, int]], outcome: str) -> None:
+        n = sum(k for _, k in entries)
+        if n:
+            reporter.report(outcome, f"closing with the sink unreachable: {n} records {outcome}")
+            self._account(n, outcome)
 
     def _account(self, n: int, outcome: str, *, batches: int = 0) -> None:
         """Records left the handler as ``outcome`` (a counter name); wakes ``flush`` waiters."""
@@ -517,81 +609,184 @@ class ActivityHandler(logging.handlers.QueueHandler):
         # (``Handler.flush()`` returns None; returning whether it completed is strictly more)
         """Wait until every record accepted before this call has left the handler.
 
-        "Left" means sent to the sink, spooled, or counted as lost. Returns True when that
-        happened within ``timeout`` seconds (default ``close_timeout``). Never raises.
+        "Left" means sent to the sink, spooled, or counted as dropped or lost. Returns True
+        when that happened within ``timeout`` seconds (default ``close_timeout``). Never raises.
         """
+        started = time.monotonic()
+        if _holds_logging_lock():  # inside dictConfig: see _close_in_background; never wait here
+            return self._done >= self._counts["enqueued"]
         try:
-            limit = self.close_timeout if timeout is None else max(0.0, timeout)
-            target = self._counts["enqueued"]
-            deadline = time.monotonic() + limit
-            thread = self._thread
-            if thread is None or not thread.is_alive():
-                return self._done >= target
-            self._urgent = True
-            self._wake.set()
-            try:
-                with self._cond:
-                    while self._done < target:
-                        remaining = deadline - time.monotonic()
-                        if remaining <= 0:
-                            return False
-                        self._cond.wait(min(remaining, 0.05))
-                        self._wake.set()
-                return True
-            finally:
-                self._urgent = False
+            done = self._wait_done(self.close_timeout if timeout is None else max(0.0, timeout))
         except Exception as exc:
             reporter.report("flush", "flush failed", exc)
-            return False
+            done = False
+        if timeout is None:  # logging.shutdown() flushes, then closes: one budget for both
+            self._flush_timed_out = None if done else (started, time.monotonic())
+        return done
+
+    def _wait_done(self, limit: float) -> bool:
+        target = self._counts["enqueued"]
+        deadline = time.monotonic() + limit
+        thread = self._thread
+        if thread is None or not thread.is_alive():
+            return self._done >= target
+        self._urgent = True
+        self._wake.set()
+        try:
+            with self._cond:
+                while self._done < target:
+                    remaining = deadline - time.monotonic()
+                    if remaining <= 0:
+                        return False
+                    self._cond.wait(min(remaining, 0.05))
+                    self._wake.set()
+            return True
+        finally:
+            self._urgent = False
 
     def _stop_listener(self, timeout: float | None = None) -> None:
-        """Ship what is queued (bounded by ``timeout``), then stop the listener thread."""
-        limit = self.close_timeout if timeout is None else timeout
+        """Ship what is queued, then stop the listener; ``timeout`` bounds the whole call.
+
+        What is not delivered when the time is up is spooled (or counted): the flush stops
+        early enough for a send in progress to time out and the listener to spool after it.
+        """
+        limit = self.close_timeout if timeout is None else max(0.0, timeout)
+        deadline = time.monotonic() + limit
         thread = self._thread
-        self.flush(limit)
+        self._wait_done(max(0.0, limit - self._send_timeout - 0.1))
         self._stop_requested = True
-        self._give_up_at = time.monotonic()  # anything still in hand now is lost (counted)
+        self._give_up_at = time.monotonic()  # anything still in hand now: spooled, else counted
         self._wake.set()
         if thread is not None and thread is not threading.current_thread():
-            thread.join(max(1.0, limit))
+            thread.join(max(0.5, deadline - time.monotonic()))
+
+    def _close_budget(self) -> float:
+        """``close_timeout``, less what a timed-out bare flush just before this close spent."""
+        timed_out = self._flush_timed_out
+        now = time.monotonic()
+        if timed_out is not None and now - timed_out[1] < _FLUSH_THEN_CLOSE_WINDOW:
+            return max(0.0, self.close_timeout - (now - timed_out[0]))
+        return self.close_timeout
 
     def close(self) -> None:
-        """Flush (bounded by ``close_timeout``), stop the listener, release resources.
+        """Refuse new records, deliver or spool what was accepted, release resources.
 
-        Idempotent; never raises. Records logged after ``close`` are counted as
-        ``dropped_closed``.
+        Bounded by ``close_timeout`` in total. From the moment ``close`` starts, records are
+        refused and counted as ``dropped_closed``; every record accepted before is sent,
+        spooled or counted (a record another thread slipped in while ``close`` began is
+        shipped by ``close`` itself). Idempotent; never raises.
         """
         try:
-            if not self._closed:
-                self._stop_listener()
-                self._closed = True
-                self._sink.close()
-                if self._spool is not None:
-                    self._spool.close()
+            if self._closed:
+                self._wait_background_close()
+                return
+            self._closed = True
+            if _holds_logging_lock():
+                self._close_in_background()
+                return
+            budget = self._close_budget()
+            deadline = time.monotonic() + budget
+            self._stop_listener(budget)
+            self._drain_inline(deadline)
+            self._release()
         except Exception as exc:
             reporter.report("close", "close failed", exc)
+            self._release()
         finally:
             self._closed = True
-            _live_handlers.discard(self)
             logging.Handler.close(self)
+
+    def _release(self) -> None:
+        try:
+            self._sink.close()
+            if self._spool is not None:
+                self._spool.close()
+        except Exception as exc:
+            reporter.report("close", "could not release the sink or spool", exc)
+        finally:
+            _live_handlers.discard(self)
+
+    def _close_in_background(self) -> None:
+        """``close`` from a thread holding the ``logging`` module lock (a second ``dictConfig``
+        replacing this handler): the libraries the listener drives take that lock (a logger
+        level check after dictConfig cleared the level cache), so waiting here would stall
+        until ``close_timeout`` and then strand the queue. The listener finishes instead:
+        it ships or spools everything accepted (giving up after ``close_timeout``), then
+        releases the sink; at interpreter exit that finish is waited for."""
+        self._close_when_done = True
+        self._stop_requested = True
+        self._give_up_at = time.monotonic() + self.close_timeout
+        self._wake.set()
+        thread = self._thread
+        if thread is None or not thread.is_alive():
+            self._release()
+
+    def _wait_background_close(self) -> None:
+        thread = self._thread
+        if (self._close_when_done and thread is not None and thread.is_alive()
+                and thread is not threading.current_thread() and not _holds_logging_lock()):
+            thread.join(self.close_timeout + 1.0)
+
+    def _drain_inline(self, deadline: float) -> None:
+        """After the listener stopped: ship, spool or count what raced ``close`` into the queue."""
+        thread = self._thread
+        if thread is not None and thread.is_alive():
+            if self._dq or self._in_flight:
+                reporter.report("close", "the listener did not stop in time (a send is hanging); "
+                                f"{len(self._dq) + self._in_flight} records still in flight")
+            return
+        if not self._dq and not self._held:
+            return
+        self._give_up_at = None
+        self._stop_requested = True
+        if time.monotonic() < deadline and self._down_until <= time.monotonic():
+            while self._dq:
+                encoded = self._encode(self._take(self.batch_size))
+                if encoded is None:
+                    continue
+                if self._deliver([encoded[0]]) == _SENT:
+                    self._account(encoded[1], "sent", batches=1)
+                else:
+                    self._held.append(encoded)
+                    break
+        self._give_up()
 
     def stats(self) -> dict[str, int]:
         """Counters and gauges: what was accepted, shipped, spooled, dropped or lost.
 
-        ``enqueued`` = ``sent`` + ``spooled`` + ``dropped_spool_full`` + ``lost`` +
-        records still in flight (``queue_depth`` + ``in_hand``). Thread-safe snapshot.
+        Records refused at the door are never ``enqueued``: ``refused`` (our own loggers),
+        ``dropped_queue_full``, ``dropped_closed``, ``dropped_emit_error``. Every accepted
+        record is in exactly one place::
+
+            enqueued = sent + spool_pending + queue_depth + in_hand
+                       + dropped_spool_full + dropped_unencodable + lost + lost_spool_damaged
+                       + unconfirmed
+
+        where ``sent`` includes this producer's own spooled records once replayed
+        (``spool_replayed``) and ``spool_pending`` is what its spool still holds.
+        ``unaccounted`` is the difference, 0 whenever the handler is idle (a snapshot taken
+        while the listener works may be off by a batch). Records replayed from other
+        producers' spool files are ``spool_adopted``. Thread-safe snapshot.
         """
         snapshot = dict(self._counts)
         snapshot["queue_depth"] = len(self._dq)
         snapshot["queue_size"] = self.queue_size
         snapshot["in_hand"] = self._in_flight
+        snapshot["errors"] = snapshot["dropped_emit_error"]  # the name before 0.2
         snapshot["truncated"] = self._encoder.truncated + snapshot.pop("truncated_at_call")
         snapshot["redacted"] = self._encoder.redacted + snapshot.pop("redacted_at_call")
         snapshot["queue_bytes"] = max(0, self._bytes_in - self._bytes_out)
         snapshot["rejected"] = int(getattr(self._sink, "rejected", 0))
         snapshot["sanitized"] = self._encoder.sanitized
-        snapshot["spool_bytes"] = self._spool.size_bytes if self._spool is not None else 0
+        spool = self._spool
+        snapshot["spool_bytes"] = spool.size_bytes if spool is not None else 0
+        snapshot["spool_pending"] = max(
+            0, snapshot["spooled"] - snapshot["spool_replayed"] - snapshot["lost_spool_damaged"])
+        snapshot["spool_damaged_bytes"] = int(getattr(spool, "damaged_bytes", 0))
         snapshot["connected"] = int(self._down_until == 0.0)
+        snapshot["unaccounted"] = snapshot["enqueued"] - (
+            snapshot["sent"] + snapshot["spool_pending"] + snapshot["queue_depth"]
+            + snapshot["in_hand"] + sum(snapshot[k] for k in _LOSS_OUTCOMES))
         return snapshot
 
     def _after_fork_in_child(self) -> None:
@@ -633,12 +828,71 @@ def flush_handlers(timeout: float | None = None) -> bool:
         return False
 
 
+def _holds_logging_lock() -> bool:
+    """True when this thread holds the ``logging`` module lock (inside ``dictConfig``)."""
+    is_owned = getattr(getattr(logging, "_lock", None), "_is_owned", None)
+    try:
+        return bool(is_owned()) if is_owned is not None else False
+    except Exception:
+        return False
+
+
+def _finish_background_closes() -> None:
+    """At exit: wait (bounded) for handlers a ``dictConfig`` closed to finish shipping."""
+    for handler in list(_live_handlers):
+        if handler._closed:
+            handler._wait_background_close()
+
+
+atexit.register(_finish_background_closes)
+
+
+def _close_all_for_exit() -> None:
+    """A multiprocessing child is ending through ``os._exit``: no ``atexit``, no
+    ``logging.shutdown()``. Close (deliver or spool) every open handler first."""
+    for handler in list(_live_handlers):
+        handler.close()
+
+
+class _MultiprocessingToken:
+    """What ``multiprocessing.util.register_after_fork`` holds weakly (an ``object()`` cannot be)."""
+
+
+_MP_TOKEN: Final = _MultiprocessingToken()
+_mp_hook_pid = 0
+
+
+def _arm_multiprocessing_finalizer(_token: object = None) -> None:
+    util = sys.modules.get("multiprocessing.util")
+    if util is not None:
+        util.Finalize(None, _close_all_for_exit, exitpriority=1)
+
+
+def _install_multiprocessing_exit_hook() -> None:
+    """Make multiprocessing children (fork, forkserver, spawn) close the handlers at exit.
+
+    A child process ends with ``os._exit`` after running multiprocessing's own finalizers,
+    so ``atexit`` never runs there. The finalizer registry is cleared when a child starts and
+    the after-fork callbacks are run after that: registering one re-arms the finalizer in
+    every child. Only when ``multiprocessing`` is in use: it is never imported for this.
+    """
+    global _mp_hook_pid
+    util = sys.modules.get("multiprocessing.util")
+    if util is None or _mp_hook_pid == os.getpid():
+        return
+    _mp_hook_pid = os.getpid()
+    util.register_after_fork(_MP_TOKEN, _arm_multiprocessing_finalizer)
+    _arm_multiprocessing_finalizer()
+
+
 def _reinit_handlers_after_fork() -> None:
     for handler in list(_live_handlers):
         try:
             handler._after_fork_in_child()
         except Exception as exc:
             reporter.report("fork", "could not restart the handler after fork", exc)
+    if _live_handlers:
+        _install_multiprocessing_exit_hook()
 
 
 if hasattr(os, "register_at_fork"):

@@ -184,8 +184,16 @@ def message_of(record: logging.LogRecord) -> str:
         if type(msg) is not str:
             msg = str(msg)
     except Exception as exc:
-        msg = f"<unformattable message {record.msg!r:.200}: {type(exc).__name__}>"
+        msg = f"<unformattable message {_safe_repr(record.msg)}: {type(exc).__name__}>"
     return msg if len(msg) <= MAX_MESSAGE_CHARS else msg[:MAX_MESSAGE_CHARS]
+
+
+def _safe_repr(obj: Any) -> str:
+    """``repr(obj)`` cut to 200 characters, or a placeholder when ``__repr__`` raises too."""
+    try:
+        return repr(obj)[:200]
+    except Exception:
+        return f"<unprintable {type(obj).__name__}>"
 
 
 def exception_text(record: logging.LogRecord) -> str | None:
@@ -355,7 +363,9 @@ class WireEncoder:
     """Encodes queued records into stream entries. Used by one listener thread; not thread-safe.
 
     Counts what it had to change: ``truncated`` (records cut to ``max_record_bytes``),
-    ``redacted`` (secret values replaced) and ``sanitized`` (values orjson refused).
+    ``redacted`` (secret values replaced), ``sanitized`` (values orjson refused) and
+    ``unencodable`` (records left out of their entry: an impossible ``created`` such as NaN;
+    the entry's ``n`` counts only the records it carries).
     """
 
     def __init__(
@@ -375,6 +385,7 @@ class WireEncoder:
         self.truncated = 0
         self.redacted = 0
         self.sanitized = 0
+        self.unencodable = 0
 
     def _limit_extras(self, raw: bytes) -> bytes:
         self.truncated += 1
@@ -394,18 +405,22 @@ class WireEncoder:
         wires: list[dict[str, Any]] = []
         raws: list[bytes | None] = []
         append = wires.append
-        for created, levelno, name, msg, raw, exc in items:
-            seq += 1
-            ts_us = int(created * 1_000_000)
-            wire = {"id": make_id(ts_us, seq), "ts": ts_us, "lv": levelno, "lg": name, "msg": msg, "seq": seq}
-            if raw is not None:
-                if len(raw) > limit:
-                    raw = self._limit_extras(raw)
-                wire["x"] = _Fragment(raw)
-            if exc is not None:
-                wire["exc"] = exc
-            append(wire)
-            raws.append(raw)
+        try:
+            for created, levelno, name, msg, raw, exc in items:
+                seq += 1
+                ts_us = int(created * 1_000_000)
+                wire = {"id": make_id(ts_us, seq), "ts": ts_us, "lv": levelno, "lg": name, "msg": msg,
+                        "seq": seq}
+                if raw is not None:
+                    if len(raw) > limit:
+                        raw = self._limit_extras(raw)
+                    wire["x"] = _Fragment(raw)
+                if exc is not None:
+                    wire["exc"] = exc
+                append(wire)
+                raws.append(raw)
+        except Exception:  # e.g. created is NaN: isolate the record, the batch goes on
+            wires, raws, seq = self._wires_one_by_one(items, limit)
         self.seq = seq
         try:
             payload = orjson.dumps(wires)
@@ -418,6 +433,34 @@ class WireEncoder:
             "v": WIRE_VERSION, "n": str(len(wires)), "p": self.producer_id,
             "h": self.hostname, "pid": str(self.pid), "d": payload,
         }
+
+    def _wires_one_by_one(
+        self, items: Sequence[QueuedRecord], limit: int
+    ) -> tuple[list[dict[str, Any]], list[bytes | None], int]:
+        """The slow path of ``encode_batch``: a record that cannot be encoded is left out and
+        counted (``unencodable``) without taking a sequence number; the others go on."""
+        seq = self.seq
+        wires: list[dict[str, Any]] = []
+        raws: list[bytes | None] = []
+        for item in items:
+            try:
+                created, levelno, name, msg, raw, exc = item
+                ts_us = int(created * 1_000_000)  # NaN and infinities raise here
+                wire = {"id": self.ids.make(ts_us, seq + 1), "ts": ts_us, "lv": int(levelno),
+                        "lg": str(name), "msg": str(msg), "seq": seq + 1}
+                if raw is not None:
+                    if len(raw) > limit:
+                        raw = self._limit_extras(raw)
+                    wire["x"] = _Fragment(raw)
+                if exc is not None:
+                    wire["exc"] = str(exc)
+            except Exception:
+                self.unencodable += 1
+                continue
+            seq += 1
+            wires.append(wire)
+            raws.append(raw)
+        return wires, raws, seq
 
     def _sanitized_payload(self, wires: list[dict[str, Any]], raws: list[bytes | None]) -> bytes:
         parts = []

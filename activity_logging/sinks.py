@@ -36,6 +36,11 @@ class Sink(Protocol):
 
     def send(self, entries: list[Entry]) -> None: ...
 
+    def unconfirmed(self, exc: BaseException) -> bool:
+        """True when ``send`` failed with ``exc`` after the entries may have been delivered
+        (no answer came): the handler then counts them as unconfirmed, never as lost."""
+        ...
+
     @property
     def rejected(self) -> int:
         """Records dropped because they could not be stored (direct modes; 0 for Redis)."""
@@ -84,6 +89,7 @@ class RedisStreamSink:
         self.stream = stream
         self._socket_timeout = socket_timeout
         self._client: redis.Redis | None = None
+        self._timeout_error: type[BaseException] = TimeoutError
         self.rejected = 0  # the worker isolates and dead-letters bad records on this path
 
     def _connect(self) -> redis.Redis:
@@ -100,6 +106,14 @@ class RedisStreamSink:
 
     def prepare(self) -> None:
         self._connect()  # builds the client; redis-py connects on the first command
+        # what the first command needs, imported now: at interpreter exit it cannot be
+        from redis.exceptions import TimeoutError as RedisTimeoutError
+
+        self._timeout_error = RedisTimeoutError
+
+    def unconfirmed(self, exc: BaseException) -> bool:
+        """A timeout: the XADD may have been written and executed, only the answer is missing."""
+        return isinstance(exc, self._timeout_error | TimeoutError)
 
     def send(self, entries: list[Entry]) -> None:
         client = self._connect()
@@ -168,6 +182,10 @@ class SQLiteSink:
                 conn.execute(insert(table).on_conflict_do_nothing(index_elements=["id"]), rows)
         self.rejected += rejected  # counted once the send succeeded (a retry builds them again)
 
+    def unconfirmed(self, exc: BaseException) -> bool:
+        """Never: a local transaction either committed or raised."""
+        return False
+
     def close(self) -> None:
         engine, self._engine = self._engine, None
         if engine is not None:
@@ -185,6 +203,7 @@ class PostgresSink:
         self.url = url
         self.schema = schema
         self.rejected = 0
+        self._connected_for_send = False
         self._loop: asyncio.AbstractEventLoop | None = None
         self._store: Any = None
 
@@ -200,10 +219,12 @@ class PostgresSink:
         from .db import PostgresStore, is_data_error
 
         rows, rejected = entries_to_rows(entries)
+        self._connected_for_send = False
         if self._store is None:
             store = PostgresStore(self.url, schema=self.schema)
             self._run(store.connect())
             self._store = store
+        self._connected_for_send = True
         try:
             try:
                 self._run(self._store.insert_activities(rows))
@@ -226,6 +247,10 @@ class PostgresSink:
             raise
         self.rejected += rejected
 
+    def unconfirmed(self, exc: BaseException) -> bool:
+        """A timeout or a connection lost mid-transaction: the commit may have happened."""
+        return self._connected_for_send and isinstance(exc, TimeoutError | ConnectionError | OSError)
+
     def close(self) -> None:
         try:
             if self._store is not None:
@@ -239,10 +264,13 @@ class PostgresSink:
                 self._loop = None
 
 
-def make_sink(redis_url: str | None, stream: str, database_url: str, schema: str | None) -> Sink:
+def make_sink(
+    redis_url: str | None, stream: str, database_url: str, schema: str | None,
+    *, socket_timeout: float = 5.0,
+) -> Sink:
     """Redis when configured; otherwise the database itself (SQLite embedded, or PostgreSQL)."""
     if redis_url:
-        return RedisStreamSink(redis_url, stream)
+        return RedisStreamSink(redis_url, stream, socket_timeout=socket_timeout)
     if is_sqlite(database_url):
         return SQLiteSink(database_url)
     return PostgresSink(database_url, schema=schema)

@@ -92,6 +92,17 @@ def pg_schema(pg_url: str, unique_name: str) -> Iterator[str]:
 
 
 @pytest.fixture(autouse=True)
+def _private_spool_directory(tmp_path_factory: pytest.TempPathFactory,
+                             monkeypatch: pytest.MonkeyPatch) -> None:
+    """Handlers shipping to Redis spool by default under ~/.local/state: never from tests.
+
+    Each test gets its own directory through ``ACTIVITY_LOG_SPOOL_PATH`` (inherited by the
+    processes it starts), so no test adopts another's spool files.
+    """
+    monkeypatch.setenv("ACTIVITY_LOG_SPOOL_PATH", str(tmp_path_factory.mktemp("spool")))
+
+
+@pytest.fixture(autouse=True)
 def _restore_logging() -> Iterator[None]:
     """Put the logging module back as the test found it (handlers, levels, propagation)."""
     root = logging.getLogger()

@@ -46,7 +46,8 @@ def logger() -> logging.Logger:
 
 
 def test_redis_restart_reconnects_and_loses_nothing_accepted(server: PrivateRedis) -> None:
-    handler = ActivityHandler(redis_url=server.url, stream="s", reconnect_delay=0.1, queue_size=50_000)
+    handler = ActivityHandler(redis_url=server.url, stream="s", reconnect_delay=0.1, queue_size=50_000,
+                              spool_path="off")  # held in memory, not spooled
     log = logger()
     log.addHandler(handler)
     for i in range(1000):

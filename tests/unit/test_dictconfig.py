@@ -98,8 +98,11 @@ def test_second_dictconfig_loses_nothing_queued(tmp_path: Path) -> None:
     for i in range(2000):
         log.info("before", extra={"i": i})
     old = handler_of()
-    logging.config.dictConfig(config_for(db, "class"))  # closes (and flushes) the old handler
-    assert old.stats()["sent"] == 2000
+    # closes the old handler while holding the logging lock: it finishes shipping by itself
+    logging.config.dictConfig(config_for(db, "class"))
+    old.close()  # outside the lock: waits (bounded) for that finish
+    stats = old.stats()
+    assert (stats["sent"], stats["unaccounted"], stats["queue_depth"]) == (2000, 0, 0)
     for i in range(10):
         log.info("after", extra={"i": i})
     assert handler_of().flush(10)

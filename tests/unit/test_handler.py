@@ -60,6 +60,7 @@ def logger() -> logging.Logger:
 
 def attach(log: logging.Logger, sink: Any = None, **kwargs: Any) -> tuple[ActivityHandler, Any]:
     kwargs.setdefault("redis_url", "redis://127.0.0.1:1/0")
+    kwargs.setdefault("spool_path", "off")  # the tests that spool say where
     handler = ActivityHandler(**kwargs)
     sink = sink if sink is not None else RecordingSink()
     handler._sink = sink
