@@ -4,6 +4,9 @@ Heavy imports (SQLAlchemy, asyncpg, redis) happen inside the verbs so ``--help``
 Bad arguments raise ``ConfigurationError`` (exit 2), an unreachable database
 ``StoreUnavailableError`` (exit 3); ``cli.main`` maps both. Other expected database failures
 (no such database or schema, an SQLite file that cannot be opened) print one line, exit 1.
+``worker`` exits 0 on a warm stop (the first SIGTERM/SIGINT) and ``128 + signal number``
+on a cold stop (the second: 143 after SIGTERM, 130 after SIGINT), what a shell reports for
+a command ended by that signal.
 """
 
 from __future__ import annotations
@@ -11,8 +14,11 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import signal
 import sys
-from typing import Any, Final
+from collections.abc import Callable
+from types import FrameType
+from typing import TYPE_CHECKING, Any, Final
 
 from .config import (
     DEFAULT_GROUP,
@@ -23,10 +29,16 @@ from .config import (
 )
 from .exceptions import ConfigurationError
 
+if TYPE_CHECKING:
+    from .worker import ActivityWorker
+
 logger: Final = logging.getLogger("activity_logging.cli")
 
 EXIT_OK: Final = 0
 EXIT_FAILED: Final = 1
+#: A cold stop exits with this plus the number of the signal that forced it.
+EXIT_COLD_STOP_BASE: Final = 128
+_STOP_SIGNALS: Final = (signal.SIGTERM, signal.SIGINT)
 
 
 def register(subparsers: Any) -> None:
@@ -49,8 +61,10 @@ def register(subparsers: Any) -> None:
     w = subparsers.add_parser(
         "worker", help="drain the Redis stream into PostgreSQL",
         description="Read activity records from the Redis stream through a consumer group and "
-                    "store them in PostgreSQL. SIGTERM/SIGINT: finish the batch in hand and exit 0; "
-                    "a second signal exits at once (unacknowledged entries stay pending).",
+                    "store them in PostgreSQL. SIGTERM/SIGINT: warm stop, store the batch in hand "
+                    "(at most --stop-timeout seconds, else leave it pending) and exit 0; a "
+                    "second signal: cold stop, exit at once with 128 + the signal number "
+                    "(unacknowledged entries stay pending).",
     )
     w.add_argument("--redis-url", default=None, help="Redis holding the stream (default: REDIS_URL)")
     w.add_argument("--database-url", default=None,
@@ -75,6 +89,9 @@ def register(subparsers: Any) -> None:
                    help="seconds between heartbeats (default: 5)")
     w.add_argument("--writers", type=int, default=None,
                    help="batches inserted at once, one PostgreSQL connection each (default: 1)")
+    w.add_argument("--stop-timeout", type=float, default=None,
+                   help="seconds a warm stop waits for the batch in hand to be stored before "
+                        "leaving it pending (default: 1.5)")
     w.add_argument("--exit-when-idle", action="store_true",
                    help="exit 0 once the stream has nothing left to read (one-shot drain)")
     w.set_defaults(func=cmd_worker)
@@ -111,24 +128,48 @@ def cmd_init_db(args: argparse.Namespace) -> int:
 
 
 def cmd_worker(args: argparse.Namespace) -> int:
-    """``worker``: drain until SIGTERM/SIGINT (exit 0), or a second signal (exit 1)."""
-    from .worker import ActivityWorker, tune_gc_for_draining
+    """``worker``: drain until SIGTERM/SIGINT (exit 0), or a second signal (exit 128 + signal)."""
+    # A signal that arrives while the heavy modules load is held, not a default kill, and
+    # handed to the worker once it exists: every moment of the process obeys a stop.
+    early: list[int] = []
 
-    options: dict[str, Any] = {
-        name: getattr(args, name)
-        for name in ("batch_size", "max_wait", "claim_idle", "heartbeat_interval", "writers")
-        if getattr(args, name) is not None
-    }
-    redis_url = resolve_redis_url(args.redis_url)
-    worker = ActivityWorker(
-        redis_url, resolve_database_url(args.database_url), stream=args.stream, group=args.group,
-        consumer=args.consumer, schema=args.schema, **options,
-    )
-    tune_gc_for_draining()
+    def hold(signum: int, _frame: FrameType | None) -> None:
+        early.append(signum)
+
+    previous = {sig: signal.signal(sig, hold) for sig in _STOP_SIGNALS}
     try:
-        asyncio.run(worker.run(stop_when_idle=args.exit_when_idle, install_signal_handlers=True))
-    except asyncio.CancelledError:
-        # Second signal: cold stop. Whatever was not acknowledged stays pending.
-        logger.warning("worker %s stopped cold: %s", worker.consumer, worker.stats())
-        return EXIT_FAILED
+        from .worker import ActivityWorker, tune_gc_for_draining
+
+        options: dict[str, Any] = {
+            name: getattr(args, name)
+            for name in ("batch_size", "max_wait", "claim_idle", "heartbeat_interval",
+                         "writers", "stop_timeout")
+            if getattr(args, name) is not None
+        }
+        redis_url = resolve_redis_url(args.redis_url)
+        worker = ActivityWorker(
+            redis_url, resolve_database_url(args.database_url), stream=args.stream,
+            group=args.group, consumer=args.consumer, schema=args.schema, **options,
+        )
+        tune_gc_for_draining()
+        asyncio.run(_run_worker(worker, early, hold, stop_when_idle=args.exit_when_idle))
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    if worker.stopped_cold:
+        return EXIT_COLD_STOP_BASE + (worker.last_signal or signal.SIGTERM)
     return EXIT_OK
+
+
+async def _run_worker(
+    worker: ActivityWorker, early: list[int], hold: Callable[[int, FrameType | None], None],
+    *, stop_when_idle: bool,
+) -> None:
+    for signum in early:  # signals held before the worker's own handlers existed
+        worker.handle_signal(signum)
+    try:
+        await worker.run(stop_when_idle=stop_when_idle, install_signal_handlers=True)
+    finally:
+        # run() restored the default actions; hold signals again until asyncio.run is done.
+        for sig in _STOP_SIGNALS:
+            signal.signal(sig, hold)

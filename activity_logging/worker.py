@@ -66,8 +66,15 @@ DEFAULT_HEARTBEAT_INTERVAL: Final = 5.0
 DEFAULT_MAX_ATTEMPTS: Final = 3
 DEFAULT_PARTITION_INTERVAL: Final = 3600.0
 DEFAULT_WRITERS: Final = 1
+DEFAULT_STOP_TIMEOUT: Final = 1.5
 BACKOFF_INITIAL: Final = 0.5
 BACKOFF_MAX: Final = 30.0
+#: Once a warm stop is requested, the batch in hand is retried this often until the deadline.
+STOP_RETRY_INTERVAL: Final = 0.25
+#: Bound on each step of the shutdown, and on the unwinding of a cancelled task.
+SETTLE_TIMEOUT: Final = 0.5
+#: Bound on one attempt to connect to Redis (PostgreSQL: ``db.DEFAULT_CONNECT_TIMEOUT``).
+REDIS_CONNECT_TIMEOUT: Final = 5.0
 
 _REDIS_TRANSIENT: Final = (RedisConnectionError, RedisTimeoutError, OSError)
 
@@ -167,6 +174,8 @@ class ActivityWorker:
         heartbeat_interval: seconds between heartbeats (TTL ``DEFAULT_HEARTBEAT_TTL``).
         max_attempts: attempts on a rejected record before it is dead-lettered.
         writers: batches inserted concurrently, each over its own PostgreSQL connection.
+        stop_timeout: seconds a warm stop gives the batch in hand to be committed and
+            acknowledged before leaving it pending (``request_stop``).
 
     Raises ``ConfigurationError`` at construction for missing or invalid settings; connects
     only in ``run``. One worker runs in one event loop; run several processes to scale.
@@ -191,6 +200,7 @@ class ActivityWorker:
         months_ahead: int = 3,
         partition_interval: float = DEFAULT_PARTITION_INTERVAL,
         writers: int = DEFAULT_WRITERS,
+        stop_timeout: float = DEFAULT_STOP_TIMEOUT,
     ) -> None:
         resolved_redis = resolve_redis_url(redis_url)
         if resolved_redis is None:
@@ -203,6 +213,7 @@ class ActivityWorker:
             ("max_attempts", max_attempts, True), ("max_wait", max_wait, False),
             ("claim_idle", claim_idle, False), ("heartbeat_interval", heartbeat_interval, False),
             ("partition_interval", partition_interval, False), ("writers", writers, True),
+            ("stop_timeout", stop_timeout, False),
         ):
             require_positive(name, value, integer=integer)
         self.redis_url = resolved_redis
@@ -220,6 +231,7 @@ class ActivityWorker:
         self.max_attempts = max_attempts
         self.months_ahead = months_ahead
         self.partition_interval = partition_interval
+        self.stop_timeout = stop_timeout
         self.counters = WorkerCounters()
         store_class: type[PostgresStore] | type[SQLiteStore] = (
             SQLiteStore if is_sqlite(resolved_db) else PostgresStore
@@ -234,7 +246,12 @@ class ActivityWorker:
         ]
         self._redis: aioredis.Redis | None = None
         self._stopping = asyncio.Event()
-        self._run_task: asyncio.Task[None] | None = None
+        self._forced = asyncio.Event()
+        self._stop_requested_at: float | None = None  # time.monotonic() of the warm stop
+        self._heartbeat: asyncio.Task[None] | None = None
+        # The batch the reader is filling or handing over; a stop lets it reach the writers.
+        self._reading: _Batch | None = None
+        self._last_signal: int | None = None
         self._read_id = b"0"  # first our own pending entries (a restart under the same name)
         self._last_claim = 0.0
         self._claim_cursor = b"0-0"
@@ -252,89 +269,234 @@ class ActivityWorker:
         """The counters as a plain dict (a copy)."""
         return asdict(self.counters)
 
+    @property
+    def stopped_cold(self) -> bool:
+        """True once a cold stop (``request_force_stop``, a second signal) was requested."""
+        return self._forced.is_set()
+
+    @property
+    def last_signal(self) -> int | None:
+        """The last SIGTERM/SIGINT ``handle_signal`` took, or None."""
+        return self._last_signal
+
     def request_stop(self) -> None:
-        """Warm stop: read nothing more, commit and acknowledge what is in hand, then return."""
-        if not self._stopping.is_set():
-            logger.info("stop requested: finishing the batch in hand")
+        """Warm stop: read nothing more, store what is in hand, then let ``run`` return.
+
+        The batch in hand is committed and acknowledged if that takes at most
+        ``stop_timeout`` seconds from now; past that it is abandoned, its entries left pending
+        (re-read by this consumer name at its next start, or claimed by another worker after
+        ``claim_idle``; the id makes the re-insert a no-op). Idempotent; call it from the
+        worker's event loop (a signal handler installed by ``run`` does).
+        """
+        if self._stopping.is_set():
+            return
+        self._stop_requested_at = time.monotonic()
+        logger.info(
+            "stop requested: reading nothing more, finishing the batch in hand (at most %.1fs)",
+            self.stop_timeout,
+        )
         self._stopping.set()
 
     def request_force_stop(self) -> None:
-        """Cold stop: cancel at once. Unacknowledged entries stay pending for another worker."""
-        logger.warning("forced stop: leaving unacknowledged entries pending")
-        self._stopping.set()
-        if self._run_task is not None:
-            self._run_task.cancel()
+        """Cold stop: cancel at once; ``run`` returns without waiting for the batch in hand.
 
-    def _on_signal(self, signum: int) -> None:
+        Unacknowledged entries stay pending for another worker or the next start.
+        Idempotent; call it from the worker's event loop.
+        """
+        if self._forced.is_set():
+            return
+        logger.warning("cold stop: cancelling now, unacknowledged entries stay pending")
+        self.request_stop()
+        self._forced.set()
+
+    def handle_signal(self, signum: int) -> None:
+        """What ``run(install_signal_handlers=True)`` does on SIGTERM/SIGINT: the first
+        signal is a warm stop (``request_stop``), any later one a cold stop."""
         self._signals += 1
+        self._last_signal = signum
         logger.info("received %s", signal.Signals(signum).name)
         if self._signals == 1:
             self.request_stop()
         else:
             self.request_force_stop()
 
+    def _stop_time_left(self) -> float | None:
+        """Seconds the warm stop still grants the batch in hand; None while not stopping."""
+        if self._stop_requested_at is None:
+            return None
+        return self._stop_requested_at + self.stop_timeout - time.monotonic()
+
+    async def _sleep(self, seconds: float) -> bool:
+        """Wait ``seconds``, or less if a stop is requested. Returns True when stopping."""
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._stopping.wait(), seconds)
+        return self._stopping.is_set()
+
+    async def _pause(self, seconds: float) -> None:
+        """A retry backoff for work that a warm stop still finishes (the batch in hand).
+
+        A stop cuts the wait short (the next attempt comes at once); once stopping, retries
+        come every ``STOP_RETRY_INTERVAL`` s until the stop deadline abandons the work.
+        """
+        if not self._stopping.is_set():
+            await self._sleep(seconds)
+            return
+        await asyncio.sleep(min(seconds, STOP_RETRY_INTERVAL))
+
     # --- lifecycle -------------------------------------------------------------------------
 
     async def run(
         self, *, stop_when_idle: bool = False, install_signal_handlers: bool = False
     ) -> None:
-        """Drain the stream until ``request_stop`` (or, with ``stop_when_idle``, until a read
-        finds nothing new and nothing left to claim).
+        """Drain the stream until a stop (or, with ``stop_when_idle``, until a read finds
+        nothing new and nothing left to claim).
 
-        ``install_signal_handlers`` makes SIGTERM/SIGINT a warm stop and a second one a
-        cold stop (``asyncio.CancelledError`` out of ``run``). Unreachable Redis or PostgreSQL,
-        at start-up or later, is retried with backoff for as long as it takes (a worker is a
-        daemon: it waits for its services). Raises ``ConfigurationError`` for a bad setting
-        found at start-up.
+        Unreachable Redis or PostgreSQL, at start-up or later, is retried with backoff for as
+        long as it takes (a worker is a daemon: it waits for its services); every wait and
+        connect attempt gives way to a stop. ``request_stop`` (warm) makes ``run`` return
+        within about ``stop_timeout`` seconds in every state, ``request_force_stop`` (cold)
+        at once (``stopped_cold`` tells them apart); both return normally.
+        ``install_signal_handlers`` routes SIGTERM/SIGINT to ``handle_signal`` (first a warm
+        stop, then a cold one) and restores the defaults on return. Raises
+        ``ConfigurationError`` for a bad setting found at start-up (a missing table); a
+        cancellation of the task running ``run`` propagates after the same bounded shutdown.
         """
-        self._run_task = asyncio.current_task()
         loop = asyncio.get_running_loop()
         if install_signal_handlers:
             for sig in (signal.SIGTERM, signal.SIGINT):
-                loop.add_signal_handler(sig, self._on_signal, sig)
+                loop.add_signal_handler(sig, self.handle_signal, sig)
         self._redis = aioredis.Redis.from_url(
-            self.redis_url, socket_connect_timeout=5.0, socket_timeout=self.max_wait + 30.0,
-            health_check_interval=30,
+            self.redis_url, socket_connect_timeout=REDIS_CONNECT_TIMEOUT,
+            socket_timeout=self.max_wait + 30.0, health_check_interval=30,
         )
         logger.info(
             "worker %s: stream %r group %r -> %s%s", self.consumer, self.stream, self.group,
             redact_url(self.database_url), f" schema {self.schema}" if self.schema else "",
         )
-        queue: asyncio.Queue[_Batch | None] = asyncio.Queue(maxsize=len(self.stores))
-        heartbeat = asyncio.create_task(self._heartbeat_loop(), name="activity-worker-heartbeat")
-        writer_tasks = [
-            asyncio.create_task(self._writer_loop(queue, store), name=f"activity-worker-writer-{i}")
-            for i, store in enumerate(self.stores)
-        ]
-        writer: asyncio.Future[Any] = asyncio.gather(*writer_tasks)
         try:
-            await self._retrying("connect to PostgreSQL", self.store.connect)
-            await self._ensure_group()
-            await self._maybe_ensure_partitions(self.store, force=True)
-            await self._reader_loop(queue, writer, stop_when_idle)
-            for _ in writer_tasks:
-                await self._hand_over(queue, None, writer)
-            await writer
+            await self._drain(stop_when_idle)
         finally:
-            for task in (heartbeat, *writer_tasks):
-                task.cancel()
-            for task in (heartbeat, *writer_tasks):
-                with contextlib.suppress(asyncio.CancelledError, Exception):
-                    await task
+            await self._shutdown()
+            # Last: a signal during the (bounded) shutdown is still ours, not a default kill.
             if install_signal_handlers:
                 for sig in (signal.SIGTERM, signal.SIGINT):
                     loop.remove_signal_handler(sig)
-            await self._shutdown()
+        if self._in_flight:
+            how = "cold" if self.stopped_cold else f"at its {self.stop_timeout:g}s stop timeout"
+            logger.warning(
+                "worker %s stopped %s: %d entries left pending, for another worker (after "
+                "claim_idle) or this consumer's next start; their ids make a re-insert a no-op",
+                self.consumer, how, len(self._in_flight),
+            )
         logger.info("worker %s stopped: %s", self.consumer, self.stats())
 
-    async def _shutdown(self) -> None:
+    async def _drain(self, stop_when_idle: bool) -> None:
+        """Run the reader and the writers; on a stop, end them within the stop's bounds."""
+        queue: asyncio.Queue[_Batch | None] = asyncio.Queue(maxsize=len(self.stores))
+        reader = asyncio.create_task(
+            self._start_and_read(queue, stop_when_idle), name="activity-worker-reader")
+        writers = [
+            asyncio.create_task(self._writer_loop(queue, store), name=f"activity-worker-writer-{i}")
+            for i, store in enumerate(self.stores)
+        ]
+        ends = asyncio.create_task(self._end_writers(queue, reader, len(writers)))
+        tasks = [reader, *writers, ends]
+        try:
+            # Until a stop, the end of a one-shot drain, or a task failing.
+            stop = asyncio.ensure_future(self._stopping.wait())
+            try:
+                await asyncio.wait({stop, *tasks}, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                stop.cancel()
+            if not reader.done() and not (self._reading is not None and self._reading.ids):
+                # Read nothing more: cancel a blocked read, a connect attempt, a backoff. (An
+                # entry a cancelled read was receiving stays pending.) A reader holding
+                # entries finishes handing them to the writers instead.
+                reader.cancel()
+            # The writers store what they hold, then each takes an end marker.
+            await self._wait_or_give_up(tasks)
+        finally:
+            if self._heartbeat is not None:
+                tasks.append(self._heartbeat)
+            for task in tasks:
+                task.cancel()
+            await self._settle(tasks)
+
+    @staticmethod
+    async def _end_writers(
+        queue: asyncio.Queue[_Batch | None], reader: asyncio.Task[None], writers: int
+    ) -> None:
+        """Once the reader is done, queue an end marker per writer, after the last batch."""
+        await asyncio.wait({reader})
+        for _ in range(writers):
+            await queue.put(None)
+
+    async def _wait_or_give_up(self, tasks: list[asyncio.Task[None]]) -> None:
+        """Wait for ``tasks`` to end, or for a cold stop, or for a warm stop to outlast
+        ``stop_timeout`` (the caller then cancels them). Raises the error of a task that
+        failed."""
+        forced = asyncio.ensure_future(self._forced.wait())
+        stop = asyncio.ensure_future(self._stopping.wait())
+        try:
+            while True:
+                for task in tasks:
+                    if task.done() and not task.cancelled():
+                        task.result()  # a task that failed: raise its error (a missing table)
+                pending = {task for task in tasks if not task.done()}
+                left = self._stop_time_left()
+                if not pending or self._forced.is_set() or (left is not None and left <= 0):
+                    return
+                # ``stop`` wakes this wait when a stop starts the deadline's clock.
+                waiters = {forced} | ({stop} if not stop.done() else set())
+                await asyncio.wait(pending | waiters, timeout=left,
+                                   return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            forced.cancel()
+            stop.cancel()
+
+    async def _settle(self, tasks: list[asyncio.Task[None]]) -> None:
+        """Wait for cancelled ``tasks`` to unwind, at most ``SETTLE_TIMEOUT`` s, twice.
+
+        A task still stuck after the first wait is inside a driver waiting on a silent
+        server: its connections are dropped so the wait fails, then it gets a second chance.
+        Never raises.
+        """
+        pending = [task for task in tasks if not task.done()]
+        for attempt in range(2):
+            if not pending:
+                break
+            _, still = await asyncio.wait(pending, timeout=SETTLE_TIMEOUT)
+            pending = list(still)
+            if pending and attempt == 0:
+                await self._drop_connections()
+        if pending:
+            logger.warning("%d tasks did not end after their cancellation", len(pending))
+        for task in tasks:
+            if task.done() and not task.cancelled():
+                task.exception()  # retrieved: reported by the caller, not by asyncio at exit
+
+    async def _drop_connections(self) -> None:
+        """Abort every connection (no goodbye to the server); bounded, never raises."""
         for store in self.stores:
-            await store.close()
+            conn = getattr(store, "conn", None)
+            if conn is not None:
+                with contextlib.suppress(Exception):
+                    conn.terminate()
         if self._redis is not None:
             with contextlib.suppress(Exception):
-                await self._redis.delete(heartbeat_key(self.stream, self.consumer))
+                await asyncio.wait_for(
+                    self._redis.connection_pool.disconnect(inuse_connections=True), SETTLE_TIMEOUT)
+
+    async def _shutdown(self) -> None:
+        """Close the stores, delete the heartbeat, close Redis: each step bounded, never raises."""
+        for store in self.stores:
+            await _bounded_close(store)
+        if self._redis is not None:
             with contextlib.suppress(Exception):
-                await self._redis.aclose()
+                await asyncio.wait_for(
+                    self._redis.delete(heartbeat_key(self.stream, self.consumer)), SETTLE_TIMEOUT)
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self._redis.aclose(), SETTLE_TIMEOUT)
             self._redis = None
 
     # --- reading ---------------------------------------------------------------------------
@@ -344,7 +506,23 @@ class ActivityWorker:
         assert self._redis is not None, "run() owns the Redis client"
         return self._redis
 
-    async def _ensure_group(self) -> None:
+    async def _start_and_read(
+        self, queue: asyncio.Queue[_Batch | None], stop_when_idle: bool
+    ) -> None:
+        """Connect, beat once, then read until a stop (or, one-shot, until idle)."""
+        if not await self._retrying("connect to PostgreSQL", self.store.connect):
+            return
+        if not await self._ensure_group():
+            return
+        # The first heartbeat before the first read: `status` sees a live worker at once.
+        await self._beat()
+        self._heartbeat = asyncio.create_task(
+            self._heartbeat_loop(), name="activity-worker-heartbeat")
+        await self._maybe_ensure_partitions(self.store, force=True)
+        await self._reader_loop(queue, stop_when_idle)
+
+    async def _ensure_group(self) -> bool:
+        """Create the group (and stream) if missing; False when a stop came first."""
         async def create() -> None:
             try:
                 await self._r.xgroup_create(self.stream, self.group, id="0", mkstream=True)
@@ -352,30 +530,12 @@ class ActivityWorker:
             except ResponseError as exc:
                 if "BUSYGROUP" not in str(exc):
                     raise
-        await self._retrying("create the consumer group", create)
+        return await self._retrying("create the consumer group", create)
 
-    @staticmethod
-    async def _hand_over(
-        queue: asyncio.Queue[_Batch | None], batch: _Batch | None, writer: asyncio.Future[Any]
-    ) -> None:
-        """Queue ``batch`` for the writer; if the writer died instead, raise its error
-        (rather than wait forever on a queue nobody empties)."""
-        put = asyncio.ensure_future(queue.put(batch))
-        try:
-            await asyncio.wait({put, writer}, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            if not put.done():
-                put.cancel()
-        if not put.done() or put.cancelled():
-            writer.result()  # raises the writer's exception
-            raise RuntimeError("the writer stopped before the reader")
-        put.result()
-
-    async def _reader_loop(
-        self, queue: asyncio.Queue[_Batch | None], writer: asyncio.Future[Any], stop_when_idle: bool
-    ) -> None:
+    async def _reader_loop(self, queue: asyncio.Queue[_Batch | None], stop_when_idle: bool) -> None:
         while not self._stopping.is_set():
             _reraise_if_cancelled()
+            self._reading = None
             try:
                 batch = await self._claim_batch()
                 if batch is None:
@@ -397,16 +557,12 @@ class ActivityWorker:
                 await self._ensure_group()
                 continue
             if batch.ids:
-                await self._hand_over(queue, batch, writer)
+                await queue.put(batch)  # not cancelled by a warm stop: the batch is in hand
             elif stop_when_idle and self._read_id == b">":
                 return
 
-    async def _sleep(self, seconds: float) -> None:
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._stopping.wait(), seconds)
-
     async def _read_batch(self) -> _Batch:
-        batch = _Batch()
+        batch = self._reading = _Batch()
         block: int | None = int(self.max_wait * 1000)
         while len(batch.rows) < self.batch_size and not self._stopping.is_set():
             reading_pending = self._read_id != b">"
@@ -445,7 +601,7 @@ class ActivityWorker:
             return None
         self.counters.claimed += len(entries)
         logger.info("claimed %d idle entries from other consumers", len(entries))
-        batch = _Batch()
+        batch = self._reading = _Batch()
         self._add_entries(batch, entries)
         return batch
 
@@ -495,7 +651,8 @@ class ActivityWorker:
                 return
             await self._maybe_ensure_partitions(store)
             await self._store_batch(batch, store)
-            await self._retrying("acknowledge entries", lambda b=batch: self._finish(b))
+            await self._retrying("acknowledge entries", lambda b=batch: self._finish(b),
+                                 past_stop=True)
             self.counters.batches += 1
 
     async def _store_batch(self, batch: _Batch, store: Store) -> None:
@@ -513,8 +670,8 @@ class ActivityWorker:
                     len(batch.rows), type(exc).__name__, exc, backoff,
                 )
                 await store.close()
-                # Not _sleep: a warm stop still commits the batch in hand.
-                await asyncio.sleep(backoff)
+                # A warm stop still tries to commit the batch in hand, until its deadline.
+                await self._pause(backoff)
                 backoff = min(backoff * 2, BACKOFF_MAX)
                 continue
             self.counters.inserted += inserted
@@ -613,38 +770,56 @@ class ActivityWorker:
             return
         self.counters.partitions_created += len(created)
 
-    async def _retrying(self, what: str, action: Any) -> None:
+    async def _retrying(self, what: str, action: Any, *, past_stop: bool = False) -> bool:
+        """Run ``action`` until it succeeds (True), retrying unreachable-service errors with
+        backoff. A stop ends the retries (False), unless ``past_stop``: work that a warm stop
+        still finishes, retried until the stop deadline cancels it."""
         backoff = BACKOFF_INITIAL
         while True:
+            if self._stopping.is_set() and not past_stop:
+                logger.info("stop requested: no longer trying to %s", what)
+                return False
             try:
                 await action()
-                return
+                return True
             except (*_REDIS_TRANSIENT, StoreUnavailableError) as exc:
                 _reraise_if_cancelled()
                 self.counters.retried += 1
                 logger.warning("could not %s (%s); retrying in %.1fs", what, exc, backoff)
-                await asyncio.sleep(backoff)
+                if past_stop:
+                    await self._pause(backoff)
+                else:
+                    await self._sleep(backoff)
                 backoff = min(backoff * 2, BACKOFF_MAX)
 
     # --- heartbeat -------------------------------------------------------------------------
 
     async def _heartbeat_loop(self) -> None:
-        key = heartbeat_key(self.stream, self.consumer)
-        host = socket.gethostname()
-        while True:
+        while not await self._sleep(self.heartbeat_interval):
+            await self._beat()
+
+    async def _beat(self) -> None:
+        """``SET`` the heartbeat key; never raises (a missed beat must never stop the drain).
+
+        Works before the stream or the group exists: the lag gauges are then left as they
+        were, and the beat is written all the same.
+        """
+        try:
+            await self._update_lag()
+        except Exception as exc:
             _reraise_if_cancelled()  # redis-py may have swallowed our cancel mid-command
-            try:
-                await self._update_lag()
-                payload = orjson.dumps({
-                    "consumer": self.consumer, "host": host, "pid": os.getpid(), "ts": time.time(),
-                    "stream": self.stream, "group": self.group, "started": self.started_at,
-                    "counters": self.stats(),
-                })
-                await self._r.set(key, payload, ex=int(DEFAULT_HEARTBEAT_TTL))
-            except Exception as exc:  # a missed heartbeat must never stop the drain
-                _reraise_if_cancelled()
-                logger.debug("heartbeat failed: %s", exc)
-            await asyncio.sleep(self.heartbeat_interval)
+            logger.debug("could not read the group's lag: %s", exc)
+        payload = orjson.dumps({
+            "consumer": self.consumer, "host": socket.gethostname(), "pid": os.getpid(),
+            "ts": time.time(), "stream": self.stream, "group": self.group,
+            "started": self.started_at, "counters": self.stats(),
+        })
+        try:
+            await self._r.set(heartbeat_key(self.stream, self.consumer), payload,
+                              ex=int(DEFAULT_HEARTBEAT_TTL))
+        except Exception as exc:
+            _reraise_if_cancelled()
+            logger.debug("heartbeat failed: %s", exc)
 
     async def _update_lag(self) -> None:
         for info in await self._r.xinfo_groups(self.stream):
@@ -654,3 +829,14 @@ class ActivityWorker:
                 self.counters.lag = int(lag) if lag is not None else None
                 self.counters.pending = int(info.get("pending", 0))
                 return
+
+
+async def _bounded_close(store: Store) -> None:
+    """Close ``store`` within ``SETTLE_TIMEOUT`` s, else abort its connection; never raises."""
+    conn = getattr(store, "conn", None)
+    try:
+        await asyncio.wait_for(store.close(), SETTLE_TIMEOUT)
+    except Exception:
+        if conn is not None:
+            with contextlib.suppress(Exception):
+                conn.terminate()
