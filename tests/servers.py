@@ -94,6 +94,8 @@ class TcpProxy:
         self.port = free_port()
         self._cut = threading.Event()
         self._stop = threading.Event()
+        self._flowing = threading.Event()
+        self._flowing.set()
         self._conns: list[socket.socket] = []
         self._lock = threading.Lock()
         self._listener: socket.socket | None = None
@@ -131,13 +133,13 @@ class TcpProxy:
             for a, b in ((client, upstream), (upstream, client)):
                 threading.Thread(target=self._pipe, args=(a, b), daemon=True).start()
 
-    @staticmethod
-    def _pipe(src: socket.socket, dst: socket.socket) -> None:
+    def _pipe(self, src: socket.socket, dst: socket.socket) -> None:
         try:
             while True:
                 data = src.recv(65536)
                 if not data:
                     break
+                self._flowing.wait()  # stalled: hold the bytes, answer nothing, reset nothing
                 dst.sendall(data)
         except OSError:
             pass
@@ -161,6 +163,14 @@ class TcpProxy:
                 c.shutdown(socket.SHUT_RDWR)
             c.close()
 
+    def stall(self) -> None:
+        """A network blackhole: connections stay open and bytes are taken, but nothing is
+        forwarded in either direction until ``heal()`` (then the held bytes go through)."""
+        self._flowing.clear()
+
+    def heal(self) -> None:
+        self._flowing.set()
+
     def restore(self) -> None:
         """Listen again on the same port."""
         self._cut.clear()
@@ -168,4 +178,5 @@ class TcpProxy:
 
     def close(self) -> None:
         self._stop.set()
+        self._flowing.set()
         self.cut()

@@ -397,3 +397,114 @@ def test_direct_mode_drops_and_counts_an_unstorable_record_without_blocking_the_
     conn = sqlite3.connect(tmp_path / "d.db")
     assert conn.execute("select count(*) from activity_logs").fetchone() == (100,)
     conn.close()
+
+
+def test_close_while_threads_log_refuses_then_accounts_for_every_record(logger: logging.Logger) -> None:
+    handler, sink = attach(logger, batch_size=50, flush_interval=0.01)
+    offered = [0] * 4
+    stop = threading.Event()
+
+    def spam(k: int) -> None:
+        while not stop.is_set():
+            logger.info("x", extra={"k": k, "i": offered[k]})
+            offered[k] += 1
+
+    threads = [threading.Thread(target=spam, args=(k,)) for k in range(4)]
+    for t in threads:
+        t.start()
+    threading.Event().wait(0.2)
+    handler.close()  # while the threads keep logging
+    stop.set()
+    for t in threads:
+        t.join()
+    stats = handler.stats()
+    stored = {(r["metadata"]["k"], r["metadata"]["i"]) for r in sink.rows()}
+    assert len(stored) == len(sink.rows()) == stats["sent"]
+    assert stats["queue_depth"] == 0 and stats["in_hand"] == 0 and stats["unaccounted"] == 0, stats
+    assert sum(offered) == stats["sent"] + stats["dropped_closed"] + stats["dropped_queue_full"], stats
+    assert stats["dropped_closed"] > 0  # the threads did log into the closing handler
+
+
+def test_a_record_created_at_nan_is_dropped_alone_and_its_batch_goes_on(logger: logging.Logger) -> None:
+    handler, sink = attach(logger, batch_size=101, flush_interval=5.0)
+    for i in range(101):
+        record = logger.makeRecord(logger.name, logging.INFO, __file__, 1, "x", None, None,
+                                   extra={"i": i})
+        if i == 50:
+            record.created = float("nan")
+        logger.handle(record)
+    assert handler.flush(5)
+    stats = handler.stats()
+    assert sorted(r["metadata"]["i"] for r in sink.rows()) == [i for i in range(101) if i != 50]
+    assert stats["dropped_unencodable"] == 1 and stats["unaccounted"] == 0, stats
+    assert sorted(r["seq"] for r in sink.rows()) == list(range(1, 101))  # no gap: it took no seq
+    handler.close()
+
+
+def test_a_message_whose_str_and_repr_raise_is_stored_with_a_placeholder(logger: logging.Logger) -> None:
+    class Hostile:
+        def __str__(self) -> str:
+            raise RuntimeError("no str")
+
+        def __repr__(self) -> str:
+            raise RuntimeError("no repr")
+
+    handler, sink = attach(logger)
+    for msg in (Hostile(), "after"):  # straight to the handler: pytest's own capture would choke
+        handler.handle(logger.makeRecord(logger.name, logging.INFO, __file__, 1, msg, None, None))
+    assert handler.flush(5)
+    rows = sink.rows()
+    assert [r["description"] for r in rows][1] == "after"
+    assert "unprintable Hostile" in rows[0]["description"]
+    assert handler.stats()["dropped_emit_error"] == 0
+    handler.close()
+
+
+def test_flush_then_close_share_one_close_timeout(logger: logging.Logger) -> None:
+    """logging.shutdown() flushes, then closes: with the sink down, the close must not wait a
+    second full close_timeout (it did: exit took 2 x close_timeout)."""
+    sink = RecordingSink()
+    sink.fail = True
+    handler, _ = attach(logger, sink, close_timeout=1.0, reconnect_delay=0.05)
+    logger.info("x")
+    assert not handler.flush()  # the bare flush logging.shutdown() makes times out
+    assert handler._close_budget() < 0.5  # what is left of the same budget
+    handler.close()
+    assert handler.stats()["lost"] == 1 and handler.stats()["unaccounted"] == 0
+
+
+def test_a_send_that_timed_out_is_unconfirmed_not_lost(logger: logging.Logger) -> None:
+    class Hanging(RecordingSink):
+        def send(self, entries: list[Entry]) -> None:
+            raise TimeoutError("no answer")  # like a blackholed network: the XADD may have run
+
+        def unconfirmed(self, exc: BaseException) -> bool:
+            return isinstance(exc, TimeoutError)
+
+    handler, _ = attach(logger, Hanging(), close_timeout=0.5, reconnect_delay=0.05)
+    for i in range(10):
+        logger.info("x", extra={"i": i})
+    handler.close()
+    stats = handler.stats()
+    assert (stats["unconfirmed"], stats["lost"], stats["unaccounted"]) == (10, 0, 0), stats
+    assert stats["send_timeouts"] >= 1
+
+
+def test_spool_is_on_by_default_when_shipping_to_redis(monkeypatch: pytest.MonkeyPatch,
+                                                       tmp_path: Path) -> None:
+    monkeypatch.delenv("ACTIVITY_LOG_SPOOL_PATH")
+    monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path))
+    handler = ActivityHandler(redis_url="redis://user:secret@127.0.0.1:1/0", stream="s")
+    try:
+        assert handler.spool_path is not None
+        assert handler.spool_path.startswith(str(tmp_path / "activity_logging" / "spool"))
+        assert "secret" not in handler.spool_path
+        other = ActivityHandler(redis_url="redis://127.0.0.1:1/0", stream="another")
+        assert other.spool_path != handler.spool_path  # a spool replays into its own stream only
+        other.close()
+    finally:
+        handler.close()
+    assert ActivityHandler(redis_url="redis://127.0.0.1:1/0", spool_path="off").spool_path is None
+    direct = ActivityHandler(database_url=f"sqlite:///{tmp_path / 'd.db'}")
+    assert direct.spool_path is None  # direct mode spools only where told
+    direct.close()
