@@ -8,6 +8,9 @@ commits acknowledges (``XACK``) and deletes (``XDEL``) the entries. So:
 * a crash at any point leaves the entries pending; another worker claims them
   (``XAUTOCLAIM``) after ``claim_idle`` seconds and the id makes the re-insert a no-op;
 * a database outage is retried with exponential backoff, nothing acknowledged meanwhile;
+* a stop is obeyed in every state (connecting, retrying, reading, writing): a warm stop
+  stores the batch in hand if that takes at most ``stop_timeout`` seconds, else leaves its
+  entries pending; a cold stop cancels at once (see docs/worker.md, "Stopping");
 * a record the database rejects is isolated by splitting the batch, the others stored,
   and after ``max_attempts`` it goes with its error to the dead-letter stream.
 

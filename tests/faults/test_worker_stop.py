@@ -278,13 +278,32 @@ def test_sigterm_while_a_write_waits_on_a_locked_table_exits_0_leaving_the_batch
     close_ledger_with_a_second_worker(workers, offer, pg_url, schema_with_table)
 
 
+def test_warm_stop_commits_and_acknowledges_the_batch_in_hand_when_the_lock_is_released(
+    workers: Workers, redis_url: str, pg_url: str, schema_with_table: str, unique_name: str
+) -> None:
+    offer = Offer(redis_url, workers.stream, unique_name)
+    proc = workers.start("w", "--stop-timeout", "120")  # a generous stop: no race with it
+    wait_for(lambda: "created consumer group" in workers.log("w"))
+    with table_locked(pg_url, schema_with_table):
+        offer.entries(10)
+        wait_for(lambda: workers.pending_of("w") > 0)
+        proc.send_signal(signal.SIGTERM)
+        wait_for(lambda: "stop requested" in workers.log("w"))
+    # The database answers again within the stop timeout: the batch is stored, then acked.
+    assert_clean_exit(workers, "w", proc.wait(timeout=STOP_BOUND))
+    assert workers.pending_of("w") == 0
+    assert "left pending" not in workers.log("w")
+    assert keys_from_pg(pg_url, schema_with_table, offer.tag)  # what it held, stored
+    ledger_after_stop(offer, pg_url, schema_with_table)
+    close_ledger_with_a_second_worker(workers, offer, pg_url, schema_with_table)
+
+
 def test_second_signal_during_a_stuck_write_is_a_cold_stop_with_its_exit_code(
     workers: Workers, redis_url: str, pg_url: str, schema_with_table: str, unique_name: str
 ) -> None:
     offer = Offer(redis_url, workers.stream, unique_name)
     proc = workers.start("w", "--stop-timeout", "120")  # the warm stop would wait 2 minutes
-    wait_for(lambda: workers.pending_of("w") == 0 and "created consumer group" in
-             workers.log("w"))
+    wait_for(lambda: "created consumer group" in workers.log("w"))
     with table_locked(pg_url, schema_with_table):
         offer.entries(10)
         wait_for(lambda: workers.pending_of("w") > 0)
