@@ -278,6 +278,23 @@ def test_sigterm_while_a_write_waits_on_a_locked_table_exits_0_leaving_the_batch
     close_ledger_with_a_second_worker(workers, offer, pg_url, schema_with_table)
 
 
+def test_sigterm_while_a_write_waits_on_a_silent_postgres_exits_0_leaving_the_batch_pending(
+    workers: Workers, redis_url: str, pg_url: str, schema_with_table: str, unique_name: str
+) -> None:
+    offer = Offer(redis_url, workers.stream, unique_name)
+    offer.entries(10)
+    proc = workers.start("w", via_proxy=True)
+    wait_for(lambda: len(keys_from_pg(pg_url, schema_with_table, offer.tag)) == offer.offered)
+    workers.proxy.stall()  # a blackhole: the COPY goes out, no answer comes back
+    offer.entries(10)
+    wait_for(lambda: workers.pending_of("w") > 0)
+    assert_clean_exit(workers, "w", stop(proc, "writing, PostgreSQL silent"))
+    assert "left pending" in workers.log("w")
+    workers.proxy.heal()
+    ledger_after_stop(offer, pg_url, schema_with_table)
+    close_ledger_with_a_second_worker(workers, offer, pg_url, schema_with_table)
+
+
 def test_warm_stop_commits_and_acknowledges_the_batch_in_hand_when_the_lock_is_released(
     workers: Workers, redis_url: str, pg_url: str, schema_with_table: str, unique_name: str
 ) -> None:
