@@ -10,6 +10,8 @@ Exit codes: 0 success, 1 unhealthy / operation failed, 2 bad arguments, 3 a serv
 a command killed by a closed pipe) when stdout's reader went away, as in
 ``activity-logging query --format jsonl | head -1``: that ends the command quietly, with
 no traceback, stdout pointed at ``/dev/null`` so the interpreter's final flush cannot fail.
+``worker`` exits 0 on a warm stop (the first SIGTERM/SIGINT) and 128 + the signal (143,
+130) on a cold stop (a second signal), as a shell reports a command ended by that signal.
 """
 
 from __future__ import annotations

@@ -155,7 +155,8 @@ def test_sigkill_with_a_batch_in_hand_then_another_worker_stores_every_record_on
 def test_sigterm_finishes_commits_and_acknowledges_the_batch_in_hand(
     workers: Workers, redis_url: str, pg_url: str, pg_schema: str
 ) -> None:
-    proc, n = hold_a_batch(workers, redis_url, pg_url, "warm")
+    # a stop timeout longer than the outage: the warm stop waits for the database to answer
+    proc, n = hold_a_batch(workers, redis_url, pg_url, "warm", "--stop-timeout", "60")
     proc.send_signal(signal.SIGTERM)
     time.sleep(0.5)
     assert proc.poll() is None  # still holding its batch, waiting for the database
@@ -175,12 +176,12 @@ def test_sigterm_finishes_commits_and_acknowledges_the_batch_in_hand(
 def test_second_signal_exits_at_once_leaving_entries_pending(
     workers: Workers, redis_url: str, pg_url: str, pg_schema: str
 ) -> None:
-    proc, n = hold_a_batch(workers, redis_url, pg_url, "cold")
+    proc, n = hold_a_batch(workers, redis_url, pg_url, "cold", "--stop-timeout", "60")
     proc.send_signal(signal.SIGINT)
     # Two signals sent back to back can merge into one: send the second once the first landed.
     wait_for(lambda: "stop requested" in workers.log("cold"))
     proc.send_signal(signal.SIGTERM)
-    assert proc.wait(timeout=30) != 0  # a cold stop is not a clean exit
+    assert proc.wait(timeout=30) == 128 + signal.SIGTERM  # a cold stop: 128 + the signal
     assert workers.pending_of("cold") > 0  # nothing acknowledged that was not committed
     workers.proxy.restore()
     heir = workers.start("heir", "--claim-idle", "0.5")
