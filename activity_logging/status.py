@@ -2,61 +2,85 @@
 
 Replaces the checks operators did by hand (stream length, grepping worker logs, counting
 recent rows). Healthy means: at least one live worker (when a Redis stream is in use), no
-dead letters, no record waiting in the stream longer than ``max_lag`` seconds, and the
-table reachable. Redis settings that can lose the stream (no AOF, an evicting
-``maxmemory-policy``) are warnings, not failures (see DESIGN.md).
+dead letters, no record waiting in the stream longer than ``max_lag`` seconds, nothing lost
+in transit, and the table reachable. Redis settings that can lose the stream (no AOF, an
+evicting ``maxmemory-policy``) are warnings, not failures (see DESIGN.md).
 
 "Waiting" is measured from the stream itself: entry ids carry their creation time in
 milliseconds, so the age of the oldest entry not yet acknowledged (pending with a consumer,
 or not yet delivered) is exactly how far behind the worker is, whatever the traffic.
+
+"Lost in transit" is read from what the stores themselves report:
+
+* The stream. Redis 7 counts, per consumer group, the entries it has read
+  (``entries-read``) against those ever added (``entries-added``); the difference is the
+  group's ``lag``. The worker deletes an entry only once it was delivered and stored, so
+  every entry the group has not read is still in the stream: a ``lag`` above the stream's
+  length means entries went before anyone read them (``XTRIM``, ``XADD MAXLEN``). An
+  ``XDEL`` ahead of the group shows as a ``max-deleted-entry-id`` past its
+  ``last-delivered-id``. Both are read in one ``MULTI``, so the worker cannot move between.
+* Redis restarts. A worker that finds its group gone recreates it and says so in its
+  heartbeat (``group_recreated``); ``INFO server`` says when Redis last started.
+* The stored rows. Each handler numbers its records (``producer_id``, ``seq``), so a seq
+  missing between two stored ones of a producer is a lost record. ``recent_sequence_gaps``
+  counts them among the newest rows (the last hour, at most ``GAP_MAX_ROWS``), which also
+  counts what a restart took once the producers log again.
 """
 
 from __future__ import annotations
 
-import time
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
-import orjson
-
-from .config import (
-    DEFAULT_GROUP,
-    DEFAULT_HEARTBEAT_TTL,
-    DEFAULT_STREAM,
-    dead_stream_for,
-    heartbeat_pattern,
-)
-from .exceptions import StoreUnavailableError
+from .config import DEFAULT_GROUP, DEFAULT_HEARTBEAT_TTL, DEFAULT_STREAM, dead_stream_for
 from .schema import redact_url
+from .status_redis import ConsumerInfo, WorkerInfo, entry_ms, format_age, gather_redis, plural
+
+if TYPE_CHECKING:
+    from sqlalchemy.ext.asyncio import AsyncConnection
 
 DEFAULT_MAX_LAG: Final = 300.0
+#: How far back the sequence check reads stored rows (seconds) ...
+GAP_WINDOW: Final = 3600.0
+#: ... and at most how many of the newest, so it stays cheap on a busy table.
+GAP_MAX_ROWS: Final = 100_000
+#: Only rows older than this (seconds, before the oldest entry still in the stream) may
+#: close a gap: a record that left its handler later can still be in flight behind one
+#: stored out of order (two workers, a claimed entry), which is not a loss.
+DEFAULT_GAP_SETTLE: Final = 5.0
+#: Rows this close to the window's lower edge (seconds, at most a quarter of the window)
+#: only fill gaps, never open them: a record created just before the edge can carry a
+#: later seq than one created just after it (threads enqueue in their own order).
+GAP_EDGE: Final = 60.0
 
 
 @dataclass(frozen=True, slots=True)
-class ConsumerInfo:
-    """One consumer of the group: entries delivered to it and not acknowledged, idle time."""
+class SequenceGaps:
+    """What the sequence check found among the newest stored rows.
 
-    name: str
-    pending: int
-    idle_seconds: float
+    ``rows`` rows were read, going back ``window_seconds`` (less than asked when ``capped``
+    by the row limit); ``producers`` of their producers had a range to compare, and
+    ``gap_producers`` of those miss ``missing`` seq numbers in total.
+    """
 
-
-@dataclass(frozen=True, slots=True)
-class WorkerInfo:
-    """A worker as its heartbeat describes it; ``live`` when the beat is recent enough."""
-
-    consumer: str
-    host: str | None
-    pid: int | None
-    age_seconds: float
-    live: bool
-    counters: dict[str, Any] = field(default_factory=dict)
+    rows: int
+    producers: int
+    missing: int
+    gap_producers: int
+    window_seconds: float
+    capped: bool
 
 
 @dataclass(slots=True)
 class PipelineStatus:
-    """Everything ``status`` shows. ``problems`` make it unhealthy; ``warnings`` do not."""
+    """Everything ``status`` shows. ``problems`` make it unhealthy; ``warnings`` do not.
+
+    ``lost_in_transit`` is the loss found, in ``lost_in_transit_unit``: ``"records"``
+    (sequence gaps among recent rows) when the rows show it, else ``"entries"`` (stream
+    entries removed unread: how many records they carried is gone with them); 0 when the
+    checks that could run found nothing, None when none could run.
+    """
 
     checked_at: datetime
     database_url: str
@@ -78,6 +102,19 @@ class PipelineStatus:
     rows_last_24h: int | None = None
     problems: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
+    redis_run_id: str | None = None
+    redis_uptime_seconds: int | None = None
+    entries_added: int | None = None
+    entries_read: int | None = None
+    lag: int | None = None
+    last_delivered_id: str | None = None
+    max_deleted_entry_id: str | None = None
+    first_entry_id: str | None = None
+    stream_entries_lost: int | None = None
+    group_recreated: int = 0
+    recent_sequence: SequenceGaps | None = None
+    lost_in_transit: int | None = None
+    lost_in_transit_unit: str | None = None
 
     @property
     def healthy(self) -> bool:
@@ -99,131 +136,103 @@ class PipelineStatus:
         return out
 
 
-def _text(value: Any) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
+# --- the store ---------------------------------------------------------------------------------
 
 
-def _entry_ms(entry_id: Any) -> int:
-    return int(_text(entry_id).split("-", 1)[0])
+async def recent_sequence_gaps(
+    conn: AsyncConnection,
+    *,
+    now: datetime,
+    settled_before: datetime,
+    window: float = GAP_WINDOW,
+    max_rows: int = GAP_MAX_ROWS,
+) -> SequenceGaps:
+    """Count seq numbers missing per producer among the newest stored rows.
 
-
-def _decode_map(raw: Any) -> dict[str, Any]:
-    if isinstance(raw, dict):
-        return {_text(k): v for k, v in raw.items()}
-    items = list(raw)
-    return {_text(items[i]): items[i + 1] for i in range(0, len(items) - 1, 2)}
-
-
-async def gather_redis(
-    status: PipelineStatus, redis_url: str, *, heartbeat_ttl: float, max_lag: float
-) -> None:
-    """Fill the stream, group, consumer, dead-letter and worker parts of ``status``.
-
-    Raises ``StoreUnavailableError`` when Redis cannot be reached.
+    Reads the rows of the last ``window`` seconds, at most the ``max_rows`` newest (the
+    timestamp index serves both bounds, so the cost follows ``max_rows``, not the table).
+    Per producer, seqs are compared only inside a range the rows themselves vouch for: from
+    its lowest seq away from the window's lower edge (``GAP_EDGE``) to its highest seq
+    created before ``settled_before``. Rows outside that range still fill gaps inside it.
+    One aggregate pass settles every producer without a gap anywhere in the window; only
+    the others are counted exactly, in a second query. Works on PostgreSQL and SQLite;
+    raises what the database raises.
     """
-    import redis.asyncio as aioredis
-    from redis.exceptions import ConnectionError as RedisConnectionError
-    from redis.exceptions import ResponseError
-    from redis.exceptions import TimeoutError as RedisTimeoutError
+    from sqlalchemy import case, func, select
 
-    client = aioredis.Redis.from_url(redis_url, socket_timeout=5.0, socket_connect_timeout=5.0)
-    now_ms = int(time.time() * 1000)
-    try:
-        try:
-            await client.ping()
-        except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
-            raise StoreUnavailableError(
-                f"cannot reach Redis at {redact_url(redis_url)}: {type(exc).__name__}: {exc}"
-            ) from exc
-        stream, group = status.stream, status.group
-        status.stream_length = int(await client.xlen(stream))
-        status.dead_letters = int(await client.xlen(status.dead_stream))
-        groups = []
-        if await client.exists(stream):
-            groups = [_decode_map(g) for g in await client.xinfo_groups(stream)]
-        info = next((g for g in groups if _text(g.get("name")) == group), None)
-        status.group_exists = info is not None
-        oldest_ms: int | None = None
-        if info is not None:
-            status.pending = int(info.get("pending") or 0)
-            lag = info.get("lag")
-            last_id = _text(info.get("last-delivered-id") or "0-0")
-            if lag is None:  # Redis < 7 (or a lag it cannot compute): count after last id
-                lag = len(await client.xrange(stream, min=f"({last_id}", count=10_000) or [])
-            status.undelivered = int(lag)
-            if status.undelivered:
-                first = await client.xrange(stream, min=f"({last_id}", count=1)
-                if first:
-                    oldest_ms = _entry_ms(first[0][0])
-            if status.pending:
-                summary = await client.xpending(stream, group)
-                smallest = summary.get("min") if isinstance(summary, dict) else None
-                if smallest:
-                    ms = _entry_ms(smallest)
-                    oldest_ms = ms if oldest_ms is None else min(oldest_ms, ms)
-            for raw in await client.xinfo_consumers(stream, group):
-                c = _decode_map(raw)
-                status.consumers.append(ConsumerInfo(
-                    name=_text(c.get("name")), pending=int(c.get("pending") or 0),
-                    idle_seconds=round(int(c.get("idle") or 0) / 1000, 3),
-                ))
-        if oldest_ms is not None:
-            status.oldest_waiting_seconds = round(max(now_ms - oldest_ms, 0) / 1000, 3)
-        now = time.time()
-        async for key in client.scan_iter(match=heartbeat_pattern(stream), count=500):
-            raw_beat = await client.get(key)
-            if raw_beat is None:
-                continue
-            try:
-                beat = orjson.loads(raw_beat)
-                age = max(now - float(beat["ts"]), 0.0)
-            except (orjson.JSONDecodeError, KeyError, TypeError, ValueError):
-                status.warnings.append(f"unreadable heartbeat at {_text(key)!r}")
-                continue
-            pid = beat.get("pid")
-            status.workers.append(WorkerInfo(
-                consumer=str(beat.get("consumer") or _text(key).rsplit(":", 1)[-1]),
-                host=beat.get("host"), pid=pid if isinstance(pid, int) else None,
-                age_seconds=round(age, 3), live=age <= heartbeat_ttl,
-                counters=beat.get("counters") if isinstance(beat.get("counters"), dict) else {},
-            ))
-        status.workers.sort(key=lambda w: w.consumer)
-        try:
-            config = await client.config_get("appendonly")
-            config.update(await client.config_get("maxmemory-policy"))
-            status.redis_settings = {_text(k): _text(v) for k, v in config.items()}
-        except ResponseError as exc:  # managed Redis often disables CONFIG
-            status.warnings.append(f"cannot read Redis persistence settings: {exc}")
-    finally:
-        await client.aclose()
+    from .crud import as_utc
+    from .schema import activity_logs as t
 
-    if status.redis_settings.get("appendonly", "yes") != "yes":
-        status.warnings.append(
-            "Redis persistence (AOF) is off: a restart loses the stream and its consumer group"
-        )
-    policy = status.redis_settings.get("maxmemory-policy", "noeviction")
-    if policy != "noeviction":
-        status.warnings.append(
-            f"Redis maxmemory-policy is {policy!r}, not 'noeviction': the stream can be evicted"
-        )
-    if status.dead_letters:
-        status.problems.append(
-            f"{status.dead_letters} dead letter(s) in {status.dead_stream!r}: "
-            "records the worker could not store"
-        )
-    if status.live_workers == 0:
-        status.problems.append(f"no live worker (no heartbeat under {heartbeat_ttl:g} s)")
-    if not status.group_exists and status.stream_length:
-        status.problems.append(f"consumer group {group!r} is missing on stream {stream!r}")
-    if status.oldest_waiting_seconds is not None and status.oldest_waiting_seconds > max_lag:
-        status.problems.append(
-            f"oldest record waiting in the stream is {status.oldest_waiting_seconds:.0f} s old "
-            f"(threshold {max_lag:g} s): workers are behind or stuck"
-        )
+    since = now - timedelta(seconds=window)
+    newest = (select(t.c.timestamp.label("ts")).where(t.c.timestamp >= since)
+              .order_by(t.c.timestamp.desc()).limit(max_rows).subquery())
+    oldest, rows = (await conn.execute(
+        select(func.min(newest.c.ts), func.count()).select_from(newest))).one()
+    if not rows:
+        return SequenceGaps(0, 0, 0, 0, window, False)
+    capped = rows >= max_rows
+    start = as_utc(oldest) if capped and isinstance(oldest, datetime) else since
+    span = max((now - start).total_seconds(), 0.0)
+    core_from = start + timedelta(seconds=min(GAP_EDGE, span / 4))
+    in_window = (t.c.timestamp >= start, t.c.producer_id.is_not(None), t.c.seq.is_not(None))
+    per_producer = await conn.execute(
+        select(t.c.producer_id,
+               func.min(case((t.c.timestamp >= core_from, t.c.seq))),
+               func.max(case((t.c.timestamp < settled_before, t.c.seq))),
+               func.max(t.c.seq) - func.min(t.c.seq) + 1 - func.count(t.c.seq.distinct()))
+        .where(*in_window).group_by(t.c.producer_id))
+    ranges: dict[str, tuple[int, int]] = {}
+    gapped: list[str] = []
+    for producer, lo, hi, missing_anywhere in per_producer:
+        if lo is None or hi is None or lo > hi:
+            continue  # no seq both away from the edge and settled: nothing to compare
+        ranges[producer] = (int(lo), int(hi))
+        if missing_anywhere and int(hi) - int(lo) > 1:
+            gapped.append(producer)
+    missing = await _missing_in_ranges(conn, in_window, {p: ranges[p] for p in gapped})
+    return SequenceGaps(rows=int(rows), producers=len(ranges), missing=sum(missing.values()),
+                        gap_producers=sum(1 for m in missing.values() if m > 0),
+                        window_seconds=round(span, 3), capped=capped)
 
 
-async def gather_database(status: PipelineStatus, url: str, *, schema: str | None) -> None:
-    """Fill the newest-activity, its age and the rows of the last 24 hours.
+async def _missing_in_ranges(
+    conn: AsyncConnection, in_window: tuple[Any, ...], ranges: dict[str, tuple[int, int]],
+    chunk: int = 100,
+) -> dict[str, int]:
+    """Exact missing seqs per producer inside its (lo, hi), a few producers per query."""
+    from sqlalchemy import and_, func, or_, select
+
+    from .schema import activity_logs as t
+
+    out: dict[str, int] = {}
+    items = list(ranges.items())
+    for i in range(0, len(items), chunk):
+        part = items[i:i + chunk]
+        present = await conn.execute(
+            select(t.c.producer_id, func.count(t.c.seq.distinct()))
+            .where(*in_window, or_(*(and_(t.c.producer_id == p, t.c.seq.between(lo, hi))
+                                     for p, (lo, hi) in part)))
+            .group_by(t.c.producer_id))
+        counts = {p: int(n) for p, n in present}
+        for p, (lo, hi) in part:
+            out[p] = hi - lo + 1 - counts.get(p, 0)
+    return out
+
+
+def _settled_before(status: PipelineStatus, settle: float) -> datetime:
+    """Rows created before this may close a gap: ``settle`` seconds before the check began,
+    or before the oldest entry still in the stream (what is in it can still arrive)."""
+    base = status.checked_at
+    if status.first_entry_id is not None:
+        base = min(base, datetime.fromtimestamp(entry_ms(status.first_entry_id) / 1000, UTC))
+    return base - timedelta(seconds=settle)
+
+
+async def gather_database(
+    status: PipelineStatus, url: str, *, schema: str | None,
+    gap_settle: float = DEFAULT_GAP_SETTLE,
+) -> None:
+    """Fill the newest-activity, its age, the rows of the last 24 hours and the sequence check.
 
     Raises ``StoreUnavailableError`` when the database cannot be reached; a missing table
     (SQLSTATE 42P01, SQLite "no such table") is a problem, not an error. Any other database
@@ -241,6 +250,8 @@ async def gather_database(status: PipelineStatus, url: str, *, schema: str | Non
             newest = await activity_log_crud.get_newest_timestamp(conn)
             day = ActivityFilter(start=status.checked_at - timedelta(days=1))
             status.rows_last_24h = await activity_log_crud.count(conn, day)
+            status.recent_sequence = await recent_sequence_gaps(
+                conn, now=status.checked_at, settled_before=_settled_before(status, gap_settle))
     except DBAPIError as exc:
         if is_missing_table(exc):
             status.problems.append(
@@ -253,6 +264,41 @@ async def gather_database(status: PipelineStatus, url: str, *, schema: str | Non
     if newest is not None:
         status.newest_activity_age_seconds = round(
             (status.checked_at - newest).total_seconds(), 3)
+    _sequence_problem(status)
+
+
+def _sequence_problem(status: PipelineStatus) -> None:
+    gaps = status.recent_sequence
+    if gaps is None or not gaps.missing:
+        return
+    hints = []
+    if status.group_recreated:
+        hints.append("a worker recreated the consumer group: Redis lost the stream")
+    if status.dead_letters:
+        hints.append("dead-lettered records are counted here too")
+    status.problems.append(
+        f"{plural(gaps.missing, 'record', 'records')} missing in transit from "
+        f"{plural(gaps.gap_producers, 'producer', 'producers')} in {_window_text(gaps)}"
+        + (f" ({'; '.join(hints)})" if hints else "") + ": run `activity-logging verify`"
+    )
+
+
+def _window_text(gaps: SequenceGaps) -> str:
+    if gaps.capped:
+        return f"the newest {gaps.rows} rows ({format_age(gaps.window_seconds)})"
+    if gaps.window_seconds == 3600:
+        return "the last hour"
+    return f"the last {format_age(gaps.window_seconds)}"
+
+
+def _summarize_loss(status: PipelineStatus) -> None:
+    gaps = status.recent_sequence
+    if gaps is not None and gaps.missing:
+        status.lost_in_transit, status.lost_in_transit_unit = gaps.missing, "records"
+    elif status.stream_entries_lost:
+        status.lost_in_transit, status.lost_in_transit_unit = status.stream_entries_lost, "entries"
+    elif gaps is not None or status.stream_entries_lost is not None:
+        status.lost_in_transit = 0
 
 
 async def gather_status(
@@ -264,10 +310,13 @@ async def gather_status(
     group: str = DEFAULT_GROUP,
     max_lag: float = DEFAULT_MAX_LAG,
     heartbeat_ttl: float = DEFAULT_HEARTBEAT_TTL,
+    gap_settle: float = DEFAULT_GAP_SETTLE,
 ) -> PipelineStatus:
     """Check the whole pipeline once. Without ``redis_url`` (embedded mode) only the store.
 
-    Raises ``StoreUnavailableError`` when Redis or the database cannot be reached.
+    Redis is read before the database, so the sequence check knows what may still be in
+    flight (``gap_settle``: see ``DEFAULT_GAP_SETTLE``). Raises ``StoreUnavailableError``
+    when Redis or the database cannot be reached.
     """
     status = PipelineStatus(
         checked_at=datetime.now(UTC), database_url=redact_url(database_url),
@@ -276,18 +325,64 @@ async def gather_status(
     )
     if redis_url:
         await gather_redis(status, redis_url, heartbeat_ttl=heartbeat_ttl, max_lag=max_lag)
-    await gather_database(status, database_url, schema=schema)
+    await gather_database(status, database_url, schema=schema, gap_settle=gap_settle)
+    _summarize_loss(status)
     return status
 
 
-def _age(seconds: float | None) -> str:
-    if seconds is None:
-        return "-"
-    if seconds < 120:
-        return f"{seconds:.1f} s"
-    if seconds < 7200:
-        return f"{seconds / 60:.1f} min"
-    return f"{seconds / 3600:.1f} h"
+# --- rendering ---------------------------------------------------------------------------------
+
+
+def _or_dash(value: Any) -> str:
+    return "-" if value is None else str(value)
+
+
+def _redis_lines(status: PipelineStatus) -> list[str]:
+    server = ""
+    if status.redis_run_id and status.redis_uptime_seconds is not None:
+        server = (f"  (run_id {status.redis_run_id[:12]}, "
+                  f"up {format_age(float(status.redis_uptime_seconds))})")
+    lines = [
+        f"redis:            {status.redis_url}{server}",
+        f"stream:           {status.stream}  length {status.stream_length}, "
+        f"entries added {_or_dash(status.entries_added)}",
+        f"group:            {status.group}  "
+        + ("missing" if not status.group_exists else
+           f"undelivered {status.undelivered}, pending {status.pending}, "
+           f"entries read {_or_dash(status.entries_read)}"),
+        f"oldest waiting:   {format_age(status.oldest_waiting_seconds)}",
+        f"dead letters:     {status.dead_letters}  ({status.dead_stream})",
+        f"workers:          {status.live_workers} live of {len(status.workers)} seen",
+    ]
+    for w in status.workers:
+        recreated = w.counters.get("group_recreated")
+        lines.append(f"  {w.consumer:<32} {'live ' if w.live else 'STALE'} host {w.host} "
+                     f"pid {w.pid} beat {format_age(w.age_seconds)} ago"
+                     + (f", recreated the group {recreated}x"
+                        if isinstance(recreated, int) and recreated else ""))
+    for c in status.consumers:
+        lines.append(
+            f"  consumer {c.name:<23} pending {c.pending:<8} idle {format_age(c.idle_seconds)}")
+    return lines
+
+
+def _loss_line(status: PipelineStatus) -> str:
+    if status.lost_in_transit is None:
+        return "lost in transit:  -"
+    if not status.lost_in_transit:
+        return "lost in transit:  none found"
+    source = ("sequence gaps in recent rows" if status.lost_in_transit_unit == "records"
+              else "removed from the stream unread")
+    return f"lost in transit:  {status.lost_in_transit} {status.lost_in_transit_unit} ({source})"
+
+
+def _sequence_line(status: PipelineStatus) -> str:
+    gaps = status.recent_sequence
+    if gaps is None:
+        return "sequence check:   -"
+    return (f"sequence check:   {gaps.rows} rows in {_window_text(gaps)}, "
+            f"{plural(gaps.producers, 'producer', 'producers')} compared, "
+            f"{gaps.missing} missing")
 
 
 def render_status(status: PipelineStatus) -> str:
@@ -295,32 +390,19 @@ def render_status(status: PipelineStatus) -> str:
     lines = [f"pipeline: {'HEALTHY' if status.healthy else 'UNHEALTHY'}  "
              f"(checked {status.checked_at.isoformat(timespec='seconds')})"]
     if status.redis_url:
-        lines += [
-            f"redis:            {status.redis_url}",
-            f"stream:           {status.stream}  length {status.stream_length}",
-            f"group:            {status.group}  "
-            + ("missing" if not status.group_exists else
-               f"undelivered {status.undelivered}, pending {status.pending}"),
-            f"oldest waiting:   {_age(status.oldest_waiting_seconds)}",
-            f"dead letters:     {status.dead_letters}  ({status.dead_stream})",
-            f"workers:          {status.live_workers} live of {len(status.workers)} seen",
-        ]
-        for w in status.workers:
-            lines.append(f"  {w.consumer:<32} {'live ' if w.live else 'STALE'} host {w.host} "
-                         f"pid {w.pid} beat {_age(w.age_seconds)} ago")
-        for c in status.consumers:
-            lines.append(
-                f"  consumer {c.name:<23} pending {c.pending:<8} idle {_age(c.idle_seconds)}")
+        lines += _redis_lines(status)
     else:
         lines.append("redis:            not configured (embedded mode: handler writes directly)")
     newest = "none"
     if status.newest_activity is not None:
         newest = (f"{status.newest_activity.isoformat(timespec='seconds')} "
-                  f"({_age(status.newest_activity_age_seconds)} ago)")
+                  f"({format_age(status.newest_activity_age_seconds)} ago)")
     lines += [
         f"database:         {status.database_url}",
         f"newest activity:  {newest}",
         f"rows last 24 h:   {status.rows_last_24h}",
+        _sequence_line(status),
+        _loss_line(status),
     ]
     lines += [f"PROBLEM: {p}" for p in status.problems]
     lines += [f"warning: {w}" for w in status.warnings]
@@ -328,10 +410,15 @@ def render_status(status: PipelineStatus) -> str:
 
 
 __all__ = [
+    "DEFAULT_GAP_SETTLE",
     "DEFAULT_MAX_LAG",
+    "GAP_MAX_ROWS",
+    "GAP_WINDOW",
     "ConsumerInfo",
     "PipelineStatus",
+    "SequenceGaps",
     "WorkerInfo",
     "gather_status",
+    "recent_sequence_gaps",
     "render_status",
 ]

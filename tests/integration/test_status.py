@@ -6,6 +6,9 @@ import asyncio
 import json
 import logging
 import time
+import uuid
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import orjson
@@ -14,9 +17,10 @@ import redis
 
 from activity_logging.cli import main
 from activity_logging.config import DEFAULT_HEARTBEAT_TTL, dead_stream_for, heartbeat_key
+from activity_logging.db import create_async_engine_for
 from activity_logging.record import WireEncoder, queued_from_record
-from activity_logging.status import gather_status
-from tests.integration.test_crud_support import seed
+from activity_logging.status import gather_status, recent_sequence_gaps, render_status
+from tests.integration.test_crud_support import make_rows, seed
 from tests.servers import private_redis
 
 pytestmark = pytest.mark.integration
@@ -28,9 +32,11 @@ def _client(url: str) -> redis.Redis:
     return redis.Redis.from_url(url)
 
 
-def _beat(client: redis.Redis, stream: str, consumer: str, *, age: float = 0.0) -> None:
+def _beat(client: redis.Redis, stream: str, consumer: str, *, age: float = 0.0,
+          started: float | None = None, **counters: int) -> None:
     payload = {"consumer": consumer, "host": "h1", "pid": 4242, "ts": time.time() - age,
-               "counters": {"stored": 7}}
+               "started": time.time() if started is None else started,
+               "counters": {"stored": 7, **counters}}
     client.set(heartbeat_key(stream, consumer), orjson.dumps(payload),
                ex=int(DEFAULT_HEARTBEAT_TTL) + 60)
 
@@ -171,3 +177,187 @@ async def test_redis_without_aof_is_a_warning_not_a_failure(
     assert status.healthy, status.problems
     assert any("AOF" in w for w in status.warnings)
     assert any("allkeys-lru" in w for w in status.warnings)
+
+
+# --- loss in transit, from the stream --------------------------------------------------------
+
+
+def _read(client: redis.Redis, stream: str, consumer: str, count: int) -> list[bytes]:
+    """Deliver up to ``count`` new entries to ``consumer``; their ids."""
+    got: Any = client.xreadgroup(GROUP, consumer, {stream: ">"}, count=count)
+    return [entry_id for entry_id, _ in got[0][1]] if got else []
+
+
+def _store(client: redis.Redis, stream: str, ids: list[bytes]) -> None:
+    """What the worker does once entries are stored: XACK and XDEL them."""
+    client.xack(stream, GROUP, *ids)
+    client.xdel(stream, *ids)
+
+
+def _consume(client: redis.Redis, stream: str, consumer: str, count: int) -> None:
+    _store(client, stream, _read(client, stream, consumer, count))
+
+
+@pytest.mark.anyio
+async def test_entries_trimmed_before_the_group_read_them_are_lost_in_transit(
+    redis_url: str, redis_stream: str, pg_url: str, pg_schema: str,
+) -> None:
+    await seed(pg_url, [], schema=pg_schema)
+    client = _client(redis_url)
+    client.xgroup_create(redis_stream, GROUP, id="0", mkstream=True)
+    for fields in _entries(5, 3):
+        client.xadd(redis_stream, fields)  # type: ignore[arg-type]
+    _consume(client, redis_stream, "c1", 2)
+    assert client.xtrim(redis_stream, maxlen=0, approximate=False) == 3
+    _beat(client, redis_stream, "c1")
+    client.close()
+
+    status = await gather_status(pg_url, redis_url, schema=pg_schema, stream=redis_stream)
+    assert status.stream_entries_lost == 3
+    assert (status.lost_in_transit, status.lost_in_transit_unit) == (3, "entries")
+    assert len(status.problems) == 1, status.problems
+    assert status.problems[0].startswith("the stream lost 3 entries before consumer group")
+    assert (status.entries_added, status.entries_read, status.lag) == (5, 2, 3)
+
+
+@pytest.mark.anyio
+async def test_xdel_of_entries_nobody_read_is_unhealthy(
+    redis_url: str, redis_stream: str, pg_url: str, pg_schema: str,
+) -> None:
+    await seed(pg_url, [], schema=pg_schema)
+    client = _client(redis_url)
+    client.xgroup_create(redis_stream, GROUP, id="0", mkstream=True)
+    ids = [client.xadd(redis_stream, fields) for fields in _entries(5, 1)]  # type: ignore[arg-type]
+    _consume(client, redis_stream, "c1", 1)
+    client.xdel(redis_stream, ids[3])
+    _beat(client, redis_stream, "c1")
+    client.close()
+
+    status = await gather_status(pg_url, redis_url, schema=pg_schema, stream=redis_stream)
+    assert status.lag is None  # Redis cannot count past a deletion ahead of the group
+    assert len(status.problems) == 1, status.problems
+    assert "deleted from" in status.problems[0] and "before consumer group" in status.problems[0]
+
+
+@pytest.mark.anyio
+async def test_two_workers_deleting_what_they_stored_out_of_order_is_no_loss(
+    redis_url: str, redis_stream: str, pg_url: str, pg_schema: str,
+) -> None:
+    await seed(pg_url, [], schema=pg_schema)
+    client = _client(redis_url)
+    client.xgroup_create(redis_stream, GROUP, id="0", mkstream=True)
+    for fields in _entries(10, 1):
+        client.xadd(redis_stream, fields)  # type: ignore[arg-type]
+    first = _read(client, redis_stream, "c1", 3)
+    _consume(client, redis_stream, "c2", 3)  # c2 stores and deletes before c1 does
+    _beat(client, redis_stream, "c1")
+    status = await gather_status(pg_url, redis_url, schema=pg_schema, stream=redis_stream)
+    assert status.healthy, status.problems
+    assert status.lag is None and status.undelivered == 4 and status.pending == 3
+
+    _store(client, redis_stream, first)
+    _consume(client, redis_stream, "c1", 10)
+    client.close()
+    status = await gather_status(pg_url, redis_url, schema=pg_schema, stream=redis_stream)
+    assert status.healthy, status.problems
+    assert (status.stream_entries_lost, status.lost_in_transit) == (0, 0)
+    assert (status.stream_length, status.lag, status.entries_read) == (0, 0, 10)
+
+
+@pytest.mark.anyio
+async def test_a_worker_that_recreated_its_group_is_reported(
+    redis_url: str, redis_stream: str, pg_url: str, pg_schema: str,
+) -> None:
+    await seed(pg_url, [], schema=pg_schema)
+    client = _client(redis_url)
+    client.xgroup_create(redis_stream, GROUP, id="0", mkstream=True)
+    _beat(client, redis_stream, "w1", group_recreated=2)
+    client.close()
+    status = await gather_status(pg_url, redis_url, schema=pg_schema, stream=redis_stream)
+    assert status.group_recreated == 2
+    assert any("worker w1 recreated consumer group" in w and "lost the stream" in w
+               for w in status.warnings), status.warnings
+
+
+@pytest.mark.anyio
+async def test_redis_restarted_under_a_live_worker_without_aof_is_reported(
+    pg_url: str, pg_schema: str
+) -> None:
+    await seed(pg_url, [], schema=pg_schema)
+    with private_redis(appendonly=False) as server:
+        client = _client(server.url)
+        client.xgroup_create("activity_log_stream", GROUP, id="0", mkstream=True)
+        _beat(client, "activity_log_stream", "w1", started=time.time() - 3600)
+        client.close()
+        status = await gather_status(pg_url, server.url, schema=pg_schema)
+    assert status.redis_run_id and status.redis_uptime_seconds is not None
+    assert status.healthy, status.problems
+    assert any(w.startswith("Redis restarted") and "after worker w1 started" in w
+               for w in status.warnings), status.warnings
+
+
+# --- loss in transit, from the stored sequence numbers ---------------------------------------
+
+MINUTE = timedelta(minutes=1)
+
+
+def _gap_rows(now: datetime) -> list[dict[str, Any]]:
+    """Five producers around the one-hour window; 4 records lost inside what it can vouch for."""
+    rows = make_rows(27, start=now - 40 * MINUTE, step=MINUTE, producer_id="lossy",
+                     skip_seqs=(10, 11, 20))
+    dup = make_rows(5, start=now - 30 * MINUTE, step=MINUTE, producer_id="dup", skip_seqs=(4,))
+    rows += [*dup, {**dup[2], "id": uuid.uuid4()}]  # seq 3 twice does not hide seq 4
+    # seq 9 was created a moment ago: 6..8 may still be on their way, not lost
+    rows += make_rows(5, start=now - 20 * MINUTE, step=MINUTE, producer_id="inflight")
+    rows += make_rows(1, start=now - timedelta(seconds=1), producer_id="inflight", first_seq=9)
+    # seq 3 was created just before the window, 1 and 2 just inside it: not a gap
+    second = timedelta(seconds=1)
+    rows += make_rows(2, start=now - 3580 * second, step=second, producer_id="edge")
+    rows += make_rows(1, start=now - 3630 * second, producer_id="edge", first_seq=3)
+    rows += make_rows(3, start=now - 30 * MINUTE, step=MINUTE, producer_id="edge", first_seq=4)
+    # older than the window: verify's business
+    rows += make_rows(5, start=now - 3 * 60 * MINUTE, step=MINUTE, producer_id="old",
+                      skip_seqs=(2,))
+    return rows
+
+
+@pytest.fixture(params=["postgresql", "sqlite"])
+def store(request: pytest.FixtureRequest, tmp_path: Path) -> tuple[str, str | None]:
+    """(database url, schema) of an empty store: the shared PostgreSQL or an embedded SQLite."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'activity.db'}", None
+    return request.getfixturevalue("pg_url"), request.getfixturevalue("pg_schema")
+
+
+@pytest.mark.anyio
+async def test_sequence_gaps_in_the_last_hour_are_records_lost_in_transit(
+    store: tuple[str, str | None],
+) -> None:
+    url, schema = store
+    await seed(url, _gap_rows(datetime.now(UTC)), schema=schema)
+    status = await gather_status(url, schema=schema)
+    assert status.recent_sequence is not None
+    assert (status.recent_sequence.missing, status.recent_sequence.gap_producers,
+            status.recent_sequence.producers, status.recent_sequence.capped) == (4, 2, 4, False)
+    assert status.problems == [
+        "4 records missing in transit from 2 producers in the last hour: "
+        "run `activity-logging verify`"]
+    assert (status.lost_in_transit, status.lost_in_transit_unit) == (4, "records")
+    assert "lost in transit:  4 records" in render_status(status)
+
+
+@pytest.mark.anyio
+async def test_sequence_check_reads_at_most_the_newest_rows(pg_url: str, pg_schema: str) -> None:
+    now = datetime.now(UTC)
+    await seed(pg_url, make_rows(30, start=now - 40 * MINUTE, step=MINUTE, producer_id="p",
+                                 skip_seqs=(3,)), schema=pg_schema)
+    engine = create_async_engine_for(pg_url, schema=pg_schema)
+    try:
+        async with engine.connect() as conn:
+            newest = await recent_sequence_gaps(conn, now=now, settled_before=now, max_rows=12)
+            everything = await recent_sequence_gaps(conn, now=now, settled_before=now)
+    finally:
+        await engine.dispose()
+    assert (newest.rows, newest.capped, newest.missing) == (12, True, 0)
+    assert newest.window_seconds < everything.window_seconds == 3600
+    assert (everything.rows, everything.capped, everything.missing) == (30, False, 1)
