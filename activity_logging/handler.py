@@ -28,7 +28,7 @@ from typing import Any, Final
 from . import config
 from ._internal import is_refused_logger, reporter
 from .context import current_context
-from .exceptions import ConfigurationError
+from .exceptions import ConfigurationError, EntryFormatError
 from .record import (
     DEFAULT_REDACT_KEYS,
     MAX_MESSAGE_CHARS,
@@ -42,7 +42,7 @@ from .record import (
     snapshot_extras,
 )
 from .sinks import Entry, Sink, make_sink
-from .spool import Spool
+from .spool import ReplayResult, Spool, SpoolReplayError
 
 _STANDARD_COUNT: Final = len(vars(logging.LogRecord("n", logging.INFO, "p", 1, "m", None, None)))
 _RECORD_OVERHEAD: Final = 200  # bytes a queued record costs beyond its message and extra (estimate)
@@ -52,7 +52,7 @@ _REFUSED_CACHE_LIMIT: Final = 10_000
 _COUNTERS: Final = (
     "enqueued", "sent", "batches_sent", "dropped_queue_full", "dropped_closed", "dropped_emit_error",
     "refused", "listener_errors", "send_failures", "send_timeouts", "reconnects",
-    "spooled", "spool_replayed", "spool_adopted", "spool_write_failures",
+    "spooled", "spool_replayed", "spool_adopted", "spool_adopted_damaged", "spool_write_failures",
     "dropped_spool_full", "dropped_unencodable", "lost", "lost_spool_damaged", "unconfirmed",
     "truncated_at_call", "redacted_at_call",
 )
@@ -533,6 +533,10 @@ class ActivityHandler(logging.handlers.QueueHandler):
         for i, (entry, n) in enumerate(entries):
             try:
                 ok = self._spool.append(entry)
+            except EntryFormatError as exc:  # a frame it can never take (a huge header)
+                reporter.report("spool", "an entry cannot be spooled and was dropped", exc)
+                self._account(n, "dropped_unencodable")
+                continue
             except Exception as exc:  # e.g. disk full: the spool rolled the file back
                 self._counts["spool_write_failures"] += 1
                 reporter.report("spool", "could not write to the spool; holding the records", exc)
@@ -546,6 +550,11 @@ class ActivityHandler(logging.handlers.QueueHandler):
         assert self._spool is not None
         try:
             result = self._spool.replay(self._sink.send)
+        except SpoolReplayError as exc:  # what was finished before it stopped still counts
+            self._count_replay(exc.result)
+            self._counts["send_failures"] += 1
+            self._mark_down("spool replay failed", exc.__cause__ or exc)
+            return
         except Exception as exc:
             self._counts["send_failures"] += 1
             self._mark_down("spool replay failed", exc)
@@ -553,14 +562,14 @@ class ActivityHandler(logging.handlers.QueueHandler):
         self._count_replay(result)
         self._mark_up()
 
-    def _count_replay(self, result: Any) -> None:
+    def _count_replay(self, result: ReplayResult) -> None:
         """Own records replayed become ``sent``; adopted ones are another producer's."""
         counts = self._counts
-        own = result if isinstance(result, int) else int(getattr(result, "own_records", 0))
-        counts["sent"] += own
-        counts["spool_replayed"] += own
-        counts["spool_adopted"] += int(getattr(result, "adopted_records", 0))
-        counts["lost_spool_damaged"] += int(getattr(result, "own_damaged_records", 0))
+        counts["sent"] += result.own_records
+        counts["spool_replayed"] += result.own_records
+        counts["spool_adopted"] += result.adopted_records
+        counts["lost_spool_damaged"] += result.own_damaged_records
+        counts["spool_adopted_damaged"] += result.adopted_damaged_records
 
     def _give_up_now(self, now: float) -> bool:
         return self._give_up_at is not None and now >= self._give_up_at
@@ -780,9 +789,9 @@ class ActivityHandler(logging.handlers.QueueHandler):
         snapshot["sanitized"] = self._encoder.sanitized
         spool = self._spool
         snapshot["spool_bytes"] = spool.size_bytes if spool is not None else 0
-        snapshot["spool_pending"] = max(
-            0, snapshot["spooled"] - snapshot["spool_replayed"] - snapshot["lost_spool_damaged"])
-        snapshot["spool_damaged_bytes"] = int(getattr(spool, "damaged_bytes", 0))
+        snapshot["spool_pending"] = spool.pending_records if spool is not None else 0
+        snapshot["spool_damaged_bytes"] = spool.damaged_bytes if spool is not None else 0
+        snapshot["spool_damaged_regions"] = spool.damaged_regions if spool is not None else 0
         snapshot["connected"] = int(self._down_until == 0.0)
         snapshot["unaccounted"] = snapshot["enqueued"] - (
             snapshot["sent"] + snapshot["spool_pending"] + snapshot["queue_depth"]
@@ -792,9 +801,9 @@ class ActivityHandler(logging.handlers.QueueHandler):
     def _after_fork_in_child(self) -> None:
         """The child inherits the parent's queue but not its thread: start over, empty."""
         old_spool = self._spool
-        if old_spool is not None and old_spool._file is not None:
+        if old_spool is not None:
             try:
-                old_spool._file.close()  # the parent keeps its own descriptor and lock
+                old_spool.release_after_fork()  # the parent keeps its own descriptor and lock
             except Exception as exc:
                 reporter.report("fork", "could not release the parent's spool in the child", exc)
         self._init_runtime()

@@ -229,3 +229,48 @@ def test_sends_lost_in_a_network_blackhole_are_unconfirmed_then_stored_once_heal
         log.removeHandler(handler)
         handler.close()
         proxy.close()
+
+
+def test_a_spool_write_that_fails_part_way_loses_nothing(
+    tmp_path: Path, redis_url: str, redis_stream: str
+) -> None:
+    """Disk full while Redis is down (a real EFBIG from RLIMIT_FSIZE, part of a frame really
+    written): the spool rolls back, the handler holds the records and spools them once there
+    is room; a later process replays every one (it lost 5,000 before)."""
+    proc = run_script(tmp_path, "diskfull", """
+        import resource, signal, time
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit fails with EFBIG
+        resource.setrlimit(resource.RLIMIT_FSIZE, (150_000, resource.RLIM_INFINITY))
+        h = handler()
+        for i in range(2000):
+            log.info("disk_full", extra={"target_id": f"w-{i}", "pad": "x" * 100})
+        deadline = time.monotonic() + 20
+        while h.stats()["spool_write_failures"] == 0 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert h.stats()["spool_write_failures"] > 0, h.stats()
+        resource.setrlimit(resource.RLIMIT_FSIZE, (resource.RLIM_INFINITY, resource.RLIM_INFINITY))
+        for i in range(2000, 5000):
+            log.info("disk_full", extra={"target_id": f"w-{i}", "pad": "x" * 100})
+        logging.shutdown()
+        report(sys.argv[1])
+    """, "redis://127.0.0.1:1/0", redis_stream, str(tmp_path / "stats.json"))
+    assert proc.returncode == 0, proc.stderr
+    import json
+
+    stats = json.loads((tmp_path / "stats.json").read_text())
+    assert stats["spool_write_failures"] > 0 and stats["unaccounted"] == 0, stats
+    assert stats["spooled"] == 5000 and stats["lost"] == 0, stats
+    env_spool = Path(os.environ["ACTIVITY_LOG_SPOOL_PATH"])
+    assert list(env_spool.glob("*.spool")), "the spool file stays for the next process"
+    replay = run_script(tmp_path, "replay", """
+        import time
+        h = handler()
+        deadline = time.monotonic() + 30
+        while h.stats()["spool_adopted"] < 5000 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        report(sys.argv[1])
+    """, redis_url, redis_stream, str(tmp_path / "replay.json"))
+    assert replay.returncode == 0, replay.stderr
+    replayed = json.loads((tmp_path / "replay.json").read_text())
+    assert replayed["spool_adopted"] == 5000 and replayed["spool_adopted_damaged"] == 0, replayed
+    ledger_of(5000, keys_from_stream(redis_url, redis_stream, "w")).assert_balanced()
