@@ -273,6 +273,7 @@ def _judge_redis(status: PipelineStatus, *, heartbeat_ttl: float, max_lag: float
     _settings_warnings(status)
     _restart_warnings(status)
     _stream_loss(status)
+    _vanished_problem(status)
     if status.dead_letters:
         status.problems.append(
             f"{status.dead_letters} dead letter(s) in {status.dead_stream!r}: "
@@ -300,6 +301,19 @@ def _settings_warnings(status: PipelineStatus) -> None:
         status.warnings.append(
             f"Redis maxmemory-policy is {policy!r}, not 'noeviction': the stream can be evicted"
         )
+
+
+def _vanished_problem(status: PipelineStatus) -> None:
+    """Entries a live worker found deleted while they were pending: records lost in transit."""
+    vanished = [(w.consumer, _int(w.counters.get("entries_vanished")) or 0)
+                for w in status.workers if w.live]
+    total = sum(n for _, n in vanished)
+    if total:
+        names = ", ".join(name for name, n in vanished if n)
+        status.problems.append(
+            f"worker {names} found {plural(total, 'entry', 'entries')} deleted from the stream "
+            "while pending (trimmed before they were stored): their records are lost in "
+            "transit; run `activity-logging verify`")
 
 
 def _restart_warnings(status: PipelineStatus) -> None:

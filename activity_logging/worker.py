@@ -90,8 +90,9 @@ class WorkerCounters:
     ``duplicates_skipped`` rows already present (same id); ``retried`` transient failures
     retried; ``dead_lettered`` records sent to the dead-letter stream; ``claimed`` entries
     taken over from idle consumers; ``acked`` entries acknowledged and deleted;
-    ``group_recreated`` times the consumer group had vanished; ``lag``/``pending`` from
-    ``XINFO GROUPS`` at the last heartbeat.
+    ``group_recreated`` times the consumer group had vanished; ``entries_vanished`` entries
+    delivered but gone when read (trimmed or deleted while pending: their records never
+    reached the worker); ``lag``/``pending`` from ``XINFO GROUPS`` at the last heartbeat.
     """
 
     entries_read: int = 0
@@ -104,6 +105,7 @@ class WorkerCounters:
     acked: int = 0
     batches: int = 0
     group_recreated: int = 0
+    entries_vanished: int = 0
     partitions_created: int = 0
     lag: int | None = None
     pending: int | None = None
@@ -599,6 +601,10 @@ class ActivityWorker:
             start_id=self._claim_cursor, count=self.read_count,
         )
         self._claim_cursor = result[0] if isinstance(result[0], bytes) else str(result[0]).encode()
+        if len(result) > 2 and result[2]:  # Redis 7: pending ids whose entries no longer exist
+            self.counters.entries_vanished += len(result[2])
+            logger.warning("%d pending entries had been deleted from the stream: their records "
+                           "are lost in transit", len(result[2]))
         entries = [e for e in result[1] if e[0] not in self._in_flight]
         if not entries:
             return None
@@ -618,6 +624,9 @@ class ActivityWorker:
             counters.entries_read += 1
             if not fields:  # deleted while pending: nothing to store, just acknowledge
                 batch.fields.append({})
+                counters.entries_vanished += 1
+                logger.warning("entry %s was deleted from the stream while pending: its records "
+                               "are lost in transit", _text(entry_id))
                 continue
             batch.fields.append(fields)
             try:

@@ -179,6 +179,20 @@ async def test_redis_without_aof_is_a_warning_not_a_failure(
     assert any("allkeys-lru" in w for w in status.warnings)
 
 
+@pytest.mark.anyio
+async def test_entries_a_worker_found_trimmed_while_pending_are_a_problem(
+    redis_url: str, redis_stream: str, pg_url: str, pg_schema: str
+) -> None:
+    await seed(pg_url, [], schema=pg_schema)
+    client = _client(redis_url)
+    client.xgroup_create(redis_stream, GROUP, id="0", mkstream=True)
+    _beat(client, redis_stream, "w1", entries_vanished=4)
+    client.close()
+    status = await gather_status(pg_url, redis_url, schema=pg_schema, stream=redis_stream)
+    assert not status.healthy
+    assert any("4 entries deleted from the stream while pending" in p for p in status.problems)
+
+
 # --- loss in transit, from the stream --------------------------------------------------------
 
 

@@ -213,6 +213,24 @@ async def test_entries_left_by_a_dead_consumer_are_claimed(
     assert client.xpending(redis_stream, "activity_log_workers")["pending"] == 0
 
 
+async def test_pending_entries_trimmed_before_they_were_stored_are_counted_as_vanished(
+    redis_url: str, redis_stream: str, pg_url: str, pg_schema: str
+) -> None:
+    await db.init_db(pg_url, schema=pg_schema)
+    xadd_all(redis_url, redis_stream, entries(10, 20))
+    client = redis.Redis.from_url(redis_url)
+    client.xgroup_create(redis_stream, "activity_log_workers", id="0", mkstream=True)
+    client.xreadgroup("activity_log_workers", "dead-one", {redis_stream: ">"}, count=4)
+    client.xtrim(redis_stream, maxlen=6, approximate=False)  # an operator trims the pending four
+    await asyncio.sleep(0.3)
+    worker = worker_for(redis_url, pg_url, redis_stream, pg_schema, claim_idle=0.2)
+    await worker.run(stop_when_idle=True)
+    assert await counts(pg_url, pg_schema) == (120, 120)  # the six entries left in the stream
+    assert worker.stats()["entries_vanished"] == 4  # not silent: status reports it
+    assert client.xpending(redis_stream, "activity_log_workers")["pending"] == 0
+    client.close()
+
+
 async def test_vanished_group_is_recreated(
     redis_url: str, redis_stream: str, pg_url: str, pg_schema: str
 ) -> None:
