@@ -2,6 +2,10 @@
 
 Public names are imported lazily on first use (``from activity_logging import X`` works as
 usual), so configuring a handler does not import Starlette, SQLAlchemy or asyncpg.
+
+The names of the design this library implements are aliases of the same objects, not
+copies: ``AsyncActivityLogger`` is ``helpers.ActivityLogger``, ``ActivityLogWorker`` is
+``ActivityWorker`` and ``CleanupTasks`` is ``scheduler.MaintenanceScheduler``.
 """
 
 from __future__ import annotations
@@ -16,9 +20,13 @@ _EXPORTS: dict[str, str] = {
     "ActivityHandler": "handler",
     "ActivityJsonFormatter": "formatter",
     "ActivityLogCRUD": "crud",
+    "ActivityLogWorker": "worker",
     "ActivityLoggingError": "exceptions",
     "ActivityType": "constants",
+    "ActivityWSGIMiddleware": "wsgi",
     "ActivityWorker": "worker",
+    "AsyncActivityLogger": "helpers",
+    "CleanupTasks": "scheduler",
     "ConfigurationError": "exceptions",
     "ContextFilter": "context",
     "Severity": "constants",
@@ -39,14 +47,25 @@ _EXPORTS: dict[str, str] = {
     "severity_to_level": "record",
 }
 
+#: Exported names bound to an object of another name in their module (the design's names).
+_ALIASES: dict[str, str] = {
+    "ActivityLogWorker": "ActivityWorker",
+    "AsyncActivityLogger": "ActivityLogger",
+    "CleanupTasks": "MaintenanceScheduler",
+}
+
 __all__ = [
     "ActivityContextMiddleware",
     "ActivityHandler",
     "ActivityJsonFormatter",
     "ActivityLogCRUD",
+    "ActivityLogWorker",
     "ActivityLoggingError",
     "ActivityType",
+    "ActivityWSGIMiddleware",
     "ActivityWorker",
+    "AsyncActivityLogger",
+    "CleanupTasks",
     "ConfigurationError",
     "ContextFilter",
     "Severity",
@@ -78,6 +97,7 @@ if TYPE_CHECKING:
     from .exceptions import ActivityLoggingError, ConfigurationError
     from .formatter import ActivityJsonFormatter
     from .handler import ActivityHandler, flush_handlers
+    from .helpers import ActivityLogger as AsyncActivityLogger
     from .helpers import (
         activity_logger,
         log_agent_activity,
@@ -88,14 +108,17 @@ if TYPE_CHECKING:
     )
     from .middleware import ActivityContextMiddleware
     from .record import level_to_severity, severity_to_level
+    from .scheduler import MaintenanceScheduler as CleanupTasks
     from .worker import ActivityWorker
+    from .worker import ActivityWorker as ActivityLogWorker
+    from .wsgi import ActivityWSGIMiddleware
 
 
 def __getattr__(name: str) -> Any:
     module = _EXPORTS.get(name)
     if module is None:
         raise AttributeError(f"module 'activity_logging' has no attribute {name!r}")
-    value = getattr(importlib.import_module(f".{module}", __name__), name)
+    value = getattr(importlib.import_module(f".{module}", __name__), _ALIASES.get(name, name))
     globals()[name] = value
     return value
 

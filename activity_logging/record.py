@@ -159,12 +159,17 @@ def snapshot_extras(attrs: dict[str, Any], context: Mapping[str, Any] | None = N
     Runs in the caller's thread, so later mutation of a passed dict cannot change the audit
     record, at the cost of one orjson call. ``LogRecord.__init__`` sets the standard
     attributes first and ``makeRecord`` adds ``extra`` after them, so only the tail of
-    ``__dict__`` is taken. ``context`` (the request context) fills keys ``extra`` did not set.
+    ``__dict__`` is taken. An attribute named ``extra`` holding a dict is unpacked into the
+    snapshot (``unpack_nested_extra``): that is how loguru's standard sink passes the fields of
+    ``logger.bind(...)``. ``context`` (the request context) fills keys ``extra`` did not set.
     Returns ``None`` when there is nothing to store. Never raises.
     """
     snap = dict(islice(attrs.items(), _STANDARD_COUNT, None))
     if snap and not snap.keys().isdisjoint(STANDARD_RECORD_ATTRS):  # e.g. "message" from a formatter
         snap = {k: v for k, v in snap.items() if k not in STANDARD_RECORD_ATTRS}
+    nested = snap.get("extra")
+    if type(nested) is dict:
+        snap = unpack_nested_extra(snap, nested)
     if context:
         for key, value in context.items():
             if key not in snap:
@@ -175,6 +180,21 @@ def snapshot_extras(attrs: dict[str, Any], context: Mapping[str, Any] | None = N
         return orjson.dumps(snap, default=_default)
     except Exception:
         return orjson.dumps(sanitize(snap), default=_default, option=_OPTS)
+
+
+def unpack_nested_extra(snap: Mapping[str, Any], nested: Mapping[str, Any]) -> dict[str, Any]:
+    """``snap`` without its ``extra`` key, with the keys of ``nested`` (that key's dict) added.
+
+    loguru's standard sink (``logger.add(handler)``) makes one ``LogRecord`` per message with
+    ``extra={"extra": <the bound fields>}``, so ``logger.bind(actor_id=...)`` arrives as a
+    single ``extra`` attribute. Unpacked, its keys map onto the columns and ``metadata``
+    exactly like stdlib ``extra=`` keys. They win over the record's other attributes: on a
+    loguru record those can only come from filters (such as ``ContextFilter``), which never
+    overwrite what the caller passed. One level only; a new dict, the inputs are not changed.
+    """
+    merged = {key: value for key, value in snap.items() if key != "extra"}
+    merged.update(nested)
+    return merged
 
 
 def message_of(record: logging.LogRecord) -> str:
