@@ -84,7 +84,7 @@ def _parse_ip(text: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None
     return address
 
 
-def _parse_networks(trusted_proxies: Iterable[str] | str) -> tuple[IpNetwork, ...]:
+def parse_networks(trusted_proxies: Iterable[str] | str) -> tuple[IpNetwork, ...]:
     items = [trusted_proxies] if isinstance(trusted_proxies, str) else list(trusted_proxies)
     networks: list[IpNetwork] = []
     for item in items:
@@ -234,7 +234,7 @@ class ActivityContextMiddleware:
         self.request_id_header = request_id_header.strip()
         self._rid_key = self.request_id_header.lower().encode("latin-1")
         self._xff_key = forwarded_for_header.strip().lower().encode("latin-1")
-        self.trusted_proxies = _parse_networks(trusted_proxies)
+        self.trusted_proxies = parse_networks(trusted_proxies)
         self.actor_getter = actor_getter
         self.log_requests = log_requests
         self.slow_request_threshold = slow_request_threshold

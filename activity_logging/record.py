@@ -218,12 +218,13 @@ def _safe_repr(obj: Any) -> str:
 
 def exception_text(record: logging.LogRecord) -> str | None:
     """The formatted exception of a record, if it has one; never raises."""
-    if not record.exc_info and not record.exc_text:
-        return None
     try:
-        if record.exc_text:
+        # loguru sets exc_text to "\n" beside exc_info: a blank text is no text
+        if record.exc_text and not record.exc_text.isspace():
             return record.exc_text[:MAX_VALUE_CHARS]
-        return logging.Formatter().formatException(record.exc_info)[:MAX_VALUE_CHARS]  # type: ignore[arg-type]
+        if not record.exc_info:
+            return None
+        return logging.Formatter().formatException(record.exc_info)[:MAX_VALUE_CHARS]
     except Exception:
         return "<unformattable exception>"
 
@@ -692,6 +693,8 @@ def build_activity(wire: Mapping[str, Any], meta: Mapping[str, Any]) -> dict[str
         if ip is None:
             extras["invalid_ip_address"] = str(ip_raw)[:255]
         row["ip_address"] = ip
+    if changes == {} or changes == [] or changes == "":  # nothing changed: no value, on every store
+        changes = None
     if changes is not None and type(changes) is not dict and type(changes) is not list:
         changes = {"value": changes}
     if type(explicit_meta) is dict:

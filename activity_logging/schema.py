@@ -55,7 +55,8 @@ class UTCDateTime(TypeDecorator[datetime]):
         return value.astimezone(UTC)
 
 
-JSONType: Final = JSON().with_variant(JSONB(), "postgresql")
+# none_as_null: a missing value is SQL NULL on both stores (SQLite wrote the JSON text 'null')
+JSONType: Final = JSON(none_as_null=True).with_variant(JSONB(none_as_null=True), "postgresql")
 InetType: Final = String(45).with_variant(INET(), "postgresql")
 
 metadata_obj: Final = MetaData()

@@ -33,8 +33,8 @@ from .exceptions import ConfigurationError
 from .middleware import (
     MAX_USER_AGENT_CHARS,
     REQUEST_ID_PATTERN,
-    _parse_networks,  # private in middleware for now; shared on purpose, not copied
     parse_forwarded_for,
+    parse_networks,
 )
 
 __all__ = ["ActivityWSGIMiddleware", "WSGIActorGetter", "default_wsgi_actor_getter", "request_activity"]
@@ -180,7 +180,7 @@ class ActivityWSGIMiddleware:
         self._rid_lower = self.request_id_header.lower()
         self._rid_key = _environ_key(self.request_id_header)
         self._xff_key = _environ_key(forwarded_for_header)
-        self.trusted_proxies = _parse_networks(trusted_proxies)
+        self.trusted_proxies = parse_networks(trusted_proxies)
         self.actor_getter = actor_getter
         self.log_requests = log_requests
         self.slow_request_threshold = slow_request_threshold

@@ -51,9 +51,6 @@ def test_loguru_bound_fields_become_postgres_columns(pg_url: str, pg_schema: str
     assert (login["activity_type"], login["no_changes"], login["metadata"]) == ("agent_login", True, "{}")
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "build_activity keeps empty changes {} as '{}' instead of no value (change requested from the "
-    "lead, issue 14)"))
 def test_loguru_empty_changes_is_no_value_in_postgres(pg_url: str, pg_schema: str) -> None:
     (logout,) = through_loguru(pg_url, pg_schema, ({"changes": {}}, "agent_logout"))
     assert logout["no_changes"] is True

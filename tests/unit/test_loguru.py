@@ -131,9 +131,6 @@ def test_loguru_exception_keeps_the_message_as_the_activity_type(store: Store) -
     assert (row["activity_type"], row["severity"], row["target_id"]) == ("call_failed", "error", "c-9")
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "loguru sets exc_text='\\n' beside exc_info; record.exception_text must treat a blank exc_text "
-    "as absent and format exc_info (change requested from the lead, issue 14)"))
 def test_loguru_exception_traceback_is_stored(store: Store) -> None:
     try:
         1 / 0  # noqa: B018 - the exception is the point
@@ -144,9 +141,6 @@ def test_loguru_exception_traceback_is_stored(store: Store) -> None:
 
 
 @pytest.mark.parametrize("changes", ["absent", None, {}], ids=["absent", "none", "empty"])
-@pytest.mark.xfail(strict=True, reason=(
-    "the embedded store writes a JSON null for no changes (schema.JSONType needs none_as_null=True) "
-    "and keeps {} (build_activity must map empty changes to None): changes requested, issue 14"))
 def test_no_changes_is_stored_as_no_value(store: Store, changes: Any) -> None:
     bound = logger if changes == "absent" else logger.bind(changes=changes)
     bound.info("agent_login")
