@@ -5,7 +5,11 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: demo test install install-dev lint typecheck pytest bench clean
+.PHONY: demo test test-versions install install-dev lint typecheck pytest bench clean
+
+# Other interpreters the unit tests run on (`make test-versions`): each one found on PATH, or
+# under pyenv, gets its own virtualenv (.venv-3.12, ...). Missing ones are reported, not fatal.
+OTHER_PYTHONS ?= 3.12 3.13
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -31,8 +35,25 @@ pytest: install-dev
 
 test: lint typecheck pytest
 
+test-versions:
+	@set -e; for v in $(OTHER_PYTHONS); do \
+	    py=""; \
+	    if python$$v -c pass 2>/dev/null; then py=python$$v; fi; \
+	    if [ -z "$$py" ]; then \
+	        for cand in $${PYENV_ROOT:-$$HOME/.pyenv}/versions/$$v.*/bin/python$$v; do \
+	            [ -x "$$cand" ] && py="$$cand"; \
+	        done; \
+	    fi; \
+	    if [ -z "$$py" ]; then echo "python$$v: not installed, skipped"; continue; fi; \
+	    echo "== unit tests on $$($$py --version)"; \
+	    [ -x .venv-$$v/bin/python ] || $$py -m venv .venv-$$v; \
+	    .venv-$$v/bin/python -m pip install --quiet --upgrade pip; \
+	    .venv-$$v/bin/python -m pip install --quiet -e '.[dev]'; \
+	    .venv-$$v/bin/python -m pytest -q -p no:cacheprovider tests/unit; \
+	done
+
 bench: install-dev
 	$(BIN)/python benchmarks/run_all.py
 
 clean:
-	rm -rf $(VENV) build *.egg-info .pytest_cache .mypy_cache .ruff_cache activity_logs.db*
+	rm -rf $(VENV) .venv-3.* build *.egg-info .pytest_cache .mypy_cache .ruff_cache activity_logs.db*

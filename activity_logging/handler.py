@@ -165,6 +165,10 @@ class ActivityHandler(logging.handlers.QueueHandler):
             flush-then-close shares one budget.
         reconnect_delay: First back-off delay after a failed send; doubles up to 30 s.
         direct: Write straight to ``database_url`` even when ``REDIS_URL`` is set.
+        handlers, listener, respect_handler_level: Ignored (``handlers`` must be empty).
+            Accepted because ``dictConfig``'s ``"class"`` form treats every ``QueueHandler``
+            specially: Python 3.12 refuses one without a ``handlers`` key, and 3.11 then
+            passes that key on to the constructor.
 
     ``emit`` never blocks and never raises; ``flush``/``close`` are bounded in time; ``close``
     is idempotent. Thread-safe; survives ``os.fork()`` (the child gets its own listener).
@@ -191,8 +195,20 @@ class ActivityHandler(logging.handlers.QueueHandler):
         reconnect_delay: float = 1.0,
         direct: bool = False,
         level: int | str = logging.NOTSET,
+        handlers: Any = None,
+        listener: Any = None,
+        respect_handler_level: Any = None,
     ) -> None:
+        if queue is not None and sys.version_info[:2] == (3, 12):
+            dropped = _arguments_dropped_by_dictconfig()
+            if dropped:  # built as klass(queue) by a 3.12 dictConfig: build as configured
+                ActivityHandler.__init__(self, **dropped)
+                return
         logging.Handler.__init__(self, level)
+        if handlers:  # Python 3.12's dictConfig demands the key for the "class" form: [] is fine
+            raise ConfigurationError(
+                "ActivityHandler ships records itself: 'handlers' must be empty or absent, "
+                f"got {handlers!r}")
         for name, value, integer in (
             ("queue_size", queue_size, True), ("batch_size", batch_size, True),
             ("queue_max_bytes", queue_max_bytes, True),
@@ -835,6 +851,30 @@ def flush_handlers(timeout: float | None = None) -> bool:
     except Exception as exc:
         reporter.report("flush", "flush_handlers failed", exc)
         return False
+
+
+_DICTCONFIG_QUEUE_KEYS: Final = frozenset({"queue", "listener", "handlers", "respect_handler_level"})
+
+
+def _arguments_dropped_by_dictconfig() -> dict[str, Any] | None:
+    """The arguments a Python 3.12 ``dictConfig`` dropped, if it is the caller.
+
+    Some 3.12 releases (3.12.1 here) build a ``QueueHandler`` subclass of the ``"class"``
+    form as ``klass(queue)``, silently dropping every other configured argument (later
+    releases pass them). The configured arguments are still in that function's frame:
+    taking them from there makes the documented form work instead of running with defaults.
+    """
+    try:
+        frame = sys._getframe(2)  # ActivityHandler.__init__ <- _configure_queue_handler
+        if frame.f_code.co_name != "_configure_queue_handler" or "logging" not in frame.f_code.co_filename:
+            return None
+        kwargs = frame.f_locals.get("kwargs")
+        if not isinstance(kwargs, dict):
+            return None
+        rest = {k: v for k, v in kwargs.items() if k not in _DICTCONFIG_QUEUE_KEYS}
+        return rest or None
+    except Exception:
+        return None
 
 
 def _holds_logging_lock() -> bool:

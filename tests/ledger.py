@@ -91,7 +91,7 @@ def keys_from_stream(redis_url: str, stream: str, tag: str) -> Counter[str]:
     client = redis.Redis.from_url(redis_url)
     try:
         out: Counter[str] = Counter()
-        for _, fields in client.xrange(stream):
+        for _, fields in client.xrange(stream) or []:
             meta, records = decode_entry(fields)
             for rec in records:
                 target = build_activity(rec, meta).get("target_id")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import sqlite3
 from datetime import UTC, datetime, timedelta, timezone
@@ -77,7 +78,7 @@ async def test_init_db_on_sqlite_is_idempotent(tmp_path: object) -> None:
     path = f"{tmp_path}/a.db"
     await db.init_db(f"sqlite:///{path}")
     await db.init_db(f"sqlite:///{path}")
-    with sqlite3.connect(path) as conn:
+    with contextlib.closing(sqlite3.connect(path)) as conn:
         tables = [r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")]
         indexes = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='index'")}
     assert tables == ["activity_logs"]

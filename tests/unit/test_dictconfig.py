@@ -21,8 +21,9 @@ def config_for(db: Path, form: str, **handler: Any) -> dict[str, Any]:
                             "batch_size": 50, "flush_interval": 0.01, **handler}
     if form == "()":
         spec["()"] = "activity_logging.ActivityHandler"
-    else:
+    else:  # "handlers": [] as docs/configuration.md says: Python 3.12 refuses the form without
         spec["class"] = "activity_logging.handler.ActivityHandler"
+        spec["handlers"] = []
     return {
         "version": 1,
         "disable_existing_loggers": False,

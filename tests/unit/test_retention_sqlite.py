@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import sqlite3
 from datetime import timedelta
 from pathlib import Path
@@ -16,7 +17,7 @@ NOW = BASE + timedelta(days=200)
 
 
 def _ids_in(path: Path) -> set[str]:
-    with sqlite3.connect(path) as conn:
+    with contextlib.closing(sqlite3.connect(path)) as conn:
         return {row[0] for row in conn.execute("SELECT id FROM activity_logs")}
 
 
@@ -69,7 +70,7 @@ async def test_vacuum_runs_outside_a_transaction_and_keeps_rows(tmp_path: Path) 
     result = await vacuum(url)
     assert result.statement == "VACUUM; ANALYZE"
     assert _ids_in(path) == {r["id"].hex for r in rows}
-    with sqlite3.connect(path) as conn:  # ANALYZE ran: sqlite_stat1 now exists
+    with contextlib.closing(sqlite3.connect(path)) as conn:  # ANALYZE ran: sqlite_stat1 now exists
         assert conn.execute("SELECT count(*) FROM sqlite_stat1").fetchone()[0] > 0
 
 
