@@ -6,6 +6,7 @@ Pure: reads ``os.environ`` only when asked, does no I/O otherwise.
 from __future__ import annotations
 
 import hashlib
+import math
 import os
 from collections.abc import Mapping
 from pathlib import Path
@@ -121,10 +122,51 @@ def resolve_retention_days(value: int | None = None, environ: Mapping[str, str] 
     return value
 
 
+#: The handler's tuning knobs: (kind, default). An argument wins, then ``ACTIVITY_LOG_<NAME>``
+#: (``ACTIVITY_LOG_QUEUE_SIZE``, ...), then the default: written here once, read everywhere.
+HANDLER_TUNABLES: Final[dict[str, tuple[type[int] | type[float], int | float]]] = {
+    "queue_size": (int, 100_000),
+    "queue_max_bytes": (int, 256 * 1024 * 1024),
+    "batch_size": (int, 500),
+    "flush_interval": (float, 0.05),
+    "spool_max_bytes": (int, 512 * 1024 * 1024),
+    "max_record_bytes": (int, 65_536),
+    "close_timeout": (float, 5.0),
+    "reconnect_delay": (float, 1.0),
+}
+
+
+def tunable_env(name: str) -> str:
+    """The environment variable of handler tunable ``name``: ``ACTIVITY_LOG_QUEUE_SIZE``, ..."""
+    return f"ACTIVITY_LOG_{name.upper()}"
+
+
+def resolve_tunable(
+    name: str, value: float | None, environ: Mapping[str, str] | None = None
+) -> int | float:
+    """Handler tunable ``name``: the argument, else its environment variable, else the default.
+
+    Raises ``ConfigurationError`` naming the argument (or the variable) and the bad value.
+    """
+    kind, default = HANDLER_TUNABLES[name]
+    source = name
+    if value is None:
+        raw = _env(tunable_env(name), environ)
+        if raw is None:
+            return default
+        source = tunable_env(name)
+        try:
+            value = int(raw) if kind is int else float(raw)
+        except ValueError:
+            raise ConfigurationError(f"{source} must be a positive {kind.__name__}, got {raw!r}") from None
+    require_positive(source, value, integer=kind is int)
+    return value
+
+
 def require_positive(name: str, value: float, *, integer: bool = False) -> None:
-    """Raise ``ConfigurationError`` naming ``name`` unless ``value`` is a positive number."""
+    """Raise ``ConfigurationError`` naming ``name`` unless ``value`` is a positive, finite number."""
     kind = int if integer else (int, float)
-    if isinstance(value, bool) or not isinstance(value, kind) or value <= 0:
+    if isinstance(value, bool) or not isinstance(value, kind) or not 0 < value < math.inf:
         kind_name = "integer" if integer else "number"
         raise ConfigurationError(f"{name} must be a positive {kind_name}, got {value!r}")
 

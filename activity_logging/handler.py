@@ -32,7 +32,6 @@ from .exceptions import ConfigurationError, EntryFormatError
 from .record import (
     DEFAULT_REDACT_KEYS,
     MAX_MESSAGE_CHARS,
-    MAX_RECORD_BYTES,
     QueuedRecord,
     Redactor,
     WireEncoder,
@@ -182,71 +181,78 @@ class ActivityHandler(logging.handlers.QueueHandler):
         stream: str | None = None,
         database_url: str | None = None,
         schema: str | None = None,
-        queue_size: int = 100_000,
-        queue_max_bytes: int = 256 * 1024 * 1024,
-        batch_size: int = 500,
-        flush_interval: float = 0.05,
+        queue_size: int | None = None,
+        queue_max_bytes: int | None = None,
+        batch_size: int | None = None,
+        flush_interval: float | None = None,
         spool_path: str | None = None,
-        spool_max_bytes: int = 512 * 1024 * 1024,
-        max_record_bytes: int = MAX_RECORD_BYTES,
+        spool_max_bytes: int | None = None,
+        max_record_bytes: int | None = None,
         redact_keys: str = DEFAULT_REDACT_KEYS,
         context_filter: bool = True,
-        close_timeout: float = 5.0,
-        reconnect_delay: float = 1.0,
+        close_timeout: float | None = None,
+        reconnect_delay: float | None = None,
         direct: bool = False,
         level: int | str = logging.NOTSET,
         handlers: Any = None,
         listener: Any = None,
         respect_handler_level: Any = None,
+        **unknown: Any,
     ) -> None:
         if queue is not None and sys.version_info[:2] == (3, 12):
             dropped = _arguments_dropped_by_dictconfig()
             if dropped:  # built as klass(queue) by a 3.12 dictConfig: build as configured
                 ActivityHandler.__init__(self, **dropped)
                 return
-        logging.Handler.__init__(self, level)
+        # Everything is checked before logging.Handler.__init__ registers the handler with the
+        # logging module: a handler that fails to build is never left behind for exit to close.
+        if unknown:
+            raise ConfigurationError(_unknown_arguments(unknown))
         if handlers:  # Python 3.12's dictConfig demands the key for the "class" form: [] is fine
             raise ConfigurationError(
                 "ActivityHandler ships records itself: 'handlers' must be empty or absent, "
                 f"got {handlers!r}")
-        for name, value, integer in (
-            ("queue_size", queue_size, True), ("batch_size", batch_size, True),
-            ("queue_max_bytes", queue_max_bytes, True),
-            ("flush_interval", flush_interval, False), ("spool_max_bytes", spool_max_bytes, True),
-            ("max_record_bytes", max_record_bytes, True), ("close_timeout", close_timeout, False),
-            ("reconnect_delay", reconnect_delay, False),
-        ):
-            config.require_positive(name, value, integer=integer)
-        if max_record_bytes < 1024:
-            raise ConfigurationError(f"max_record_bytes must be at least 1024, got {max_record_bytes!r}")
-        self.redis_url = None if direct else config.resolve_redis_url(redis_url)
-        self.stream = config.resolve_stream(stream)
-        self.database_url = config.resolve_database_url(database_url, default=config.DEFAULT_SQLITE_URL)
-        self.schema = config.resolve_schema(schema)
-        if not self.redis_url and self.database_url:
+        tuned = {name: config.resolve_tunable(name, value) for name, value in (
+            ("queue_size", queue_size), ("queue_max_bytes", queue_max_bytes),
+            ("batch_size", batch_size), ("flush_interval", flush_interval),
+            ("spool_max_bytes", spool_max_bytes), ("max_record_bytes", max_record_bytes),
+            ("close_timeout", close_timeout), ("reconnect_delay", reconnect_delay),
+        )}
+        if tuned["max_record_bytes"] < 1024:
+            raise ConfigurationError(
+                f"max_record_bytes must be at least 1024, got {tuned['max_record_bytes']!r}")
+        redis_url = None if direct else config.resolve_redis_url(redis_url)
+        stream = config.resolve_stream(stream)
+        database_url = config.resolve_database_url(database_url, default=config.DEFAULT_SQLITE_URL)
+        schema = config.resolve_schema(schema)
+        if not redis_url and database_url:
             from .schema import normalize_async_url
 
-            normalize_async_url(self.database_url)  # validates the URL's form now, not at first send
-        self.queue_size = queue_size
-        self.queue_max_bytes = queue_max_bytes
-        self.batch_size = batch_size
-        self.flush_interval = flush_interval
-        self.spool_path = config.resolve_spool_path(
-            spool_path if spool_path is not None or self.redis_url else "",
-            redis_url=self.redis_url, stream=self.stream,
+            normalize_async_url(database_url)  # validates the URL's form now, not at first send
+        resolved_spool = config.resolve_spool_path(
+            spool_path if spool_path is not None or redis_url else "",
+            redis_url=redis_url, stream=stream,
         )
-        self.spool_max_bytes = spool_max_bytes
-        self.max_record_bytes = max_record_bytes
+        logging.Handler.__init__(self, level)
+        self.redis_url, self.stream, self.database_url, self.schema = (
+            redis_url, stream, database_url, schema)
+        self.queue_size = int(tuned["queue_size"])
+        self.queue_max_bytes = int(tuned["queue_max_bytes"])
+        self.batch_size = int(tuned["batch_size"])
+        self.flush_interval = float(tuned["flush_interval"])
+        self.spool_path = resolved_spool
+        self.spool_max_bytes = int(tuned["spool_max_bytes"])
+        self.max_record_bytes = int(tuned["max_record_bytes"])
         self.redact_keys = redact_keys
-        self.close_timeout = close_timeout
-        self.reconnect_delay = reconnect_delay
+        self.close_timeout = float(tuned["close_timeout"])
+        self.reconnect_delay = float(tuned["reconnect_delay"])
         self.max_reconnect_delay = 30.0
         self.context_filter = context_filter
         self._listener_face = ActivityListener(self)
         self._refused_cache: dict[str, bool] = {}
         self._closed = False
         # A send must give up before close() does, so that close can still spool what it held.
-        self._send_timeout = min(5.0, max(0.25, close_timeout / 2))
+        self._send_timeout = min(5.0, max(0.25, self.close_timeout / 2))
         self._flush_timed_out: tuple[float, float] | None = None  # (started, ended) of a bare flush
         self._init_runtime()
         _live_handlers.add(self)
@@ -851,6 +857,21 @@ def flush_handlers(timeout: float | None = None) -> bool:
     except Exception as exc:
         reporter.report("flush", "flush_handlers failed", exc)
         return False
+
+
+def _unknown_arguments(unknown: dict[str, Any]) -> str:
+    """One clear message for misspelt arguments, naming the closest valid one."""
+    import difflib
+    import inspect
+
+    valid = [p for p in inspect.signature(ActivityHandler.__init__).parameters
+             if p not in ("self", "queue", "unknown", "handlers", "listener", "respect_handler_level")]
+    parts = []
+    for name in sorted(unknown):
+        close = difflib.get_close_matches(name, valid, n=1)
+        parts.append(f"{name!r}" + (f" (did you mean {close[0]!r}?)" if close else ""))
+    return (f"ActivityHandler got unknown argument(s) {', '.join(parts)}; "
+            f"valid: {', '.join(valid)}")
 
 
 _DICTCONFIG_QUEUE_KEYS: Final = frozenset({"queue", "listener", "handlers", "respect_handler_level"})

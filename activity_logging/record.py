@@ -26,6 +26,7 @@ from typing import Any, Final, cast
 
 import orjson
 
+from .config import HANDLER_TUNABLES
 from .exceptions import EntryFormatError
 
 WIRE_VERSION: Final = "1"
@@ -83,7 +84,7 @@ _STANDARD_COUNT: Final = len(vars(logging.LogRecord("n", logging.INFO, "p", 1, "
 MAX_VALUE_CHARS: Final = 16_384
 MAX_VALUE_BYTES: Final = 16_384
 MAX_MESSAGE_CHARS: Final = 8_192
-MAX_RECORD_BYTES: Final = 65_536
+MAX_RECORD_BYTES: Final = int(HANDLER_TUNABLES["max_record_bytes"][1])  # the handler's default
 MAX_REPR_CHARS: Final = 1_024
 
 _OPTS: Final = orjson.OPT_NON_STR_KEYS

@@ -509,3 +509,37 @@ def test_spool_is_on_by_default_when_shipping_to_redis(monkeypatch: pytest.Monke
     direct = ActivityHandler(database_url=f"sqlite:///{tmp_path / 'd.db'}")
     assert direct.spool_path is None  # direct mode spools only where told
     direct.close()
+
+
+def test_tuning_comes_from_arguments_then_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    from activity_logging.config import HANDLER_TUNABLES, tunable_env
+
+    for name, (kind, _) in HANDLER_TUNABLES.items():
+        monkeypatch.setenv(tunable_env(name), "2048" if kind is int else "0.75")
+    handler = ActivityHandler(redis_url="redis://127.0.0.1:1/0", spool_path="off", batch_size=7)
+    try:
+        assert handler.batch_size == 7  # the argument wins
+        assert (handler.queue_size, handler.max_record_bytes) == (2048, 2048)
+        assert (handler.flush_interval, handler.close_timeout, handler.reconnect_delay) == (0.75,) * 3
+    finally:
+        handler.close()
+    monkeypatch.setenv("ACTIVITY_LOG_QUEUE_SIZE", "lots")
+    with pytest.raises(ConfigurationError, match="ACTIVITY_LOG_QUEUE_SIZE"):
+        ActivityHandler(redis_url="redis://127.0.0.1:1/0")
+
+
+def test_a_misspelt_argument_names_the_closest_valid_one() -> None:
+    with pytest.raises(ConfigurationError, match=r"'redis_ur' \(did you mean 'redis_url'\?\)"):
+        ActivityHandler(redis_ur="redis://127.0.0.1:1/0")
+
+
+def test_a_handler_that_fails_to_build_is_never_left_registered() -> None:
+    registered = logging._handlerList  # type: ignore[attr-defined]
+    before = set(registered)
+    for bad in ({"close_timeout": "soon"}, {"queue_size": 0}, {"redis_url": "http://x"},
+                {"redis_ur": "x"}, {"close_timeout": float("inf")}):
+        with pytest.raises(ConfigurationError):
+            ActivityHandler(**bad)
+    left = [ref() for ref in registered if ref not in before and ref() is not None]
+    # what logging.shutdown() would flush and close at exit: no half-built ActivityHandler
+    assert not [h for h in left if isinstance(h, ActivityHandler)]
