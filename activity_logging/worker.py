@@ -36,7 +36,7 @@ from typing import Any, Final
 import orjson
 import redis.asyncio as aioredis
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import ResponseError
+from redis.exceptions import OutOfMemoryError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from .config import (
@@ -79,7 +79,9 @@ SETTLE_TIMEOUT: Final = 0.5
 #: Bound on one attempt to connect to Redis (PostgreSQL: ``db.DEFAULT_CONNECT_TIMEOUT``).
 REDIS_CONNECT_TIMEOUT: Final = 5.0
 
-_REDIS_TRANSIENT: Final = (RedisConnectionError, RedisTimeoutError, OSError)
+# A full Redis (maxmemory with noeviction) refuses writes until the worker has stored and
+# deleted entries: waiting and retrying is right, nothing is acknowledged meanwhile.
+_REDIS_TRANSIENT: Final = (RedisConnectionError, RedisTimeoutError, OSError, OutOfMemoryError)
 
 
 @dataclass
@@ -760,7 +762,11 @@ class ActivityWorker:
                     "ts": f"{now:.6f}",
                 })
             await pipe.execute()
-        pipe = self._r.pipeline(transaction=True)
+        # Not MULTI: a Redis over maxmemory refuses every command queued in a transaction, so
+        # the worker could never delete entries and free the memory. XACK and XDEL alone are
+        # accepted. A crash between them leaves an acknowledged entry in the stream (never
+        # read again, removed by the next XDEL of it): nothing is lost or stored twice.
+        pipe = self._r.pipeline(transaction=False)
         pipe.xack(self.stream, self.group, *batch.ids)
         pipe.xdel(self.stream, *batch.ids)
         await pipe.execute()
