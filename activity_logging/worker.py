@@ -764,8 +764,8 @@ class ActivityWorker:
             await pipe.execute()
         # Not MULTI: a Redis over maxmemory refuses every command queued in a transaction, so
         # the worker could never delete entries and free the memory. XACK and XDEL alone are
-        # accepted. A crash between them leaves an acknowledged entry in the stream (never
-        # read again, removed by the next XDEL of it): nothing is lost or stored twice.
+        # accepted. A crash between them leaves an acknowledged entry in the stream: it is
+        # never delivered again (only its bytes stay behind); nothing is lost or stored twice.
         pipe = self._r.pipeline(transaction=False)
         pipe.xack(self.stream, self.group, *batch.ids)
         pipe.xdel(self.stream, *batch.ids)
