@@ -2,8 +2,8 @@
 
 This module only assembles the parser: each group of verbs lives in its own module
 (``cli_worker``: init-db, worker; ``cli_ops``: status, query, export, cleanup, vacuum,
-scheduler, verify; ``cli_demo``: demo), which registers its subcommands and imports its
-heavy dependencies lazily so ``--help`` stays fast.
+scheduler, verify; ``cli_demo``: demo; ``cli_serve``: serve), which registers its
+subcommands and imports its heavy dependencies lazily so ``--help`` stays fast.
 
 Exit codes: 0 success, 1 unhealthy / operation failed, 2 bad arguments, 3 a service
 (Redis, the database) could not be reached, 141 (128 + SIGPIPE, what the shell reports for
@@ -22,7 +22,7 @@ import os
 import sys
 from collections.abc import Sequence
 
-from . import __version__, cli_demo, cli_ops, cli_worker
+from . import __version__, cli_demo, cli_ops, cli_serve, cli_worker
 from .exceptions import ConfigurationError, StoreUnavailableError
 
 EXIT_OK = 0
@@ -47,6 +47,7 @@ def build_parser() -> argparse.ArgumentParser:
     cli_worker.register(sub)
     cli_ops.register(sub)
     cli_demo.register(sub)
+    cli_serve.register(sub)
     return parser
 
 

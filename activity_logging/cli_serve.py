@@ -1,0 +1,153 @@
+"""The ``serve`` verb of ``activity-logging``: the read-only audit viewer under uvicorn.
+
+Access always takes a token. ``ACTIVITY_LOG_VIEWER_TOKEN`` supplies it (at least 16
+characters); a request shows it as ``Authorization: Bearer <token>`` or as the password of
+HTTP Basic (any user name), which is what a browser asks for. Without the variable, ``serve``
+listens only on a loopback address, with a random token made for this run and printed on
+stderr; asked for any other address (``0.0.0.0``, a LAN address, a host name) it refuses to
+start (exit 2) and says why: the audit trail would be open to the network.
+
+Jinja2 and uvicorn (the ``viewer`` extra) are imported inside the verb so ``--help`` stays
+fast. Exit codes as ``cli``: 1 when there is no database file or no table, 2 bad arguments,
+3 the database is unreachable. SIGTERM/SIGINT stop it gracefully (requests in flight finish,
+the pool is closed), then, as uvicorn does, the process ends by that signal (a shell reports
+143 or 130) so process managers see why it stopped.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import secrets
+import sys
+from typing import Any, Final
+
+from .config import DEFAULT_SQLITE_URL, resolve_database_url, resolve_schema
+from .exceptions import ConfigurationError
+
+logger: Final = logging.getLogger("activity_logging.cli")
+
+ENV_VIEWER_TOKEN: Final = "ACTIVITY_LOG_VIEWER_TOKEN"  # noqa: S105 - the variable's name, not a secret
+DEFAULT_HOST: Final = "127.0.0.1"
+DEFAULT_PORT: Final = 8000
+EXIT_OK: Final = 0  # returned only when uvicorn stops without a signal
+EXIT_FAILED: Final = 1
+EXIT_USAGE: Final = 2
+
+
+def register(subparsers: Any) -> None:
+    """Add ``serve`` to the ``activity-logging`` parser."""
+    p = subparsers.add_parser(
+        "serve", help="run the read-only audit viewer (web UI)",
+        description="Serve the read-only audit viewer with uvicorn. Every request needs the token "
+                    f"from {ENV_VIEWER_TOKEN} (Authorization: Bearer, or HTTP Basic with any "
+                    "user name and the token as password). Without it, serve listens on "
+                    "loopback only, with a one-run token printed on stderr.",
+    )
+    p.add_argument("--host", default=DEFAULT_HOST,
+                   help=f"address to listen on (default: {DEFAULT_HOST}; anything but loopback "
+                        f"needs {ENV_VIEWER_TOKEN})")
+    p.add_argument("--port", type=int, default=DEFAULT_PORT,
+                   help=f"port to listen on (default: {DEFAULT_PORT}; 0 picks a free one)")
+    p.add_argument("--database-url", default=None,
+                   help=f"store to show, opened read-only (default: DATABASE_URL, else "
+                        f"{DEFAULT_SQLITE_URL})")
+    p.add_argument("--schema", default=None,
+                   help="PostgreSQL schema holding the table (default: ACTIVITY_LOG_SCHEMA)")
+    p.add_argument("--root-path", default="",
+                   help="path prefix the viewer is served under behind a proxy (e.g. /audit)")
+    p.add_argument("--page-size", type=int, default=None, help="rows per page (default: 50)")
+    p.set_defaults(func=cmd_serve)
+
+
+def _token(host: str) -> tuple[str, bool]:
+    """The token requests must carry, and whether it was made for this run.
+
+    Raises ``ConfigurationError`` when there is no token and ``host`` is not loopback.
+    """
+    from .viewer.security import is_loopback
+
+    token = (os.environ.get(ENV_VIEWER_TOKEN) or "").strip()
+    if token:
+        return token, False
+    if not is_loopback(host):
+        raise ConfigurationError(
+            f"refusing to listen on {host!r} without {ENV_VIEWER_TOKEN}: anyone who can reach "
+            "that address could read the whole audit trail. Set a token first, e.g.\n"
+            f"    export {ENV_VIEWER_TOKEN}=$(python3 -c 'import secrets; "
+            "print(secrets.token_urlsafe(32))')\n"
+            f"or listen on a loopback address (--host {DEFAULT_HOST})."
+        )
+    return secrets.token_urlsafe(24), True
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    """``serve``: check the store, bind, announce the URL, serve until SIGTERM/SIGINT."""
+    try:
+        import jinja2  # noqa: F401 - only to fail early and clearly without the extra
+        import uvicorn
+    except ImportError as exc:
+        raise ConfigurationError(
+            f"serve needs the viewer extra ({exc.name} is missing): "
+            "pip install 'activity_logging[viewer]'") from None
+    from sqlalchemy.exc import DBAPIError
+
+    from .cli_ops import report_database_error
+    from .schema import redact_url
+    from .viewer import TokenAuthorizer, create_viewer_app
+    from .viewer.store import sqlite_file
+
+    if not 0 <= args.port <= 65535:
+        raise ConfigurationError(f"--port must be from 0 to 65535, got {args.port}")
+    token, generated = _token(args.host)
+    authorizer = TokenAuthorizer(token)  # ConfigurationError for a short token
+    url = resolve_database_url(args.database_url, default=DEFAULT_SQLITE_URL)
+    assert url is not None  # a default was given
+    path = sqlite_file(url)
+    if path is not None and not path.exists():
+        print(f"activity-logging serve: no SQLite database at {path} (nothing has been logged "
+              "there yet; check --database-url)", file=sys.stderr)
+        return EXIT_FAILED
+    options: dict[str, Any] = {}
+    if args.page_size is not None:
+        options["page_size"] = args.page_size
+    app = create_viewer_app(database_url=url, schema=resolve_schema(args.schema),
+                            authorize=authorizer, **options)
+    try:
+        asyncio.run(_check_then_close(app))
+    except DBAPIError as exc:
+        return report_database_error("serve", exc)
+
+    config = uvicorn.Config(
+        app, host=args.host, port=args.port, root_path=args.root_path, log_config=None,
+        server_header=False, lifespan="on",
+    )
+    sock = config.bind_socket()  # bound here, so port 0 is known before the announcement
+    try:
+        port = sock.getsockname()[1]
+        shown_host = f"[{args.host}]" if ":" in args.host else args.host
+        where = f"http://{shown_host}:{port}{args.root_path.rstrip('/')}/"
+        print(f"activity-logging serve: {redact_url(url)} read-only at {where}", file=sys.stderr)
+        if generated:
+            print(f"activity-logging serve: no {ENV_VIEWER_TOKEN} set, so this run's token is "
+                  f"{token}\n  sign in with any user name and that token as the password, or "
+                  f"send 'Authorization: Bearer <token>'", file=sys.stderr)
+        else:
+            print(f"activity-logging serve: requests need the token from {ENV_VIEWER_TOKEN}",
+                  file=sys.stderr)
+        sys.stderr.flush()
+        uvicorn.Server(config).run(sockets=[sock])
+    finally:
+        sock.close()
+    return EXIT_OK
+
+
+async def _check_then_close(app: Any) -> None:
+    """Fail before listening when every page would fail (no table, unreachable database)."""
+    store = app.state.viewer_store
+    try:
+        await store.check()
+    finally:
+        await store.close()
