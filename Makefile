@@ -21,7 +21,10 @@ install: $(BIN)/python
 install-dev: $(BIN)/python
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
 
-demo: install
+# The package plus the examples extra (FastAPI, uvicorn, httpx): what the README's next
+# command, `.venv/bin/python examples/callcenter_app.py --selftest`, needs.
+demo: $(BIN)/python
+	$(BIN)/python -m pip install --quiet -e '.[examples]'
 	$(BIN)/activity-logging demo
 
 lint: install-dev

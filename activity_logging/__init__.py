@@ -34,6 +34,7 @@ _EXPORTS: dict[str, str] = {
     "activity_log_crud": "crud",
     "activity_logger": "helpers",
     "bind_context": "context",
+    "changes_between": "changes",
     "flush_handlers": "handler",
     "get_context": "context",
     "level_to_severity": "record",
@@ -74,6 +75,7 @@ __all__ = [
     "activity_log_crud",
     "activity_logger",
     "bind_context",
+    "changes_between",
     "flush_handlers",
     "get_context",
     "level_to_severity",
@@ -90,6 +92,7 @@ __all__ = [
 assert set(__all__) == {*_EXPORTS, "__version__"}  # keeps the two lists in step
 
 if TYPE_CHECKING:
+    from .changes import changes_between
     from .constants import ActivityType, Severity
     from .context import ContextFilter, activity_context, bind_context, get_context, reset_context
     from .crud import ActivityLogCRUD, activity_log_crud

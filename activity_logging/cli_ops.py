@@ -4,8 +4,10 @@ verify.
 Each verb is a function ``(args) -> exit code``; heavy imports happen inside it so ``--help``
 stays fast. Expected failures never print a traceback: bad arguments raise
 ``ConfigurationError`` (exit 2), unreachable services ``StoreUnavailableError`` (exit 3),
-both mapped by ``cli.main``; a missing table, a database error or a failed write of the
-output is reported in one line (exit 1).
+both mapped by ``cli.main``; a missing table, a missing SQLite file (never created by a
+verb here), a database error or a failed write of the output is reported in one line
+(exit 1). Each verb prints its result once, on stdout; the library underneath logs it only
+at DEBUG.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import re
 import sys
 from collections.abc import Callable, Coroutine
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
 
 import orjson
@@ -34,7 +37,7 @@ from .config import (
 from .exceptions import ConfigurationError
 
 if TYPE_CHECKING:
-    from .crud import ActivityFilter, ActivityRecord
+    from .crud import ActivityFilter, ActivityRecord, ActivitySummary
 
 EXIT_OK: Final = 0
 EXIT_FAILED: Final = 1
@@ -118,6 +121,40 @@ def _database(args: argparse.Namespace) -> tuple[str, str | None]:
     return url, resolve_schema(args.schema)
 
 
+class MissingStoreError(Exception):
+    """A verb that reads an existing store was pointed at an SQLite file that is not there."""
+
+
+def sqlite_file(url: str) -> Path | None:
+    """The file an SQLite URL opens (relative to the working directory, as SQLite does);
+    None for PostgreSQL, an in-memory database or a ``uri=true`` filename."""
+    from sqlalchemy.engine import make_url
+
+    from .schema import is_sqlite
+
+    if not is_sqlite(url):
+        return None
+    parsed = make_url(url)
+    name = parsed.database
+    if not name or name == ":memory:" or str(parsed.query.get("uri", "")).lower() in ("true", "1"):
+        return None
+    return Path(name)
+
+
+def require_store(url: str) -> None:
+    """Raise ``MissingStoreError`` when ``url`` is an SQLite file that does not exist.
+
+    Opening it would create an empty file (SQLite does, on connect), and the verb would then
+    report a missing table in a database that was never there: a typo in the path, or a
+    store nothing has written to yet, must be said as such.
+    """
+    path = sqlite_file(url)
+    if path is not None and not path.exists():
+        raise MissingStoreError(
+            f"no database at {url}: {path} does not exist (a typo in --database-url or "
+            f"DATABASE_URL, or nothing logged there yet: `activity-logging demo` makes one)")
+
+
 def _positive_int(text: str) -> int:
     try:
         value = int(text)
@@ -178,6 +215,9 @@ def _verb(func: Callable[[argparse.Namespace], Coroutine[Any, Any, int]]
             return asyncio.run(func(args))
         except DBAPIError as exc:
             return report_database_error(args.command, exc)
+        except MissingStoreError as exc:
+            print(f"activity-logging {args.command}: {exc}", file=sys.stderr)
+            return EXIT_FAILED
 
     return run
 
@@ -191,6 +231,7 @@ async def cmd_status(args: argparse.Namespace) -> int:
     from .status import gather_status, render_status
 
     url, schema = _database(args)
+    require_store(url)
     status = await gather_status(
         url, resolve_redis_url(args.redis_url), schema=schema, stream=resolve_stream(args.stream),
         group=args.group, max_lag=args.max_lag, heartbeat_ttl=args.heartbeat_ttl,
@@ -208,6 +249,8 @@ _TABLE_COLUMNS: Final = (
     ("timestamp", 23), ("severity", 8), ("activity_type", 22), ("actor", 28), ("target", 24),
     ("description", 48),
 )
+#: ``--show-changes`` adds this last column, never cut: the changes are the point of it.
+_CHANGES_COLUMN: Final = ("changes", 0)
 
 
 def _cell(record: ActivityRecord, name: str) -> str:
@@ -217,18 +260,47 @@ def _cell(record: ActivityRecord, name: str) -> str:
         return ":".join(p for p in (record.actor_type, record.actor_id) if p) or "-"
     if name == "target":
         return ":".join(p for p in (record.target_type, record.target_id) if p) or "-"
+    if name == "changes":
+        from .changes import format_changes
+
+        return " ".join(format_changes(record.changes).split())
     value = getattr(record, name)
     return "-" if value is None else " ".join(str(value).split())
 
 
-def render_table(records: list[ActivityRecord]) -> str:
-    """Records as an aligned text table, one line each, long cells cut with ``…``."""
-    def fit(text: str, width: int) -> str:
-        return text if len(text) <= width else text[: width - 1] + "…"
+def render_table(records: list[ActivityRecord], *, show_changes: bool = False) -> str:
+    """Records as an aligned text table, one line each, long cells cut with ``…``.
 
-    lines = ["  ".join(f"{name.upper():<{w}}" for name, w in _TABLE_COLUMNS).rstrip()]
+    ``show_changes`` adds a last column, ``field: old → new; ...`` (values as JSON), uncut.
+    """
+    columns = (*_TABLE_COLUMNS, _CHANGES_COLUMN) if show_changes else _TABLE_COLUMNS
+
+    def fit(text: str, width: int) -> str:
+        return text if not width or len(text) <= width else text[: width - 1] + "…"
+
+    lines = ["  ".join(f"{name.upper():<{w}}" for name, w in columns).rstrip()]
     for rec in records:
-        lines.append("  ".join(f"{fit(_cell(rec, n), w):<{w}}" for n, w in _TABLE_COLUMNS).rstrip())
+        lines.append("  ".join(f"{fit(_cell(rec, n), w):<{w}}" for n, w in columns).rstrip())
+    return "\n".join(lines)
+
+
+def render_summary(summary: ActivitySummary, *, bar_width: int = 40) -> str:
+    """A summary as text: the total, then counts by type, by severity and by day (with bars)."""
+    last_day = (summary.until - timedelta(days=1)).date()
+    lines = [f"{summary.total} activities, {summary.since.date()} to {last_day} "
+             f"({summary.days} days, UTC)"]
+    peak = max(summary.by_day.values(), default=0)
+    for title, counts in (("TYPE", summary.by_type), ("SEVERITY", summary.by_severity),
+                          ("DAY", summary.by_day)):
+        width = max([len(title), *map(len, counts)])
+        lines += ["", f"{title:<{width}}  {'COUNT':>9}"]
+        for key, n in counts.items():
+            line = f"{key:<{width}}  {n:>9}"
+            if title == "DAY" and peak and n:
+                line += "  " + "#" * max(1, round(n / peak * bar_width))
+            lines.append(line)
+        if not counts:
+            lines.append("(none)")
     return "\n".join(lines)
 
 
@@ -241,22 +313,32 @@ async def cmd_query(args: argparse.Namespace) -> int:
 
     url, schema = _database(args)
     filters = _filters(args)
+    require_store(url)
     engine = create_async_engine_for(url, schema=schema)
     try:
         async with reachable(url), engine.connect() as conn:
             if args.summary is not None:
                 summary = await activity_log_crud.get_activity_summary(conn, days=args.summary)
-                _print_json(summary.to_dict())
-                return EXIT_OK
-            page = await activity_log_crud.get_page(
-                conn, filters, limit=args.limit, cursor=args.cursor, order=args.order)
+            else:
+                page = await activity_log_crud.get_page(
+                    conn, filters, limit=args.limit, cursor=args.cursor, order=args.order)
     finally:
         await engine.dispose()
+    if args.summary is not None:
+        if args.format == "table":
+            print(render_summary(summary))
+        elif args.format == "json":
+            _print_json(summary.to_dict())
+        else:
+            sys.stdout.write(orjson.dumps(summary.to_dict()).decode() + "\n")
+        return EXIT_OK
     if args.format == "jsonl":
         for rec in page.items:
             sys.stdout.write(rec.to_json().decode() + "\n")
+    elif args.format == "json":
+        _print_json([rec.to_dict() for rec in page.items])
     else:
-        print(render_table(page.items))
+        print(render_table(page.items, show_changes=args.show_changes))
         print(f"({len(page.items)} rows)", file=sys.stderr)
     if page.next_cursor:
         print(f"more: --cursor {page.next_cursor}", file=sys.stderr)
@@ -273,6 +355,7 @@ async def cmd_export(args: argparse.Namespace) -> int:
 
     url, schema = _database(args)
     filters = _filters(args)
+    require_store(url)
     to_stdout = args.output in (None, "-")
     try:
         if to_stdout:
@@ -307,24 +390,46 @@ async def cmd_export(args: argparse.Namespace) -> int:
 
 @_verb
 async def cmd_cleanup(args: argparse.Namespace) -> int:
-    """Remove activities older than the retention period."""
-    from .retention import cleanup
+    """Remove activities older than the retention period (``--dry-run``: count them only)."""
+    from .export import ProgressLine
+    from .retention import cleanup, resolve_cleanup_days
 
     url, schema = _database(args)
+    resolve_cleanup_days(args.retention_days)  # a bad value is exit 2, whatever the store
+    require_store(url)
+    show = sys.stderr.isatty() if args.progress is None else args.progress
+    bar = ProgressLine(sys.stderr, enabled=show and not args.dry_run, unit="rows deleted")
+
+    def progress(done: int, total: int | None) -> None:
+        bar.total = total
+        bar.update(done)
+
     result = await cleanup(url, schema=schema, retention_days=args.retention_days,
                            batch_size=args.batch_size, detach=args.detach,
-                           months_ahead=args.months_ahead)
+                           months_ahead=args.months_ahead, dry_run=args.dry_run,
+                           on_progress=progress if bar.enabled else None)
+    if bar.enabled:
+        bar.update(result.deleted_rows, final=True)
     if args.json:
         _print_json(result.to_dict())
     else:
-        removed = result.detached_partitions if args.detach else result.dropped_partitions
-        verb = "detached" if args.detach else "dropped"
-        print(f"cutoff {result.cutoff.isoformat(timespec='seconds')} "
-              f"({result.retention_days} days): "
-              f"{result.deleted_rows} rows deleted in {result.batches} batches; "
-              f"partitions {verb}: {', '.join(removed) or 'none'}; "
-              f"created: {', '.join(result.created_partitions) or 'none'}")
+        print(render_cleanup(result, detach=args.detach))
     return EXIT_OK
+
+
+def render_cleanup(result: Any, *, detach: bool = False) -> str:
+    """One line saying what a ``CleanupResult`` did, or would do in a dry run."""
+    removed = result.detached_partitions if detach else result.dropped_partitions
+    verb = "detached" if detach else "dropped"
+    head = (f"cutoff {result.cutoff.isoformat(timespec='seconds')} "
+            f"({result.retention_days} days): ")
+    if result.dry_run:
+        return (f"dry run, nothing changed: {head}{result.deleted_rows} rows older than the "
+                f"cutoff; partitions that would be {verb}: {', '.join(removed) or 'none'}; "
+                f"would be created: {', '.join(result.created_partitions) or 'none'}")
+    return (f"{head}{result.deleted_rows} rows deleted in {result.batches} batches; "
+            f"partitions {verb}: {', '.join(removed) or 'none'}; "
+            f"created: {', '.join(result.created_partitions) or 'none'}")
 
 
 @_verb
@@ -333,6 +438,7 @@ async def cmd_vacuum(args: argparse.Namespace) -> int:
     from .retention import vacuum
 
     url, schema = _database(args)
+    require_store(url)
     result = await vacuum(url, schema=schema, analyze=not args.no_analyze)
     if args.json:
         _print_json(result.to_dict())
@@ -419,6 +525,7 @@ async def cmd_verify(args: argparse.Namespace) -> int:
 
     url, schema = _database(args)
     since = parse_when(args.since) if args.since else None
+    require_store(url)
     engine = create_async_engine_for(url, schema=schema)
     try:
         async with reachable(url), engine.connect() as conn:
@@ -474,9 +581,13 @@ def register(sub: Any) -> None:
     p.add_argument("--limit", type=_positive_int, default=50, help="rows per page (default: 50)")
     p.add_argument("--cursor", help="continue after a previous page (printed on stderr)")
     p.add_argument("--order", choices=["desc", "asc"], default="desc")
-    p.add_argument("--format", choices=["table", "jsonl"], default="table")
+    p.add_argument("--format", choices=["table", "jsonl", "json"], default="table",
+                   help="table (default), JSON lines, or one JSON document")
+    p.add_argument("--show-changes", action="store_true",
+                   help="table: add a CHANGES column (field: old → new)")
     p.add_argument("--summary", type=_positive_int, metavar="DAYS",
-                   help="print counts by type, severity and day for the last DAYS days instead")
+                   help="print counts by type, severity and day for the last DAYS days instead "
+                   "(a table; JSON with --format json)")
     p.set_defaults(func=cmd_query)
 
     p = sub.add_parser("export", help="stream activities to JSON lines or CSV",
@@ -504,6 +615,10 @@ def register(sub: Any) -> None:
                    help="detach expired partitions (keep them as tables) instead of dropping")
     p.add_argument("--months-ahead", type=_positive_int, default=3,
                    help="partitions to keep created ahead (default: 3)")
+    p.add_argument("--dry-run", action="store_true",
+                   help="count the rows and list the partitions a run would remove; change nothing")
+    p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
+                   help="progress line on stderr while deleting (default: when stderr is a terminal)")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(func=cmd_cleanup)
 

@@ -28,6 +28,7 @@ P = ParamSpec("P")
 R = TypeVar("R")
 
 TargetId = str | Callable[[Any], Any] | None
+Changes = Mapping[str, Any] | Callable[[Any], Any] | None
 
 _MAX_ERROR_CHARS: Final = 2_048
 
@@ -73,6 +74,7 @@ class _Spec:
         "activity_type",
         "actor_id",
         "actor_type",
+        "changes",
         "description",
         "error_level",
         "fields",
@@ -96,6 +98,7 @@ class _Spec:
         self.actor_type: Any = options["actor_type"]
         self.actor_id: Any = options["actor_id"]
         self.metadata: Mapping[str, Any] | None = options["metadata"]
+        self.changes: Changes = options["changes"]
         self.log_errors: bool = options["log_errors"]
         self.fields: dict[str, Any] = dict(options["fields"])
         logger = options["logger"]
@@ -131,6 +134,9 @@ class _Spec:
             if request is not None and not get_context().get("request_id"):
                 fields.update(_request_fields(request))
             meta: dict[str, Any] | None = dict(self.metadata) if self.metadata else None
+            changes: Any = None
+            if error is None and self.changes is not None:
+                changes = self.changes(result) if callable(self.changes) else self.changes
             if error is not None:
                 meta = meta or {}
                 meta["function"] = self.qualname
@@ -144,10 +150,10 @@ class _Spec:
                 self.activity_type, self.description,
                 severity=self.error_level if error is not None else self.success_level,
                 logger=self.log, actor_type=self.actor_type, actor_id=self.actor_id,
-                target_type=self.target_type, target_id=target_id, metadata=meta,
-                fields=fields, stacklevel=3,
+                target_type=self.target_type, target_id=target_id, changes=changes,
+                metadata=meta, fields=fields, stacklevel=3,
             )
-        except Exception as exc:  # a failing target_id callable is never the caller's problem
+        except Exception as exc:  # a failing target_id/changes callable is never the caller's problem
             reporter.report("decorators.emit", f"could not log activity of {self.qualname}", exc)
 
 
@@ -169,6 +175,7 @@ def log_activity(
     actor_type: Any = _UNSET,
     actor_id: Any = _UNSET,
     metadata: Mapping[str, Any] | None = None,
+    changes: Changes = None,
     log_errors: bool = True,
     **fields: Any,
 ) -> Callable[[Callable[P, R]], Callable[P, R]]: ...
@@ -187,6 +194,7 @@ def log_activity(
     actor_type: Any = _UNSET,
     actor_id: Any = _UNSET,
     metadata: Mapping[str, Any] | None = None,
+    changes: Changes = None,
     log_errors: bool = True,
     **fields: Any,
 ) -> Any:
@@ -205,6 +213,10 @@ def log_activity(
         error_severity: severity of the failure activity (``"error"``).
         actor_type, actor_id: a fixed actor (as a pair); by default the request's actor.
         metadata: constant keys added to the stored metadata.
+        changes: the success activity's ``changes``, in the one shape ``{"field": {"old":
+            ..., "new": ...}}``: a mapping, or a callable taking the result (``lambda call:
+            {"status": {"old": None, "new": call.status}}``; ``changes_between`` builds it
+            from two versions). Not logged on failure, where nothing changed.
         log_errors: log an activity when the function raises (default True).
         **fields: constant extra fields for every activity (``module="billing"``); names
             ``LogRecord`` reserves are carried into metadata, as with the helpers.
@@ -226,7 +238,7 @@ def log_activity(
         "target_type": target_type, "logger": logger, "target_id": target_id,
         "target_id_arg": target_id_arg, "severity": severity, "error_severity": error_severity,
         "actor_type": actor_type, "actor_id": actor_id, "metadata": metadata,
-        "log_errors": log_errors, "fields": fields,
+        "changes": changes, "log_errors": log_errors, "fields": fields,
     }
 
     def decorate(func: Callable[P, R]) -> Callable[P, R]:

@@ -85,13 +85,16 @@ def encode_csv(rows: Sequence[Sequence[Any]], *, header: bool = False) -> bytes:
 class ProgressLine:
     """A one-line progress report on a terminal (``\\r``-rewritten), at most 5 times a second.
 
-    Does nothing unless ``enabled``; ``total`` (when known) adds a percentage.
+    Does nothing unless ``enabled``; ``total`` (when known; it may be set later) adds a
+    percentage. ``unit`` names what is counted (``"rows"``, ``"rows deleted"``).
     """
 
-    def __init__(self, stream: IO[str], *, enabled: bool, total: int | None = None) -> None:
+    def __init__(self, stream: IO[str], *, enabled: bool, total: int | None = None,
+                 unit: str = "rows") -> None:
         self.stream = stream
         self.enabled = enabled
         self.total = total
+        self.unit = unit
         self.started = time.monotonic()
         self._last = 0.0
 
@@ -107,9 +110,9 @@ class ProgressLine:
         if self.total:
             pct = min(done / self.total, 1.0)
             bar = "#" * int(pct * 30)
-            text = f"[{bar:<30}] {done:,}/{self.total:,} rows {pct:6.1%}  {rate:,.0f} rows/s"
+            text = f"[{bar:<30}] {done:,}/{self.total:,} {self.unit} {pct:6.1%}  {rate:,.0f} rows/s"
         else:
-            text = f"{done:,} rows  {rate:,.0f} rows/s"
+            text = f"{done:,} {self.unit}  {rate:,.0f} rows/s"
         self.stream.write("\r" + text + ("\n" if final else ""))
         self.stream.flush()
 

@@ -16,6 +16,10 @@ Contracts shared by every helper:
   ``actor_type`` writes both (the missing one as the helper's default or ``None``), so a
   system event can never be stored as ``actor_type="system"`` with a user's id taken from
   the request context. ``actor_id=None`` on its own counts as not given.
+* ``changes`` has one shape, ``{"field": {"old": ..., "new": ...}}``;
+  ``changes_between(before, after)`` builds it from two versions of an object. The seed's
+  ``{"field": [old, new]}`` pairs are still accepted: they are rewritten to the one shape
+  when the record is stored (see ``changes.py`` for exactly what is rewritten).
 * Usable three ways, all of which log exactly once: called directly
   (``log_call_activity(...)``), awaited (``await log_call_activity(...)``) and passed to
   ``BackgroundTasks.add_task(log_call_activity, ...)``. The helpers log when called and

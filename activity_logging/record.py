@@ -646,8 +646,10 @@ def build_activity(wire: Mapping[str, Any], meta: Mapping[str, Any]) -> dict[str
     The worker's hot path (measured in benchmarks/bench_worker.py): per-entry values are
     cleaned once per entry, and the walk that replaces NUL characters runs only when
     ``decode_entry`` saw an escaped NUL in the entry's bytes (``meta["_nul"]``; absent means
-    "maybe", so hand-made metadata is always cleaned). Does not modify ``wire``.
-    Raises ``EntryFormatError`` when the record lacks its id or timestamp.
+    "maybe", so hand-made metadata is always cleaned). ``changes`` is normalised to the one
+    shape, ``{"field": {"old": ..., "new": ...}}`` (``[old, new]`` pairs rewritten, a scalar
+    wrapped as ``{"value": ...}``, empty as None; rules in ``changes.py``). Does not modify
+    ``wire``. Raises ``EntryFormatError`` when the record lacks its id or timestamp.
     """
     try:
         record_id = uuid.UUID(wire["id"])
@@ -696,7 +698,16 @@ def build_activity(wire: Mapping[str, Any], meta: Mapping[str, Any]) -> dict[str
         row["ip_address"] = ip
     if changes == {} or changes == [] or changes == "":  # nothing changed: no value, on every store
         changes = None
-    if changes is not None and type(changes) is not dict and type(changes) is not list:
+    if type(changes) is dict:
+        # One shape, {"field": {"old": o, "new": n}}: the seed's [o, n] pairs are rewritten
+        # here, where every producer's records pass (the rules are in changes.py, and a test
+        # keeps the two in step). A tuple arrives as a list: the extras are JSON by now.
+        for value in changes.values():
+            if type(value) is list and len(value) == 2:
+                changes = {k: {"old": v[0], "new": v[1]} if type(v) is list and len(v) == 2 else v
+                           for k, v in changes.items()}
+                break
+    elif changes is not None and type(changes) is not list:
         changes = {"value": changes}
     if type(explicit_meta) is dict:
         metadata: dict[str, Any] = {**explicit_meta, **extras}

@@ -11,9 +11,15 @@
 The retention period is capped at ``MAX_RETENTION_DAYS`` (36500, a hundred years): a
 larger one would put the cutoff before year 1 and is surely a typo.
 
+``cleanup(dry_run=True)`` counts what a run would remove and changes nothing; ``on_progress``
+follows a long run batch by batch.
+
 ``vacuum`` runs ``VACUUM (ANALYZE)`` outside any transaction, as PostgreSQL requires
 (``VACUUM`` then ``ANALYZE`` on SQLite). Both are coroutines; ``run_cleanup`` and
 ``run_vacuum`` are the blocking equivalents for scripts and the scheduler.
+
+Both return what they did and log it only at DEBUG: the caller reports the result (the CLI
+prints it once, the scheduler records it as an activity), so it is never said twice.
 """
 
 from __future__ import annotations
@@ -23,11 +29,12 @@ import logging
 import re
 import sqlite3
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any, Final
 
-from sqlalchemy import MetaData, Table, delete, select, tuple_
+from sqlalchemy import MetaData, Table, delete, func, select, tuple_
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from .config import DEFAULT_TABLE, require_positive, resolve_retention_days
@@ -43,11 +50,19 @@ MAX_RETENTION_DAYS: Final = 36_500
 #: PostgreSQL SQLSTATE ``undefined_table``.
 UNDEFINED_TABLE: Final = "42P01"
 
+#: ``on_progress(rows deleted so far, rows to delete)``; the total is None when not counted.
+ProgressCallback = Callable[[int, int | None], None]
+
 
 @dataclass(frozen=True, slots=True)
 class CleanupResult:
     """What one ``cleanup`` did. ``deleted_rows`` counts rows deleted row by row (not the
-    rows of dropped partitions, which PostgreSQL does not count)."""
+    rows of dropped partitions, which PostgreSQL does not count).
+
+    In a dry run (``dry_run`` True) nothing was changed: ``deleted_rows`` is every row
+    older than the cutoff (those of partitions that would be dropped included), the
+    partition lists name what would be dropped, detached or created, and ``batches`` is 0.
+    """
 
     cutoff: datetime
     retention_days: int
@@ -57,6 +72,7 @@ class CleanupResult:
     detached_partitions: list[str] = field(default_factory=list)
     created_partitions: list[str] = field(default_factory=list)
     seconds: float = 0.0
+    dry_run: bool = False
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-safe form."""
@@ -116,6 +132,14 @@ def _table(name: str) -> Table:
     return activity_logs if name == DEFAULT_TABLE else make_table(MetaData(), name)
 
 
+async def count_before(engine: AsyncEngine, cutoff: datetime, *, table: str = DEFAULT_TABLE) -> int:
+    """How many rows have ``timestamp < cutoff`` (one ``COUNT`` on the timestamp index)."""
+    t = _table(table)
+    async with engine.connect() as conn:
+        return int((await conn.execute(
+            select(func.count()).select_from(t).where(t.c.timestamp < cutoff))).scalar_one())
+
+
 async def delete_before(
     engine: AsyncEngine,
     cutoff: datetime,
@@ -123,11 +147,14 @@ async def delete_before(
     table: str = DEFAULT_TABLE,
     batch_size: int = DEFAULT_BATCH_SIZE,
     composite_key: bool = False,
+    on_batch: Callable[[int, int], None] | None = None,
 ) -> tuple[int, int]:
     """Delete rows with ``timestamp < cutoff``, ``batch_size`` rows per transaction.
 
     Returns ``(rows deleted, batches)``. ``composite_key`` selects rows by ``(id,
     timestamp)``, the key of a partitioned table, so each lookup prunes to one partition.
+    ``on_batch(rows deleted so far, batches)`` is called after each committed batch; what
+    it raises is raised here (the batches before it stay deleted).
     """
     t = _table(table)
     victims = select(t.c.id).where(t.c.timestamp < cutoff).limit(batch_size)
@@ -142,6 +169,8 @@ async def delete_before(
             deleted = (await conn.execute(stmt)).rowcount
         batches += 1
         total += max(deleted, 0)
+        if on_batch is not None:
+            on_batch(total, batches)
         if deleted < batch_size:
             return total, batches
         # Let other sessions (the worker's inserts) in between batches.
@@ -151,13 +180,11 @@ async def delete_before(
 _PARTITION_RE: Final = r"^{table}_p(\d{{4}})(\d{{2}})$"
 
 
-async def expire_partitions(
-    conn: Any, cutoff: datetime, *, table: str = DEFAULT_TABLE, detach: bool = False
-) -> list[str]:
-    """Drop (or detach) the monthly partitions of ``table`` that lie wholly before ``cutoff``.
+async def expired_partitions(conn: Any, cutoff: datetime, *, table: str = DEFAULT_TABLE) -> list[str]:
+    """The monthly partitions of ``table`` that lie wholly before ``cutoff``, oldest first.
 
     ``conn`` is an asyncpg connection. Only partitions named as ``db.partition_name`` makes
-    them are touched. Returns their names, oldest first.
+    them are listed. Reads only.
     """
     from .db import month_bounds
 
@@ -176,14 +203,40 @@ async def expire_partitions(
         _, end = month_bounds(int(match.group(1)), int(match.group(2)))
         if end <= cutoff:
             expired.append(name)
+    return expired
+
+
+async def missing_partitions(
+    conn: Any, *, table: str = DEFAULT_TABLE, months_ahead: int = 3, now: datetime | None = None
+) -> list[str]:
+    """The partitions ``db.ensure_partitions`` would create now (none for a plain table). Reads only."""
+    from .db import is_partitioned, months_from, partition_name
+
+    if not await is_partitioned(conn, table):
+        return []
+    names = [partition_name(table, year, month)
+             for year, month in months_from(now or datetime.now(UTC), months_ahead)]
+    return [name for name in names
+            if not await conn.fetchval("SELECT to_regclass($1) IS NOT NULL", _quote(name))]
+
+
+async def expire_partitions(
+    conn: Any, cutoff: datetime, *, table: str = DEFAULT_TABLE, detach: bool = False
+) -> list[str]:
+    """Drop (or detach) the monthly partitions of ``table`` that lie wholly before ``cutoff``.
+
+    ``conn`` is an asyncpg connection. Only partitions named as ``db.partition_name`` makes
+    them are touched. Returns their names, oldest first.
+    """
+    expired = await expired_partitions(conn, cutoff, table=table)
     for name in expired:
         # One short statement per partition: each takes its lock only for a moment.
         if detach:
             await conn.execute(f"ALTER TABLE {_quote(table)} DETACH PARTITION {_quote(name)}")
         else:
             await conn.execute(f"DROP TABLE {_quote(name)}")
-        logger.info("%s partition %s (before %s)", "detached" if detach else "dropped",
-                    name, cutoff.isoformat())
+        logger.debug("%s partition %s (before %s)", "detached" if detach else "dropped",
+                     name, cutoff.isoformat())
     return expired
 
 
@@ -197,14 +250,19 @@ async def cleanup(
     months_ahead: int = 3,
     now: datetime | None = None,
     table: str = DEFAULT_TABLE,
+    dry_run: bool = False,
+    on_progress: ProgressCallback | None = None,
 ) -> CleanupResult:
     """Remove activities older than the retention period; see the module docstring.
 
     ``retention_days`` defaults to ``ACTIVITY_LOG_RETENTION_DAYS``, else 90, and may not
     exceed ``MAX_RETENTION_DAYS``. The cutoff is
-    ``now - retention_days`` (UTC); rows with ``timestamp < cutoff`` go, others stay. Raises
-    ``ConfigurationError`` for bad arguments and ``StoreUnavailableError`` when the database
-    cannot be reached.
+    ``now - retention_days`` (UTC); rows with ``timestamp < cutoff`` go, others stay.
+    ``dry_run`` counts and lists what would go (see ``CleanupResult``) and changes nothing.
+    ``on_progress(deleted, total)`` is called before the first batch and after each one,
+    ``total`` being the rows left to delete once expired partitions are gone (one extra
+    ``COUNT``, made only when ``on_progress`` is given). Raises ``ConfigurationError`` for
+    bad arguments and ``StoreUnavailableError`` when the database cannot be reached.
     """
     from .db import connect_pg, create_async_engine_for, ensure_partitions, is_partitioned
 
@@ -215,6 +273,10 @@ async def cleanup(
         now.replace(tzinfo=UTC) if now is not None else datetime.now(UTC)
     )
     cutoff = current - timedelta(days=days)
+    if dry_run:
+        return await _dry_run(url, schema=schema, table=table, days=days, cutoff=cutoff,
+                              now=current, months_ahead=months_ahead, detach=detach,
+                              started=started)
     dropped: list[str] = []
     created: list[str] = []
     partitioned = False
@@ -232,8 +294,17 @@ async def cleanup(
     engine = create_async_engine_for(url, schema=schema)
     try:
         async with reachable(url):
+            on_batch: Callable[[int, int], None] | None = None
+            if on_progress is not None:
+                report, total = on_progress, await count_before(engine, cutoff, table=table)
+                report(0, total)
+
+                def on_batch(done: int, _batches: int) -> None:
+                    report(done, total)
+
             deleted, batches = await delete_before(
-                engine, cutoff, table=table, batch_size=batch_size, composite_key=partitioned
+                engine, cutoff, table=table, batch_size=batch_size, composite_key=partitioned,
+                on_batch=on_batch,
             )
     finally:
         await engine.dispose()
@@ -242,9 +313,38 @@ async def cleanup(
         dropped_partitions=[] if detach else dropped, detached_partitions=dropped if detach else [],
         created_partitions=created, seconds=round(time.monotonic() - started, 3),
     )
-    logger.info("cleanup before %s: %d rows deleted in %d batches, partitions removed: %s",
-                cutoff.isoformat(), deleted, batches, ", ".join(dropped) or "none")
+    logger.debug("cleanup before %s: %d rows deleted in %d batches, partitions removed: %s",
+                 cutoff.isoformat(), deleted, batches, ", ".join(dropped) or "none")
     return result
+
+
+async def _dry_run(
+    url: str, *, schema: str | None, table: str, days: int, cutoff: datetime, now: datetime,
+    months_ahead: int, detach: bool, started: float,
+) -> CleanupResult:
+    """What ``cleanup`` would do, found with reads only."""
+    from .db import connect_pg, create_async_engine_for
+
+    expired: list[str] = []
+    ahead: list[str] = []
+    if not is_sqlite(url):
+        conn = await connect_pg(url, schema=schema)
+        try:
+            expired = await expired_partitions(conn, cutoff, table=table)
+            ahead = await missing_partitions(conn, table=table, months_ahead=months_ahead, now=now)
+        finally:
+            await conn.close()
+    engine = create_async_engine_for(url, schema=schema)
+    try:
+        async with reachable(url):
+            rows = await count_before(engine, cutoff, table=table)
+    finally:
+        await engine.dispose()
+    return CleanupResult(
+        cutoff=cutoff, retention_days=days, deleted_rows=rows, batches=0,
+        dropped_partitions=[] if detach else expired, detached_partitions=expired if detach else [],
+        created_partitions=ahead, seconds=round(time.monotonic() - started, 3), dry_run=True,
+    )
 
 
 async def vacuum(
@@ -282,7 +382,7 @@ async def vacuum(
         finally:
             await conn.close()
     seconds = round(time.monotonic() - started, 3)
-    logger.info("%s done in %.1f s", statement, seconds)
+    logger.debug("%s done in %.1f s", statement, seconds)
     return VacuumResult(table=table, statement=statement, seconds=seconds)
 
 
@@ -300,11 +400,15 @@ __all__ = [
     "DEFAULT_BATCH_SIZE",
     "MAX_RETENTION_DAYS",
     "CleanupResult",
+    "ProgressCallback",
     "VacuumResult",
     "cleanup",
+    "count_before",
     "delete_before",
     "expire_partitions",
+    "expired_partitions",
     "is_missing_table",
+    "missing_partitions",
     "reachable",
     "resolve_cleanup_days",
     "run_cleanup",

@@ -5,6 +5,8 @@ Run it:
     python examples/callcenter_app.py                 # serves on http://127.0.0.1:8000
     python examples/callcenter_app.py --selftest      # drives it in-process, checks the store
 
+It needs FastAPI, uvicorn and httpx: ``pip install -e '.[examples]'`` (``make demo`` does).
+
 With no ``REDIS_URL`` the activities go to the embedded SQLite store (``--db``, default
 ``callcenter_activity.db``) and ``GET /activities`` shows the latest ones. With ``REDIS_URL``
 (and ``DATABASE_URL`` for the worker) they go to the Redis stream and ``activity-logging
@@ -26,7 +28,7 @@ import tempfile
 import warnings
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from itertools import count
 from pathlib import Path
 from typing import Annotated, Any
@@ -39,6 +41,7 @@ from activity_logging import (
     ActivityHandler,
     ActivityType,
     activity_logger,
+    changes_between,
     log_activity,
     log_agent_activity,
     log_call_activity,
@@ -248,10 +251,12 @@ def create_app(trusted_proxies: str = "127.0.0.1") -> FastAPI:
         lead = db.leads.get(lead_id)
         if lead is None:
             raise HTTPException(404, "no such lead")
+        before = replace(lead)
         lead.converted = True
+        # {"converted": {"old": False, "new": True}}: only what changed, in the one shape
         await log_lead_activity(ActivityType.LEAD_CONVERTED, lead_id=lead.id,
                                 description=f"Lead {lead.name} converted",
-                                changes={"converted": {"old": False, "new": True}})
+                                changes=changes_between(before, lead))
         return asdict(lead)
 
     @app.post("/maintenance")
@@ -366,6 +371,20 @@ def selftest(db_path: str) -> int:
     return 0
 
 
+def server_url(host: str, port: int) -> str:
+    """The URL to open for ``host``/``port`` (an IPv6 address in brackets)."""
+    return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+
+
+def store_description(db_path: str) -> str:
+    """Where this process's activities go, as the handler will decide (see logging_config)."""
+    if os.environ.get("REDIS_URL"):
+        return "Redis stream (REDIS_URL); `activity-logging worker` stores them"
+    if os.environ.get("DATABASE_URL"):
+        return "DATABASE_URL"
+    return f"sqlite:///{db_path}, also at GET /activities"
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--host", default="127.0.0.1")
@@ -382,6 +401,8 @@ def main(argv: list[str] | None = None) -> int:
     import uvicorn
 
     configure_logging(args.db)
+    print(f"call-center API on {server_url(args.host, args.port)}  (activities: "
+          f"{store_description(args.db)}; Ctrl+C to stop)", flush=True)
     # uvicorn must not replace our dictConfig (log_config=None) and must tell the app its
     # real peer: the middleware reads the socket peer and trusts only 127.0.0.1 as a proxy
     uvicorn.run(create_app(), host=args.host, port=args.port, log_config=None,

@@ -91,6 +91,28 @@ async def test_partitioned_cleanup_removes_whole_months_then_the_boundary_rows(
 
 
 @pytest.mark.anyio
+async def test_partitioned_dry_run_lists_and_counts_and_changes_nothing(
+    pg_url: str, pg_schema: str
+) -> None:
+    rows = make_rows(ROWS, start=START, step=STEP)
+    await seed(pg_url, rows, schema=pg_schema, partitioned=True)
+    before = await _partitions(pg_url, pg_schema)
+    cutoff = NOW - timedelta(days=90)
+
+    preview = await cleanup(pg_url, schema=pg_schema, retention_days=90, now=NOW,
+                            months_ahead=3, dry_run=True)
+
+    assert preview.dry_run is True
+    assert preview.dropped_partitions == ["activity_logs_p202511", "activity_logs_p202512"]
+    assert preview.deleted_rows == sum(1 for r in rows if r["timestamp"] < cutoff)
+    assert preview.created_partitions == [
+        p for p in ("activity_logs_p202604", "activity_logs_p202605", "activity_logs_p202606",
+                    "activity_logs_p202607") if p not in before]
+    assert await _partitions(pg_url, pg_schema) == before
+    assert await _stored_ids(pg_url, pg_schema) == {r["id"] for r in rows}
+
+
+@pytest.mark.anyio
 async def test_vacuum_analyze_runs_outside_a_transaction(pg_url: str, pg_schema: str) -> None:
     await seed(pg_url, make_rows(50), schema=pg_schema)
     result = await vacuum(pg_url, schema=pg_schema)

@@ -6,6 +6,9 @@ import asyncio
 import csv
 import io
 import json
+import os
+import subprocess
+import sys
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -47,14 +50,65 @@ def test_query_jsonl_applies_filters_and_pages_with_the_cursor(
     assert first + second == want[:8]
 
 
-def test_query_summary_prints_counts(
+def test_query_summary_prints_counts_as_json_with_format_json(
     db: str, rows: list[dict[str, Any]], capsys: pytest.CaptureFixture[str]
 ) -> None:
-    code, out, _ = run(["query", "--database-url", db, "--summary", "3650"], capsys)
+    code, out, _ = run(["query", "--database-url", db, "--summary", "3650", "--format", "json"],
+                       capsys)
     assert code == 0
     summary = json.loads(out)
     assert summary["total"] == len(rows)
     assert sum(summary["by_severity"].values()) == len(rows)
+    code, out, _ = run(["query", "--database-url", db, "--summary", "3650", "--format", "jsonl"],
+                       capsys)
+    assert code == 0
+    assert len(out.splitlines()) == 1
+    assert json.loads(out) == summary
+
+
+def test_query_summary_is_a_table_by_default(
+    db: str, rows: list[dict[str, Any]], capsys: pytest.CaptureFixture[str]
+) -> None:
+    code, out, _ = run(["query", "--database-url", db, "--summary", "3650"], capsys)
+    assert code == 0
+    assert not out.lstrip().startswith("{")
+    lines = out.splitlines()
+    assert lines[0].startswith(f"{len(rows)} activities, ")
+    for title in ("TYPE", "SEVERITY", "DAY"):
+        assert any(line.split() == [title, "COUNT"] for line in lines)
+    counts = {line.split()[0]: int(line.split()[1]) for line in lines
+              if len(line.split()) >= 2 and line.split()[1].isdigit()}
+    assert counts["call_created"] == sum(1 for r in rows if r["activity_type"] == "call_created")
+    assert counts["2026-03-10"] == sum(1 for r in rows if r["timestamp"].date().isoformat()
+                                       == "2026-03-10")
+    assert "#" in out  # the busiest day has a bar
+
+
+def test_query_show_changes_adds_a_changes_column(
+    db: str, rows: list[dict[str, Any]], capsys: pytest.CaptureFixture[str]
+) -> None:
+    code, out, _ = run(["query", "--database-url", db, "--limit", "40", "--order", "asc"], capsys)
+    assert code == 0
+    assert "CHANGES" not in out.splitlines()[0]
+    code, out, _ = run(["query", "--database-url", db, "--limit", "40", "--order", "asc",
+                        "--show-changes"], capsys)
+    assert code == 0
+    header, *lines = out.splitlines()
+    assert header.split()[-1] == "CHANGES"
+    # the seed stores the old pair form ([None, "s1"]): shown as field: old → new all the same
+    for r in rows:
+        want = f'status: null → "{r["changes"]["status"][1]}"' if r["changes"] else "  -"
+        assert sum(line.endswith(want) for line in lines) == 1 or not r["changes"]
+    assert sum(line.endswith("  -") for line in lines) == sum(1 for r in rows if not r["changes"])
+
+
+def test_query_format_json_is_one_array(
+    db: str, rows: list[dict[str, Any]], capsys: pytest.CaptureFixture[str]
+) -> None:
+    code, out, _ = run(["query", "--database-url", db, "--format", "json", "--limit", "5"], capsys)
+    assert code == 0
+    items = json.loads(out)
+    assert [i["id"] for i in items] == [str(r["id"]) for r in reference(rows)[:5]]
 
 
 @pytest.mark.parametrize("fmt", ["jsonl", "csv"])
@@ -189,10 +243,84 @@ def test_argparse_rejects_bad_numbers(capsys: pytest.CaptureFixture[str]) -> Non
 
 def test_missing_table_is_one_line_exit_1(tmp_path: Path, capsys: pytest.CaptureFixture[str]
                                           ) -> None:
+    (tmp_path / "empty.db").touch()  # an SQLite database with no table in it
     code, _, err = run(["query", "--database-url", f"sqlite:///{tmp_path / 'empty.db'}"], capsys)
     assert code == 1
     assert "run `activity-logging init-db` first" in err
     assert "Traceback" not in err
+
+
+@pytest.mark.parametrize("verb", ["query", "export", "status", "verify", "cleanup", "vacuum"])
+def test_missing_sqlite_file_is_one_line_exit_1_and_is_not_created(
+    verb: str, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.delenv("REDIS_URL", raising=False)
+    missing = tmp_path / "typo.db"
+    code, out, err = run([verb, "--database-url", f"sqlite:///{missing}"], capsys)
+    assert code == 1
+    assert err.count("\n") == 1
+    assert f"no database at sqlite:///{missing}" in err
+    assert "does not exist" in err
+    assert out == ""
+    assert not missing.exists()
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_missing_sqlite_file_from_the_environment_is_not_created(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("DATABASE_URL", raising=False)
+    code, _, err = run(["query"], capsys)  # the default: sqlite:///activity_logs.db here
+    assert code == 1
+    assert "activity_logs.db does not exist" in err
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_cleanup_dry_run_counts_and_deletes_nothing(
+    db: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from datetime import UTC, datetime
+
+    now = datetime.now(UTC)
+    data = make_rows(20, start=now - timedelta(days=19, hours=12), step=timedelta(days=1))
+    asyncio.run(seed(db, data))
+    argv = ["cleanup", "--database-url", db, "--retention-days", "10"]
+    code, out, _ = run([*argv, "--dry-run", "--json"], capsys)
+    assert code == 0
+    preview = json.loads(out)
+    assert preview["dry_run"] is True
+    assert preview["batches"] == 0
+    cutoff = datetime.fromisoformat(preview["cutoff"])
+    assert preview["deleted_rows"] == sum(1 for r in data if r["timestamp"] < cutoff) >= 8
+    code, out, _ = run(["query", "--database-url", db, "--format", "jsonl", "--limit", "100"],
+                       capsys)
+    assert len(out.splitlines()) == len(data)  # nothing deleted
+    code, out, _ = run([*argv, "--dry-run"], capsys)
+    assert code == 0
+    assert out.startswith("dry run, nothing changed: cutoff ")
+    assert f"{preview['deleted_rows']} rows older than the cutoff" in out
+    code, out, _ = run([*argv, "--json"], capsys)
+    assert json.loads(out)["deleted_rows"] == preview["deleted_rows"]
+
+
+def test_cleanup_progress_goes_to_stderr_with_the_total(
+    db: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from datetime import UTC, datetime
+
+    data = make_rows(30, start=datetime.now(UTC) - timedelta(days=400), step=timedelta(hours=1))
+    asyncio.run(seed(db, data))
+    code, out, err = run(["cleanup", "--database-url", db, "--batch-size", "7", "--progress"],
+                         capsys)
+    assert code == 0
+    assert "30/30 rows deleted 100.0%" in err
+    assert err.endswith("\n")
+    assert "30 rows deleted in 5 batches" in out
+    assert "rows deleted" not in out.replace("30 rows deleted in", "")
+    code, _, err = run(["cleanup", "--database-url", db, "--no-progress"], capsys)
+    assert code == 0
+    assert err == ""
 
 
 @pytest.mark.parametrize("verb", ["query", "export", "verify", "cleanup", "vacuum", "status"])
@@ -230,3 +358,55 @@ def test_every_verb_has_help(verb: str, capsys: pytest.CaptureFixture[str]) -> N
         main([verb, "--help"])
     assert exc.value.code == 0
     assert "--database-url" in capsys.readouterr().out
+
+
+def _cli(*argv: str) -> subprocess.CompletedProcess[str]:
+    """The real command in its own process: its logging goes where a user's would (stderr)."""
+    env = {k: v for k, v in os.environ.items() if k not in ("REDIS_URL", "DATABASE_URL")}
+    return subprocess.run([sys.executable, "-m", "activity_logging", *argv], env=env,
+                          capture_output=True, text=True, timeout=120, check=False)
+
+
+def test_cleanup_and_vacuum_print_their_result_once(db: str, rows: list[dict[str, Any]]) -> None:
+    done = _cli("cleanup", "--database-url", db, "--retention-days", "3650")
+    assert done.returncode == 0, done.stderr
+    assert (done.stdout + done.stderr).count("deleted in") == 1
+    assert done.stdout.count("\n") == 1
+    done = _cli("vacuum", "--database-url", db)
+    assert done.returncode == 0, done.stderr
+    assert (done.stdout + done.stderr).count("VACUUM") == 1
+    assert done.stdout.startswith("VACUUM; ANALYZE: done")
+
+
+@pytest.mark.xfail(strict=True, raises=AssertionError,
+                   reason="needs cli_worker.cmd_init_db to print its result on stdout instead "
+                   "of logging it, and db.create_partitions to log at DEBUG (files of another "
+                   "engineer); remove this mark with that change")
+def test_init_db_prints_its_result_once_on_stdout(tmp_path: Path) -> None:
+    done = _cli("init-db", "--database-url", f"sqlite:///{tmp_path / 'new.db'}")
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.count("activity_logs ready") == 1
+    assert "activity_logs ready" not in done.stderr
+
+
+@pytest.mark.xfail(strict=True, raises=SystemExit,
+                   reason="needs cli.py: --log-level type=str.upper (file of another engineer); "
+                   "remove this mark with that change")
+@pytest.mark.parametrize("level", ["debug", "Warning"])
+def test_log_level_is_case_insensitive(level: str, db: str, rows: list[dict[str, Any]],
+                                       capsys: pytest.CaptureFixture[str]) -> None:
+    code, _, _ = run(["--log-level", level, "query", "--database-url", db, "--limit", "1"], capsys)
+    assert code == 0
+
+
+@pytest.mark.xfail(strict=True, raises=AssertionError,
+                   reason="needs status.render_status to show an unknown count as '-' (file "
+                   "of another engineer); remove this mark with that change")
+def test_status_never_prints_none(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("REDIS_URL", raising=False)
+    (tmp_path / "empty.db").touch()  # a store without its table: no count can be made
+    code, out, _ = run(["status", "--database-url", f"sqlite:///{tmp_path / 'empty.db'}"], capsys)
+    assert code == 1
+    assert "init-db" in out
+    assert "None" not in out

@@ -238,3 +238,42 @@ def test_fastapi_dependency_injection_works_through_the_decorator(captured: Capt
     assert [(r["activity_type"], r["target_id"]) for r in rows] == [
         ("call_created", "C-555"), ("sync_read", "4")]
     assert (rows[0]["request_id"], rows[0]["user_agent"]) == ("fa-1", "fa-test")
+
+
+def test_changes_option_logs_the_results_changes_on_success_only(captured: Capture) -> None:
+    @log_activity("call_updated", target_type="call",
+                  changes=lambda call: {"number": {"old": None, "new": call.number}})
+    def renumber(call: Call, fail: bool = False) -> Call:
+        if fail:
+            raise CallError("no")
+        return call
+
+    @log_activity("call_touched", target_type="call", changes={"touched": [False, True]})
+    def touch(call: Call) -> Call:
+        return call
+
+    renumber(Call(1, "555"))
+    with pytest.raises(CallError):
+        renumber(Call(2, "556"), fail=True)
+    touch(Call(3, "557"))
+    ok, failed, touched = captured.rows()
+    assert ok["changes"] == {"number": {"old": None, "new": "555"}}
+    assert failed["severity"] == "error" and failed["changes"] is None
+    assert touched["changes"] == {"touched": {"old": False, "new": True}}  # pair normalised
+
+
+def test_a_failing_changes_callable_never_reaches_the_caller(
+    captured: Capture, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from activity_logging import decorators
+    from activity_logging._internal import RateLimitedReporter
+
+    monkeypatch.setattr(decorators, "reporter", RateLimitedReporter())  # no earlier test's limit
+
+    @log_activity("call_updated", target_type="call", changes=lambda _call: 1 / 0)
+    def update(call: Call) -> Call:
+        return call
+
+    assert update(Call(1, "555")) == Call(1, "555")
+    assert captured.rows() == []
+    assert "could not log activity" in capsys.readouterr().err

@@ -206,3 +206,23 @@ def test_helpers_run_as_starlette_background_tasks_with_the_request_context(
         assert row["user_agent"] == "pytest-agent"
         assert row["path"] == "/hangup"
         assert row["http_method"] == "POST"
+
+
+def test_helpers_store_the_one_changes_shape_whatever_form_was_passed(captured: Capture) -> None:
+    from dataclasses import dataclass, replace
+
+    from activity_logging import changes_between
+
+    @dataclass
+    class Agent:
+        id: str
+        status: str
+
+    before = Agent("a1", "idle")
+    after = replace(before, status="busy")
+    log_agent_activity("agent_status_changed", agent_id="a1",
+                       changes=changes_between(before, after))
+    log_agent_activity("agent_status_changed", agent_id="a1", changes={"status": ["idle", "busy"]})
+    activity_logger.log("agent_status_changed", changes={"status": ("idle", "busy")})
+    rows = captured.rows()
+    assert [r["changes"] for r in rows] == [{"status": {"old": "idle", "new": "busy"}}] * 3

@@ -102,7 +102,7 @@ def test_snapshot_is_taken_at_call_time() -> None:
     tags.append("y")
     meta, (wire,) = decode_entry(WireEncoder("p").encode_batch([queued]))
     row = build_activity(wire, meta)
-    assert row["changes"] == {"status": ["a", "b"]}
+    assert row["changes"] == {"status": {"old": "a", "new": "b"}}  # the pair, normalised
     assert row["metadata"]["tags"] == ["x"]
 
 

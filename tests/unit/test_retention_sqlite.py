@@ -83,3 +83,39 @@ def test_blocking_wrapper_works_without_a_running_loop(tmp_path: Path) -> None:
     assert result.deleted_rows == sum(
         1 for r in make_rows(10, step=timedelta(days=30)) if r["timestamp"] < NOW - timedelta(100))
     assert result.deleted_rows > 0
+
+
+@pytest.mark.anyio
+async def test_dry_run_counts_what_a_run_would_delete_and_deletes_nothing(tmp_path: Path) -> None:
+    path = tmp_path / "a.db"
+    url = f"sqlite:///{path}"
+    rows = make_rows(60, step=timedelta(days=3))
+    await seed(url, rows)
+    cutoff = NOW - timedelta(days=90)
+    expired = sum(1 for r in rows if r["timestamp"] < cutoff)
+    assert 0 < expired < len(rows)
+
+    preview = await cleanup(url, retention_days=90, now=NOW, dry_run=True)
+
+    assert (preview.dry_run, preview.deleted_rows, preview.batches) == (True, expired, 0)
+    assert preview.to_dict()["dry_run"] is True
+    assert _ids_in(path) == {r["id"].hex for r in rows}
+    done = await cleanup(url, retention_days=90, now=NOW)
+    assert (done.dry_run, done.deleted_rows) == (False, preview.deleted_rows)
+
+
+@pytest.mark.anyio
+async def test_progress_is_reported_per_batch_against_the_total(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'a.db'}"
+    rows = make_rows(50, step=timedelta(days=4))
+    await seed(url, rows)
+    expired = sum(1 for r in rows if r["timestamp"] < NOW - timedelta(days=90))
+    seen: list[tuple[int, int | None]] = []
+
+    result = await cleanup(url, retention_days=90, now=NOW, batch_size=4,
+                           on_progress=lambda done, total: seen.append((done, total)))
+
+    assert seen[0] == (0, expired)
+    assert seen[-1] == (expired, expired)
+    assert len(seen) == result.batches + 1
+    assert [done for done, _ in seen] == sorted(done for done, _ in seen)
