@@ -39,6 +39,7 @@ EXIT_FAILED: Final = 1
 #: A cold stop exits with this plus the number of the signal that forced it.
 EXIT_COLD_STOP_BASE: Final = 128
 _STOP_SIGNALS: Final = (signal.SIGTERM, signal.SIGINT)
+_METRICS_HOST: Final = "127.0.0.1"  # metrics.DEFAULT_METRICS_HOST, not imported: optional extra
 
 
 def register(subparsers: Any) -> None:
@@ -94,6 +95,12 @@ def register(subparsers: Any) -> None:
                         "leaving it pending (default: 1.5)")
     w.add_argument("--exit-when-idle", action="store_true",
                    help="exit 0 once the stream has nothing left to read (one-shot drain)")
+    w.add_argument("--metrics-port", type=int, default=None,
+                   help="serve Prometheus metrics on this port at /metrics (needs the metrics "
+                        "extra: pip install 'activity_logging[metrics]'; 0 picks a free port)")
+    w.add_argument("--metrics-host", default=_METRICS_HOST,
+                   help=f"address the metrics server listens on (default: {_METRICS_HOST}; "
+                        "0.0.0.0 for every interface)")
     w.set_defaults(func=cmd_worker)
 
 
@@ -151,6 +158,8 @@ def cmd_worker(args: argparse.Namespace) -> int:
             redis_url, resolve_database_url(args.database_url), stream=args.stream,
             group=args.group, consumer=args.consumer, schema=args.schema, **options,
         )
+        if args.metrics_port is not None:
+            _serve_metrics(worker, args.metrics_port, args.metrics_host)
         tune_gc_for_draining()
         asyncio.run(_run_worker(worker, early, hold, stop_when_idle=args.exit_when_idle))
     finally:
@@ -159,6 +168,20 @@ def cmd_worker(args: argparse.Namespace) -> int:
     if worker.stopped_cold:
         return EXIT_COLD_STOP_BASE + (worker.last_signal or signal.SIGTERM)
     return EXIT_OK
+
+
+def _serve_metrics(worker: ActivityWorker, port: int, host: str) -> None:
+    """Start the metrics endpoint for ``worker``; raises ``ConfigurationError`` (exit 2).
+
+    The server thread is a daemon and is left running to the end: a scrape during the warm
+    stop still answers, and closing it would add up to half a second to every stop.
+    """
+    try:
+        from .metrics import start_worker_metrics
+    except ImportError as exc:
+        raise ConfigurationError(f"--metrics-port: {exc}") from None
+    server = start_worker_metrics(worker, port, host)
+    logger.info("metrics on %s", server.url)
 
 
 async def _run_worker(

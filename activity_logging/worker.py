@@ -29,7 +29,7 @@ import os
 import signal
 import socket
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any, Final
 
@@ -130,6 +130,7 @@ class _Batch:
     rows: list[dict[str, Any]] = field(default_factory=list)
     refs: list[tuple[int, int]] = field(default_factory=list)
     rejects: list[_Reject] = field(default_factory=list)
+    read_at: float = 0.0  # time.monotonic() when the reader handed it to the writers
 
 
 def tune_gc_for_draining() -> None:
@@ -183,6 +184,10 @@ class ActivityWorker:
         writers: batches inserted concurrently, each over its own PostgreSQL connection.
         stop_timeout: seconds a warm stop gives the batch in hand to be committed and
             acknowledged before leaving it pending (``request_stop``).
+        on_batch: called (also settable as the ``on_batch`` attribute) after each batch is
+            committed and acknowledged, with the seconds since the batch was read; runs in
+            the event loop, so it must be quick (``metrics`` observes a histogram); an
+            exception it raises is logged and ignored.
 
     Raises ``ConfigurationError`` at construction for missing or invalid settings; connects
     only in ``run``. One worker runs in one event loop; run several processes to scale.
@@ -208,6 +213,7 @@ class ActivityWorker:
         partition_interval: float = DEFAULT_PARTITION_INTERVAL,
         writers: int = DEFAULT_WRITERS,
         stop_timeout: float = DEFAULT_STOP_TIMEOUT,
+        on_batch: Callable[[float], None] | None = None,
     ) -> None:
         resolved_redis = resolve_redis_url(redis_url)
         if resolved_redis is None:
@@ -240,6 +246,7 @@ class ActivityWorker:
         self.partition_interval = partition_interval
         self.stop_timeout = stop_timeout
         self.counters = WorkerCounters()
+        self.on_batch = on_batch
         store_class: type[PostgresStore] | type[SQLiteStore] = (
             SQLiteStore if is_sqlite(resolved_db) else PostgresStore
         )
@@ -564,6 +571,7 @@ class ActivityWorker:
                 await self._ensure_group()
                 continue
             if batch.ids:
+                batch.read_at = time.monotonic()
                 await queue.put(batch)  # not cancelled by a warm stop: the batch is in hand
             elif stop_when_idle and self._read_id == b">":
                 return
@@ -668,6 +676,15 @@ class ActivityWorker:
             await self._retrying("acknowledge entries", lambda b=batch: self._finish(b),
                                  past_stop=True)
             self.counters.batches += 1
+            if self.on_batch is not None:
+                self._report_batch(self.on_batch, time.monotonic() - batch.read_at)
+
+    @staticmethod
+    def _report_batch(hook: Callable[[float], None], seconds: float) -> None:
+        try:
+            hook(seconds)
+        except Exception as exc:  # an observer must never stop the drain
+            logger.warning("on_batch hook failed: %s: %s", type(exc).__name__, exc)
 
     async def _store_batch(self, batch: _Batch, store: Store) -> None:
         backoff = BACKOFF_INITIAL
