@@ -127,10 +127,8 @@ def cmd_init_db(args: argparse.Namespace) -> int:
     except OSError as exc:
         print(f"activity-logging init-db: cannot open {redact_url(url)}: {exc}", file=sys.stderr)
         return EXIT_FAILED
-    logger.info(
-        "activity_logs ready in %s%s%s", redact_url(url), f" schema {schema}" if schema else "",
-        " (partitioned by month)" if args.partitioned else "",
-    )
+    print(f"activity_logs ready in {redact_url(url)}{f' schema {schema}' if schema else ''}"
+          f"{' (partitioned by month)' if args.partitioned else ''}")
     return EXIT_OK
 
 

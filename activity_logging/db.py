@@ -175,7 +175,7 @@ async def create_partitions(
             )
             created.append(name)
     if created:
-        logger.info("created partitions %s", ", ".join(created))
+        logger.debug("created partitions %s", ", ".join(created))
     return created
 
 

@@ -400,7 +400,7 @@ def render_status(status: PipelineStatus) -> str:
     lines += [
         f"database:         {status.database_url}",
         f"newest activity:  {newest}",
-        f"rows last 24 h:   {status.rows_last_24h}",
+        f"rows last 24 h:   {_or_dash(status.rows_last_24h)}",
         _sequence_line(status),
         _loss_line(status),
     ]

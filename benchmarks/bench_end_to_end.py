@@ -41,7 +41,7 @@ from activity_logging.handler import ActivityHandler  # noqa: E402
 
 PG_URL = os.environ.get("TEST_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/test")
 REDIS_URL = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
-EXTRA = {"actor_type": "agent", "target_type": "call", "changes": {"status": [None, "ringing"]},
+EXTRA = {"actor_type": "agent", "target_type": "call", "changes": {"status": {"old": None, "new": "ringing"}},
          "ip_address": "10.1.2.3", "campaign": "spring"}
 
 

@@ -43,7 +43,7 @@ def sample_queued(i: int = 0) -> record.QueuedRecord:
     rec = logging.LogRecord("activity", logging.INFO, __file__, 1, "call_created", None, None)
     rec.__dict__.update(
         actor_type="agent", actor_id=f"agent-{i % 97}", target_type="call", target_id=f"call-{i}",
-        changes={"status": [None, "ringing"]}, ip_address="10.1.2.3", request_id=f"req-{i}",
+        changes={"status": {"old": None, "new": "ringing"}}, ip_address="10.1.2.3", request_id=f"req-{i}",
         campaign="spring",
     )
     return record.queued_from_record(rec)

@@ -114,7 +114,7 @@ async def test_handler_to_worker_stores_every_record_with_every_field(
     assert isinstance(first["id"], uuid.UUID)
     assert first["timestamp"].utcoffset().total_seconds() == 0
     assert abs((datetime.now(UTC) - first["timestamp"]).total_seconds()) < 600
-    assert orjson.loads(first["changes"]) == {"status": [None, "ringing"], "i": 0}
+    assert orjson.loads(first["changes"]) == {"status": {"old": None, "new": "ringing"}, "i": 0}
     assert orjson.loads(first["metadata"]) == {"campaign": "spring"}
     assert first["ip_address"] == ipaddress.ip_address("192.0.2.9")
     assert (first["severity"], first["level"], first["actor_id"], first["request_id"]) == (

@@ -378,10 +378,6 @@ def test_cleanup_and_vacuum_print_their_result_once(db: str, rows: list[dict[str
     assert done.stdout.startswith("VACUUM; ANALYZE: done")
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError,
-                   reason="needs cli_worker.cmd_init_db to print its result on stdout instead "
-                   "of logging it, and db.create_partitions to log at DEBUG (files of another "
-                   "engineer); remove this mark with that change")
 def test_init_db_prints_its_result_once_on_stdout(tmp_path: Path) -> None:
     done = _cli("init-db", "--database-url", f"sqlite:///{tmp_path / 'new.db'}")
     assert done.returncode == 0, done.stderr
@@ -389,9 +385,6 @@ def test_init_db_prints_its_result_once_on_stdout(tmp_path: Path) -> None:
     assert "activity_logs ready" not in done.stderr
 
 
-@pytest.mark.xfail(strict=True, raises=SystemExit,
-                   reason="needs cli.py: --log-level type=str.upper (file of another engineer); "
-                   "remove this mark with that change")
 @pytest.mark.parametrize("level", ["debug", "Warning"])
 def test_log_level_is_case_insensitive(level: str, db: str, rows: list[dict[str, Any]],
                                        capsys: pytest.CaptureFixture[str]) -> None:
@@ -399,9 +392,6 @@ def test_log_level_is_case_insensitive(level: str, db: str, rows: list[dict[str,
     assert code == 0
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError,
-                   reason="needs status.render_status to show an unknown count as '-' (file "
-                   "of another engineer); remove this mark with that change")
 def test_status_never_prints_none(tmp_path: Path, capsys: pytest.CaptureFixture[str],
                                   monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("REDIS_URL", raising=False)
