@@ -13,7 +13,7 @@ import subprocess
 import tempfile
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 
 
 def free_port() -> int:
@@ -39,10 +39,13 @@ def wait_port(port: int, timeout: float = 10.0, *, open_: bool = True) -> None:
 class PrivateRedis:
     """A ``redis-server`` on a free port with its own directory; stop, kill, restart at will."""
 
-    def __init__(self, *, appendonly: bool = False) -> None:
+    def __init__(self, *, appendonly: bool = False, options: Sequence[str] = ()) -> None:
         self.port = free_port()
         self.dir = tempfile.mkdtemp(prefix="al-redis-")
         self.appendonly = appendonly
+        # more ``redis-server`` arguments, kept across restarts (``CONFIG SET`` is not), e.g.
+        # ``("--appendfsync", "always")``; ``--enable-debug-command`` can only be set this way
+        self.options = tuple(options)
         self.proc: subprocess.Popen[bytes] | None = None
 
     @property
@@ -54,7 +57,7 @@ class PrivateRedis:
         self.proc = subprocess.Popen(
             [exe, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
              "--appendonly", "yes" if self.appendonly else "no", "--dir", self.dir,
-             "--logfile", os.path.join(self.dir, "redis.log")],
+             "--logfile", os.path.join(self.dir, "redis.log"), *self.options],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         )
         wait_port(self.port)
