@@ -59,6 +59,10 @@ def register(subparsers: Any) -> None:
     p.add_argument("--root-path", default="",
                    help="path prefix the viewer is served under behind a proxy (e.g. /audit)")
     p.add_argument("--page-size", type=int, default=None, help="rows per page (default: 50)")
+    p.add_argument("--redis-url", default=None,
+                   help="Redis of the pipeline, for the health at /metrics (default: REDIS_URL)")
+    p.add_argument("--stream", default=None,
+                   help="stream name, for the health at /metrics (default: ACTIVITY_LOG_STREAM)")
     p.set_defaults(func=cmd_serve)
 
 
@@ -81,6 +85,18 @@ def _token(host: str) -> tuple[str, bool]:
             f"or listen on a loopback address (--host {DEFAULT_HOST})."
         )
     return secrets.token_urlsafe(24), True
+
+
+def _pipeline_metrics(database_url: str, args: argparse.Namespace) -> Any:
+    """The pipeline health for Prometheus at ``/metrics``, when prometheus_client is installed."""
+    try:
+        from .metrics import pipeline_metrics_app
+    except ImportError:  # the metrics extra is optional: the viewer works without it
+        return None
+    from .config import resolve_redis_url, resolve_stream
+
+    return pipeline_metrics_app(database_url, resolve_redis_url(args.redis_url),
+                                schema=resolve_schema(args.schema), stream=resolve_stream(args.stream))
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
@@ -113,6 +129,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     options: dict[str, Any] = {}
     if args.page_size is not None:
         options["page_size"] = args.page_size
+    options["metrics_app"] = _pipeline_metrics(url, args)
     app = create_viewer_app(database_url=url, schema=resolve_schema(args.schema),
                             authorize=authorizer, **options)
     try:

@@ -36,7 +36,7 @@ from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, Response, StreamingResponse
-from starlette.routing import Route
+from starlette.routing import BaseRoute, Mount, Route
 
 from ..config import DEFAULT_SQLITE_URL, resolve_database_url, resolve_schema
 from ..crud import ActivitySummary, Order
@@ -280,6 +280,7 @@ def create_viewer_app(
     page_size: int = DEFAULT_PAGE_SIZE,
     title: str = "Activity log",
     statement_timeout: float = DEFAULT_STATEMENT_TIMEOUT,
+    metrics_app: Any = None,
 ) -> Starlette:
     """The read-only audit viewer as a Starlette app::
 
@@ -297,6 +298,9 @@ def create_viewer_app(
         page_size: rows per page (a request may ask for 1 to 500 with ``limit``).
         title: shown in the header and the window title.
         statement_timeout: PostgreSQL: seconds any one query may run (0 for no limit).
+        metrics_app: an ASGI app mounted at ``/metrics`` behind the same ``authorize``
+            (``activity_logging.metrics.pipeline_metrics_app(...)``: the pipeline health for
+            Prometheus, which scrapes with the viewer's credentials).
 
     Does not connect: a database that is down shows as a 503 page. Raises
     ``ConfigurationError`` for a bad argument. A mounted app does not get lifespan events
@@ -310,14 +314,16 @@ def create_viewer_app(
     assert url is not None  # a default was given
     store = ViewerStore(url, schema=resolve_schema(schema), statement_timeout=statement_timeout)
     pages = _Pages(store, title=title, page_size=page_size)
-    routes = [Route(view.path, _listing_endpoint(pages, view), name=f"{view.name}_page")
-              for view in VIEWS]
+    routes: list[BaseRoute] = [
+        Route(view.path, _listing_endpoint(pages, view), name=f"{view.name}_page") for view in VIEWS]
     routes += [
         Route("/activity/{activity_id}", pages.activity, name="activity_page"),
         Route("/summary", pages.summary, name="summary_page"),
         Route("/export.{fmt}", pages.export, name="export"),
         Route(_CSS_PATH, pages.stylesheet, name="stylesheet"),
     ]
+    if metrics_app is not None:
+        routes.append(Mount("/metrics", app=metrics_app, name="metrics"))
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:

@@ -652,3 +652,21 @@ def test_nice_scale_covers_the_maximum_in_at_most_four_round_steps(maximum: int)
     top, step = nice_scale(maximum)
     assert top >= maximum and top % step == 0 and 1 <= top // step <= 4
     assert str(step).strip("0") in ("1", "2", "5")
+
+
+def test_metrics_app_is_mounted_behind_the_viewers_authorization(tmp_path: Path) -> None:
+    from starlette.testclient import TestClient
+
+    async def metrics(scope: Any, receive: Any, send: Any) -> None:
+        await send({"type": "http.response.start", "status": 200,
+                    "headers": [(b"content-type", b"text/plain")]})
+        await send({"type": "http.response.body", "body": b"activity_log_pipeline_healthy 1\n"})
+
+    allowed = {"yes": False}
+    app = create_viewer_app(database_url=f"sqlite:///{tmp_path / 'm.db'}",
+                            authorize=lambda request: allowed["yes"], metrics_app=metrics)
+    with TestClient(app) as client:
+        assert client.get("/metrics/").status_code == 403
+        allowed["yes"] = True
+        response = client.get("/metrics/")
+        assert response.status_code == 200 and "activity_log_pipeline_healthy 1" in response.text
