@@ -67,6 +67,8 @@ def keys_from_pg(pg_url: str, schema: str, tag: str) -> Counter[str]:
     async def fetch() -> list[Any]:
         conn = await db.connect_pg(pg_url, schema=schema)
         try:
+            # a lock held by a fault scenario must fail the count, not hang the test
+            await conn.execute("SET statement_timeout = '60s'")
             return list(await conn.fetch(
                 "SELECT target_id FROM activity_logs WHERE target_id LIKE $1", f"{tag}-%"))
         finally:
