@@ -104,6 +104,9 @@ class PipelineStatus:
     warnings: list[str] = field(default_factory=list)
     redis_run_id: str | None = None
     redis_uptime_seconds: int | None = None
+    redis_version: str | None = None
+    redis_keys_loaded_at_start: int | None = None
+    last_generated_id: str | None = None
     entries_added: int | None = None
     entries_read: int | None = None
     lag: int | None = None

@@ -171,6 +171,8 @@ def _apply_stream_info(status: PipelineStatus, info: dict[str, Any]) -> None:
     status.max_deleted_entry_id = _text(deleted) if deleted is not None else None
     first = info.get("first-entry")
     status.first_entry_id = _text(first[0]) if first else None
+    generated = info.get("last-generated-id")
+    status.last_generated_id = _text(generated) if generated is not None else None
 
 
 def _apply_group_info(status: PipelineStatus, info: dict[str, Any]) -> None:
@@ -265,7 +267,13 @@ async def _read_server(client: aioredis.Redis, status: PipelineStatus) -> None:
     except ResponseError:
         return
     status.redis_run_id = str(server["run_id"]) if server.get("run_id") else None
+    status.redis_version = str(server["redis_version"]) if server.get("redis_version") else None
     status.redis_uptime_seconds = _int(server.get("uptime_in_seconds"))
+    try:
+        persistence = await client.info("persistence")
+    except ResponseError:
+        return
+    status.redis_keys_loaded_at_start = _int(persistence.get("rdb_last_load_keys_loaded"))
 
 
 def _judge_redis(status: PipelineStatus, *, heartbeat_ttl: float, max_lag: float) -> None:
@@ -350,6 +358,29 @@ def _restart_warnings(status: PipelineStatus) -> None:
         )
 
 
+def _version(text: str | None) -> tuple[int, ...]:
+    try:
+        return tuple(int(part) for part in (text or "").split(".")[:3])
+    except ValueError:
+        return ()
+
+
+def _lag_untrustworthy(status: PipelineStatus) -> bool:
+    """Redis before 7.2.4 rebuilds ``entries-read`` wrongly when it loads its AOF after a
+    rewrite (``XREADGROUP`` is written as ``XCLAIM ... LASTID``, without it), so a group
+    that has read everything can report a lag that is not there. Only then is the lag
+    doubted: Redis loaded keys from disk when it started, and the group has read up to the
+    stream's last generated id (a trim of unread entries on a Redis that was not reloaded
+    stays a problem)."""
+    generated, delivered = status.last_generated_id, status.last_delivered_id
+    if not generated or not delivered or _entry_id(delivered) < _entry_id(generated):
+        return False
+    if status.redis_keys_loaded_at_start == 0:  # nothing was reloaded from disk at its start
+        return False
+    version = _version(status.redis_version)
+    return not version or version < (7, 2, 4)
+
+
 def _stream_loss(status: PipelineStatus) -> None:
     """Entries that left the stream before the group read them (see the module docstring)."""
     if not status.group_exists or status.stream_length is None:
@@ -358,6 +389,16 @@ def _stream_loss(status: PipelineStatus) -> None:
         # Exact when nothing is pending; pending entries still in the stream count against
         # it, so it never overstates.
         status.stream_entries_lost = max(status.lag - status.stream_length, 0)
+        if status.stream_entries_lost and _lag_untrustworthy(status):
+            status.warnings.append(
+                f"consumer group {status.group!r} reports a lag of {status.lag} but has read "
+                f"up to the stream's last id ({status.last_generated_id}): Redis "
+                f"{status.redis_version} reloads a group's entries-read wrongly from its AOF "
+                "(fixed in Redis 7.2.4, redis/redis#12898), so the lag cannot tell whether "
+                "entries were trimmed unread; the sequence check below can: run "
+                "`activity-logging verify` if in doubt")
+            status.stream_entries_lost = None
+            return
         if status.stream_entries_lost:
             status.problems.append(
                 f"the stream lost {plural(status.stream_entries_lost, 'entry', 'entries')} "
