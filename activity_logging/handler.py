@@ -310,6 +310,7 @@ class ActivityHandler(logging.handlers.QueueHandler):
         self._stop_requested = False
         self._close_when_done = False
         self._give_up_at: float | None = None
+        self._replay_until = 0.0
         self._held: list[tuple[Entry, int]] = []
         self._held_unconfirmed = False  # a send of the held entries timed out: they may be stored
         self._in_flight = 0  # taken from the queue, not yet sent/spooled/lost: counts against queue_size
@@ -440,9 +441,11 @@ class ActivityHandler(logging.handlers.QueueHandler):
                         self._to_spool(held)
                 return True
         spool = self._spool
-        if (spool is not None and self._down_until <= now and not self._stop_requested
-                and spool.has_pending()):
-            self._replay_spool()  # then on to the queue: fresh records must not wait behind it
+        if spool is not None and self._down_until <= now:
+            if not self._stop_requested and spool.has_pending():
+                self._replay_spool()  # then on to the queue: fresh records must not wait behind it
+            elif self._stop_requested and spool.pending_records and now < self._replay_until:
+                self._replay_spool(orphans=False)  # closing with Redis up: leave nothing on disk
         dq = self._dq
         if not dq:
             if self._stop_requested:
@@ -568,10 +571,10 @@ class ActivityHandler(logging.handlers.QueueHandler):
                 return
             self._account(n, "spooled" if ok else "dropped_spool_full")
 
-    def _replay_spool(self) -> None:
+    def _replay_spool(self, *, orphans: bool = True) -> None:
         assert self._spool is not None
         try:
-            result = self._spool.replay(self._sink.send)
+            result = self._spool.replay(self._sink.send, orphans=orphans)
         except SpoolReplayError as exc:  # what was finished before it stopped still counts
             self._count_replay(exc.result)
             self._counts["send_failures"] += 1
@@ -684,9 +687,16 @@ class ActivityHandler(logging.handlers.QueueHandler):
         limit = self.close_timeout if timeout is None else max(0.0, timeout)
         deadline = time.monotonic() + limit
         thread = self._thread
+        # Redis may be back while the listener still waits out a back-off: one more try now,
+        # rather than spooling what could be delivered (a failure spools at once anyway).
+        if self._down_until > time.monotonic():
+            self._down_until = time.monotonic()
         self._wait_done(max(0.0, limit - self._send_timeout - 0.1))
+        # what is still in hand now: spooled, else counted; the own spool may still be replayed
+        # while the budget lasts (a send that hangs must end before it does)
+        self._replay_until = deadline - self._send_timeout
         self._stop_requested = True
-        self._give_up_at = time.monotonic()  # anything still in hand now: spooled, else counted
+        self._give_up_at = time.monotonic()
         self._wake.set()
         if thread is not None and thread is not threading.current_thread():
             thread.join(max(0.5, deadline - time.monotonic()))

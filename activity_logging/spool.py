@@ -524,8 +524,9 @@ class Spool:
                 os.close(fd)  # releases the probe's lock
             yield path
 
-    def replay(self, send: Send, group: int = 16) -> ReplayResult:
-        """Send every spooled entry, own file first, then orphans nobody holds.
+    def replay(self, send: Send, group: int = 16, *, orphans: bool = True) -> ReplayResult:
+        """Send every spooled entry, own file first, then orphans nobody holds (not with
+        ``orphans=False``: a closing handler replays only its own file).
 
         Entries go to ``send`` in lists of at most ``group``, in file order, read frame by
         frame (memory bounded by ``group`` frames plus a 1 MiB window). A file is truncated
@@ -540,7 +541,7 @@ class Spool:
         try:
             if self._file is not None:
                 self._replay_own(self._file, send, group, result)
-            for path in list(self._orphans()):
+            for path in list(self._orphans()) if orphans else []:
                 self._replay_orphan(path, send, group, result)
         except Exception as exc:
             raise SpoolReplayError(result, exc) from exc
