@@ -163,7 +163,68 @@ def default_actor_getter(scope: Scope) -> tuple[str | None, Any] | None:
     return ACTOR_USER, actor_id
 
 
-class ActivityContextMiddleware:
+class RequestContextOptions:
+    """The options both context middlewares take (ASGI ``ActivityContextMiddleware``, WSGI
+    ``ActivityWSGIMiddleware``), checked and kept in one place."""
+
+    _actor_report_key = "middleware.actor"  # the rate-limited stderr report, per middleware
+
+    def _init_options(
+        self,
+        *,
+        request_id_header: str,
+        trusted_proxies: Iterable[str] | str,
+        actor_getter: Any,
+        log_requests: bool,
+        slow_request_threshold: float,
+        exclude_paths: Iterable[str],
+        logger: str | logging.Logger,
+        max_user_agent_chars: int,
+        request_id_factory: Callable[[], str] | None,
+    ) -> None:
+        """Raises ``ConfigurationError`` naming the option and its bad value."""
+        if not request_id_header or not request_id_header.strip():
+            raise ConfigurationError(
+                f"request_id_header must be a header name, got {request_id_header!r}"
+            )
+        if slow_request_threshold < 0:
+            raise ConfigurationError(
+                f"slow_request_threshold must be >= 0 seconds, got {slow_request_threshold!r}"
+            )
+        if max_user_agent_chars < 0:
+            raise ConfigurationError(
+                f"max_user_agent_chars must be >= 0, got {max_user_agent_chars!r}"
+            )
+        self.request_id_header = request_id_header.strip()
+        self.trusted_proxies = parse_networks(trusted_proxies)
+        self.actor_getter = actor_getter
+        self.log_requests = log_requests
+        self.slow_request_threshold = slow_request_threshold
+        paths = [p for p in exclude_paths if p]
+        self._exclude_exact = frozenset(p for p in paths if not p.endswith("*"))
+        self._exclude_prefixes = tuple(p[:-1] for p in paths if p.endswith("*"))
+        self.logger = logger if isinstance(logger, logging.Logger) else logging.getLogger(logger)
+        self.max_user_agent_chars = max_user_agent_chars
+        self._request_id_factory = request_id_factory
+
+    def _actor(self, request: Any) -> tuple[str | None, Any] | None:
+        """``actor_getter(request)`` (an ASGI scope or a WSGI environ); never raises."""
+        if self.actor_getter is None:
+            return None
+        try:
+            result: tuple[str | None, Any] | None = self.actor_getter(request)
+            return result
+        except Exception as exc:
+            reporter.report(self._actor_report_key, "actor_getter failed", exc)
+            return None
+
+    def _excluded(self, path: str) -> bool:
+        return path in self._exclude_exact or (
+            bool(self._exclude_prefixes) and path.startswith(self._exclude_prefixes)
+        )
+
+
+class ActivityContextMiddleware(RequestContextOptions):
     """Pure ASGI middleware binding the activity context for each request.
 
     Args:
@@ -214,53 +275,23 @@ class ActivityContextMiddleware:
         request_id_factory: Callable[[], str] | None = None,
         shutdown_flush_timeout: float | None = None,
     ) -> None:
-        if not request_id_header or not request_id_header.strip():
-            raise ConfigurationError(
-                f"request_id_header must be a header name, got {request_id_header!r}"
-            )
-        if slow_request_threshold < 0:
-            raise ConfigurationError(
-                f"slow_request_threshold must be >= 0 seconds, got {slow_request_threshold!r}"
-            )
-        if max_user_agent_chars < 0:
-            raise ConfigurationError(
-                f"max_user_agent_chars must be >= 0, got {max_user_agent_chars!r}"
-            )
+        self._init_options(
+            request_id_header=request_id_header, trusted_proxies=trusted_proxies,
+            actor_getter=actor_getter, log_requests=log_requests,
+            slow_request_threshold=slow_request_threshold, exclude_paths=exclude_paths,
+            logger=logger, max_user_agent_chars=max_user_agent_chars,
+            request_id_factory=request_id_factory,
+        )
         if shutdown_flush_timeout is not None and not shutdown_flush_timeout >= 0:
             raise ConfigurationError(
                 f"shutdown_flush_timeout must be >= 0 seconds or None, got {shutdown_flush_timeout!r}"
             )
         self.app = app
-        self.request_id_header = request_id_header.strip()
         self._rid_key = self.request_id_header.lower().encode("latin-1")
         self._xff_key = forwarded_for_header.strip().lower().encode("latin-1")
-        self.trusted_proxies = parse_networks(trusted_proxies)
-        self.actor_getter = actor_getter
-        self.log_requests = log_requests
-        self.slow_request_threshold = slow_request_threshold
-        paths = [p for p in exclude_paths if p]
-        self._exclude_exact = frozenset(p for p in paths if not p.endswith("*"))
-        self._exclude_prefixes = tuple(p[:-1] for p in paths if p.endswith("*"))
-        self.logger = logger if isinstance(logger, logging.Logger) else logging.getLogger(logger)
-        self.max_user_agent_chars = max_user_agent_chars
-        self._request_id_factory = request_id_factory
         self.shutdown_flush_timeout = shutdown_flush_timeout
 
     # -- per request ------------------------------------------------------------------------
-
-    def _actor(self, scope: Scope) -> tuple[str | None, Any] | None:
-        if self.actor_getter is None:
-            return None
-        try:
-            return self.actor_getter(scope)
-        except Exception as exc:
-            reporter.report("middleware.actor", "actor_getter failed", exc)
-            return None
-
-    def _excluded(self, path: str) -> bool:
-        return path in self._exclude_exact or (
-            bool(self._exclude_prefixes) and path.startswith(self._exclude_prefixes)
-        )
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         scope_type = scope["type"]

@@ -29,12 +29,11 @@ from wsgiref.types import StartResponse, WSGIApplication, WSGIEnvironment
 from ._internal import reporter
 from .constants import ACTOR_USER, DEFAULT_LOGGER_NAME, ActivityType
 from .context import bind_context, reset_context
-from .exceptions import ConfigurationError
 from .middleware import (
     MAX_USER_AGENT_CHARS,
     REQUEST_ID_PATTERN,
+    RequestContextOptions,
     parse_forwarded_for,
-    parse_networks,
 )
 
 __all__ = ["ActivityWSGIMiddleware", "WSGIActorGetter", "default_wsgi_actor_getter", "request_activity"]
@@ -113,7 +112,7 @@ def _request_path(environ: WSGIEnvironment) -> str:
         return path
 
 
-class ActivityWSGIMiddleware:
+class ActivityWSGIMiddleware(RequestContextOptions):
     """WSGI middleware binding the activity context for each request.
 
     ``app.wsgi_app = ActivityWSGIMiddleware(app.wsgi_app)`` (Flask), or wrap Django's
@@ -148,6 +147,8 @@ class ActivityWSGIMiddleware:
     ``close()``) propagate unchanged. Thread-safe: one instance serves concurrent requests.
     """
 
+    _actor_report_key = "wsgi.actor"
+
     def __init__(
         self,
         app: WSGIApplication,
@@ -163,47 +164,17 @@ class ActivityWSGIMiddleware:
         max_user_agent_chars: int = MAX_USER_AGENT_CHARS,
         request_id_factory: Callable[[], str] | None = None,
     ) -> None:
-        if not request_id_header or not request_id_header.strip():
-            raise ConfigurationError(
-                f"request_id_header must be a header name, got {request_id_header!r}"
-            )
-        if slow_request_threshold < 0:
-            raise ConfigurationError(
-                f"slow_request_threshold must be >= 0 seconds, got {slow_request_threshold!r}"
-            )
-        if max_user_agent_chars < 0:
-            raise ConfigurationError(
-                f"max_user_agent_chars must be >= 0, got {max_user_agent_chars!r}"
-            )
+        self._init_options(
+            request_id_header=request_id_header, trusted_proxies=trusted_proxies,
+            actor_getter=actor_getter, log_requests=log_requests,
+            slow_request_threshold=slow_request_threshold, exclude_paths=exclude_paths,
+            logger=logger, max_user_agent_chars=max_user_agent_chars,
+            request_id_factory=request_id_factory,
+        )
         self.app = app
-        self.request_id_header = request_id_header.strip()
         self._rid_lower = self.request_id_header.lower()
         self._rid_key = _environ_key(self.request_id_header)
         self._xff_key = _environ_key(forwarded_for_header)
-        self.trusted_proxies = parse_networks(trusted_proxies)
-        self.actor_getter = actor_getter
-        self.log_requests = log_requests
-        self.slow_request_threshold = slow_request_threshold
-        paths = [p for p in exclude_paths if p]
-        self._exclude_exact = frozenset(p for p in paths if not p.endswith("*"))
-        self._exclude_prefixes = tuple(p[:-1] for p in paths if p.endswith("*"))
-        self.logger = logger if isinstance(logger, logging.Logger) else logging.getLogger(logger)
-        self.max_user_agent_chars = max_user_agent_chars
-        self._request_id_factory = request_id_factory
-
-    def _actor(self, environ: WSGIEnvironment) -> tuple[str | None, Any] | None:
-        if self.actor_getter is None:
-            return None
-        try:
-            return self.actor_getter(environ)
-        except Exception as exc:
-            reporter.report("wsgi.actor", "actor_getter failed", exc)
-            return None
-
-    def _excluded(self, path: str) -> bool:
-        return path in self._exclude_exact or (
-            bool(self._exclude_prefixes) and path.startswith(self._exclude_prefixes)
-        )
 
     def __call__(self, environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
         request_context = contextvars.copy_context()
