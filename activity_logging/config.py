@@ -8,10 +8,11 @@ from __future__ import annotations
 import hashlib
 import math
 import os
+import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Final
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import parse_qsl, urlsplit
 
 from .exceptions import ConfigurationError
 
@@ -72,11 +73,21 @@ def resolve_schema(value: str | None = None, environ: Mapping[str, str] | None =
 
 def default_state_dir(environ: Mapping[str, str] | None = None) -> Path:
     """The per-user state directory: ``$XDG_STATE_HOME/activity_logging``, else
-    ``~/.local/state/activity_logging`` (the XDG base-directory default)."""
+    ``~/.local/state/activity_logging`` (the XDG base-directory default), else, for a user
+    without a usable home (an arbitrary container uid), ``<tmp>/activity_logging-<uid>``
+    (created 0700 by the spool; a directory another user made there is refused by it)."""
     env = os.environ if environ is None else environ
     base = env.get("XDG_STATE_HOME") or ""
-    root = Path(base) if base.strip() and os.path.isabs(base) else Path.home() / ".local" / "state"
-    return root / "activity_logging"
+    if base.strip() and os.path.isabs(base):
+        return Path(base) / "activity_logging"
+    home = env.get("HOME") if environ is not None else None
+    try:
+        root = Path(home) if home else Path.home()
+    except (RuntimeError, KeyError):  # no HOME and no passwd entry for this uid
+        root = None
+    if root is None or not root.is_absolute() or str(root) == "/":
+        return Path(tempfile.gettempdir()) / f"activity_logging-{os.getuid()}"
+    return root / ".local" / "state" / "activity_logging"
 
 
 def resolve_spool_path(
@@ -101,10 +112,20 @@ def resolve_spool_path(
 
 
 def _without_credentials(url: str) -> str:
+    """Which Redis database a URL names, without its credentials: scheme, host, port (the
+    default filled in), socket path and the effective db (``?db=`` wins over ``/N``), so
+    two spellings of one database share a spool and two databases never do."""
     parts = urlsplit(url)
-    host = parts.hostname or ""
-    netloc = f"{host}:{parts.port}" if parts.port else host
-    return urlunsplit((parts.scheme, netloc, parts.path, "", ""))
+    try:
+        port = parts.port
+    except ValueError as exc:
+        raise ConfigurationError(f"redis_url has an invalid port: {exc}") from None
+    query = dict(parse_qsl(parts.query))
+    if parts.scheme == "unix":
+        return f"unix:{parts.path}?db={query.get('db', '0')}"
+    host = (parts.hostname or "localhost").lower()
+    db = query.get("db") or parts.path.strip("/") or "0"
+    return f"{parts.scheme}://{host}:{port or 6379}/{db}"
 
 
 def resolve_retention_days(value: int | None = None, environ: Mapping[str, str] | None = None) -> int:

@@ -61,6 +61,13 @@ _LOSS_OUTCOMES: Final = (
     "dropped_spool_full", "dropped_unencodable", "lost", "lost_spool_damaged", "unconfirmed",
 )
 _FLUSH_THEN_CLOSE_WINDOW: Final = 1.0  # a close this soon after a timed-out flush shares its budget
+_Held = tuple[Entry, int, bool]  # (entry, records, maybe stored)
+
+
+class _ReplayStopped(Exception):
+    """A spool replay interrupted on purpose: a close began, or its budget ran out."""
+
+
 _SENT: Final = 0
 _FAILED: Final = 1
 _UNCONFIRMED: Final = 2
@@ -311,8 +318,9 @@ class ActivityHandler(logging.handlers.QueueHandler):
         self._close_when_done = False
         self._give_up_at: float | None = None
         self._replay_until = 0.0
-        self._held: list[tuple[Entry, int]] = []
-        self._held_unconfirmed = False  # a send of the held entries timed out: they may be stored
+        # entries in hand after a failed send, each with whether a send of it got no answer
+        # (it may be stored: counted "unconfirmed", never "lost", if it is given up)
+        self._held: list[_Held] = []
         self._in_flight = 0  # taken from the queue, not yet sent/spooled/lost: counts against queue_size
         # bytes of queued records: added by callers (under the handler lock), removed by the
         # listener; two counters, each written by one side only, so neither needs a lock
@@ -430,12 +438,13 @@ class ActivityHandler(logging.handlers.QueueHandler):
                 return True
             if self._held:
                 held = self._held
-                outcome = self._deliver([e for e, _ in held])
+                outcome = self._deliver([e for e, _, _ in held])
                 if outcome == _SENT:
-                    self._held, self._held_unconfirmed = [], False
-                    self._account(sum(n for _, n in held), "sent", batches=len(held))
+                    self._held = []
+                    self._account(sum(n for _, n, _ in held), "sent", batches=len(held))
                 else:
-                    self._held_unconfirmed |= outcome == _UNCONFIRMED
+                    held = [(e, n, maybe or outcome == _UNCONFIRMED) for e, n, maybe in held]
+                    self._held = held
                     if self._spool is not None:  # the spool failed before; it may have room now
                         self._held = []
                         self._to_spool(held)
@@ -463,16 +472,22 @@ class ActivityHandler(logging.handlers.QueueHandler):
                 break
         if not entries:
             return True
-        if self._down_until > time.monotonic() and self._spool is not None:
-            self._to_spool(entries)
+        now = time.monotonic()
+        if self._stop_requested and now >= self._replay_until:
+            # closing, and a send started now could outlast the budget: spool, else count
+            self._held.extend((e, n, False) for e, n in entries)
+            self._give_up()
+            return True
+        if self._down_until > now and self._spool is not None:
+            self._to_spool([(e, n, False) for e, n in entries])
             return True
         outcome = self._deliver([e for e, _ in entries])
         if outcome == _SENT:
             self._account(sum(n for _, n in entries), "sent", batches=len(entries))
-        elif self._spool is not None:
-            self._to_spool(entries)  # resent from the spool later: the ids make that safe
+        elif self._spool is not None:  # resent from the spool later: the ids make that safe
+            self._to_spool([(e, n, outcome == _UNCONFIRMED) for e, n in entries])
         else:
-            self._held, self._held_unconfirmed = entries, outcome == _UNCONFIRMED
+            self._held = [(e, n, outcome == _UNCONFIRMED) for e, n in entries]
         return True
 
     def _encode(self, batch: list[QueuedRecord]) -> tuple[Entry, int] | None:
@@ -552,10 +567,12 @@ class ActivityHandler(logging.handlers.QueueHandler):
             self._down_until = 0.0
         self._backoff = self.reconnect_delay
 
-    def _to_spool(self, entries: list[tuple[Entry, int]]) -> None:
-        """Spool each entry; what the spool cannot take stays in hand (retried) or is counted."""
+    def _to_spool(self, entries: list[_Held]) -> None:
+        """Spool each entry; what the spool cannot take stays in hand (retried) or, when
+        closing, is left in hand for ``_give_up`` to count after every other entry was tried."""
         assert self._spool is not None
-        for i, (entry, n) in enumerate(entries):
+        failed: list[_Held] = []
+        for i, (entry, n, maybe) in enumerate(entries):
             try:
                 ok = self._spool.append(entry)
             except EntryFormatError as exc:  # a frame it can never take (a huge header)
@@ -565,18 +582,35 @@ class ActivityHandler(logging.handlers.QueueHandler):
             except Exception as exc:  # e.g. disk full: the spool rolled the file back
                 self._counts["spool_write_failures"] += 1
                 reporter.report("spool", "could not write to the spool; holding the records", exc)
-                self._held = entries[i:] + self._held
-                if not self._down_until:
-                    self._down_until = time.monotonic() + self._backoff
-                return
+                if not self._stop_requested:
+                    self._held = entries[i:] + self._held
+                    if not self._down_until:
+                        self._down_until = time.monotonic() + self._backoff
+                    return
+                failed.append((entry, n, maybe))  # closing: a smaller one may still fit
+                continue
             self._account(n, "spooled" if ok else "dropped_spool_full")
+        self._held = failed + self._held
 
     def _replay_spool(self, *, orphans: bool = True) -> None:
+        """Replay the spool; a close that begins (or runs out of budget) stops it between
+        sends, leaving the file in progress as it was (resent later: the ids make it safe)."""
         assert self._spool is not None
+        closing = self._stop_requested
+        sink_send = self._sink.send
+
+        def send(entries: list[Entry]) -> None:
+            if (not closing and self._stop_requested) or (
+                    closing and time.monotonic() >= self._replay_until):
+                raise _ReplayStopped
+            sink_send(entries)
+
         try:
-            result = self._spool.replay(self._sink.send, orphans=orphans)
+            result = self._spool.replay(send, orphans=orphans)
         except SpoolReplayError as exc:  # what was finished before it stopped still counts
             self._count_replay(exc.result)
+            if isinstance(exc.__cause__, _ReplayStopped):
+                return
             self._counts["send_failures"] += 1
             self._mark_down("spool replay failed", exc.__cause__ or exc)
             return
@@ -600,26 +634,19 @@ class ActivityHandler(logging.handlers.QueueHandler):
         return self._give_up_at is not None and now >= self._give_up_at
 
     def _give_up(self) -> None:
-        """Closing and the sink is still down: spool what is in hand and queued, else count it.
-
-        Held entries whose send timed out may have been stored: they are counted
-        ``unconfirmed``, never ``lost`` (``verify`` tells which).
-        """
-        held, unconfirmed = self._held, self._held_unconfirmed
-        self._held, self._held_unconfirmed = [], False
-        fresh: list[tuple[Entry, int]] = []
+        """Closing and the sink is down (or time is up): spool what is in hand and queued,
+        else count it. An entry whose send got no answer may be stored: ``unconfirmed``,
+        never ``lost`` (``verify`` tells which)."""
+        items, self._held = self._held, []
         while self._dq:
             encoded = self._encode(self._take(self.batch_size))
             if encoded is not None:
-                fresh.append(encoded)
-        if self._spool is not None:
-            from_held = {id(entry) for entry, _ in held}
-            self._to_spool(held + fresh)
-            left, self._held = self._held, []  # whatever the spool could not take
-            held = [item for item in left if id(item[0]) in from_held]
-            fresh = [item for item in left if id(item[0]) not in from_held]
-        self._count_undelivered(held, "unconfirmed" if unconfirmed else "lost")
-        self._count_undelivered(fresh, "lost")
+                items.append((encoded[0], encoded[1], False))
+        if self._spool is not None and items:
+            self._to_spool(items)
+            items, self._held = self._held, []  # whatever the spool could not take
+        self._count_undelivered([(e, n) for e, n, maybe in items if maybe], "unconfirmed")
+        self._count_undelivered([(e, n) for e, n, maybe in items if not maybe], "lost")
 
     def _count_undelivered(self, entries: list[tuple[Entry, int]], outcome: str) -> None:
         n = sum(k for _, k in entries)
@@ -721,7 +748,13 @@ class ActivityHandler(logging.handlers.QueueHandler):
             if self._closed:
                 self._wait_background_close()
                 return
-            self._closed = True
+            # Under the handler lock, which Handler.handle holds around emit: every emit that
+            # passed the _closed check has appended by now, so nothing slips in after.
+            self.acquire()
+            try:
+                self._closed = True
+            finally:
+                self.release()
             if _holds_logging_lock():
                 self._close_in_background()
                 return
@@ -729,7 +762,13 @@ class ActivityHandler(logging.handlers.QueueHandler):
             deadline = time.monotonic() + budget
             self._stop_listener(budget)
             self._drain_inline(deadline)
-            self._release()
+            thread = self._thread
+            if thread is not None and thread.is_alive() and thread is not threading.current_thread():
+                self._close_when_done = True  # it releases the sink and spool when it is done
+                if not thread.is_alive():  # it finished just now, before seeing the flag
+                    self._release()
+            else:
+                self._release()
         except Exception as exc:
             reporter.report("close", "close failed", exc)
             self._release()
@@ -755,6 +794,7 @@ class ActivityHandler(logging.handlers.QueueHandler):
         it ships or spools everything accepted (giving up after ``close_timeout``), then
         releases the sink; at interpreter exit that finish is waited for."""
         self._close_when_done = True
+        self._replay_until = time.monotonic() + self.close_timeout - self._send_timeout
         self._stop_requested = True
         self._give_up_at = time.monotonic() + self.close_timeout
         self._wake.set()
@@ -785,10 +825,11 @@ class ActivityHandler(logging.handlers.QueueHandler):
                 encoded = self._encode(self._take(self.batch_size))
                 if encoded is None:
                     continue
-                if self._deliver([encoded[0]]) == _SENT:
+                outcome = self._deliver([encoded[0]])
+                if outcome == _SENT:
                     self._account(encoded[1], "sent", batches=1)
                 else:
-                    self._held.append(encoded)
+                    self._held.append((encoded[0], encoded[1], outcome == _UNCONFIRMED))
                     break
         self._give_up()
 

@@ -428,6 +428,8 @@ class Spool:
         existed = _make_private_dir(self.directory)
         if existed and not self._mode_checked:
             self._check_mode()
+        if not self._owned():
+            raise PermissionError(f"spool directory {self.directory} belongs to another user")
         for _ in range(2):
             handle = open(self.path, "a+b", buffering=0, opener=_private_opener)  # noqa: SIM115 - held for the producer's lifetime
             try:
@@ -445,6 +447,20 @@ class Spool:
                 raise
             handle.close()
         raise OSError(f"could not start a fresh spool file at {self.path}")
+
+    def _owned(self) -> bool:
+        """False (reported once) when the directory belongs to another user: its files could
+        have been planted there, so nothing is written to or replayed from it."""
+        try:
+            owner = self.directory.stat().st_uid
+        except OSError:
+            return True  # not there (yet): it will be made ours
+        if owner == os.getuid():
+            return True
+        reporter.report(f"spool-owner:{self.directory}",
+                        f"spool directory {self.directory} belongs to uid {owner}, not to this "
+                        "process: not used (set ACTIVITY_LOG_SPOOL_PATH to a directory of yours)")
+        return False
 
     def _check_mode(self) -> None:
         self._mode_checked = True
@@ -507,7 +523,7 @@ class Spool:
 
     def _orphans(self) -> Iterator[Path]:
         """Non-empty spool files of other producers that nobody holds (lock probed, released)."""
-        if not self.directory.is_dir():
+        if not self.directory.is_dir() or not self._owned():
             return
         for path in sorted(self.directory.glob(f"*{SUFFIX}")):
             try:

@@ -543,3 +543,80 @@ def test_a_handler_that_fails_to_build_is_never_left_registered() -> None:
     left = [ref() for ref in registered if ref not in before and ref() is not None]
     # what logging.shutdown() would flush and close at exit: no half-built ActivityHandler
     assert not [h for h in left if isinstance(h, ActivityHandler)]
+
+
+def test_close_against_a_slow_sink_spools_what_it_cannot_send_in_time(
+    logger: logging.Logger, tmp_path: Path
+) -> None:
+    """Redis answers, but slowly: close must not return with records still queued or in a
+    send that outlives it (they died uncounted at exit); they are spooled instead."""
+    class Slow(RecordingSink):
+        def send(self, entries: list[Entry]) -> None:
+            threading.Event().wait(0.2)
+            super().send(entries)
+
+    sink = Slow()
+    handler, _ = attach(logger, sink, spool_path=str(tmp_path), batch_size=10,
+                        flush_interval=5.0, close_timeout=1.0)
+    for i in range(500):
+        logger.info("x", extra={"i": i})
+    handler.close()
+    stats = handler.stats()
+    assert (stats["queue_depth"], stats["in_hand"], stats["unaccounted"]) == (0, 0, 0), stats
+    assert stats["sent"] + stats["spool_pending"] == 500 and stats["spool_pending"] > 0, stats
+
+
+def test_a_record_emitted_while_close_runs_is_shipped_not_stranded(
+    logger: logging.Logger, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A caller past the closed check, preempted inside emit, while close() runs to the end:
+    close waits for it (the handler lock) and ships its record."""
+    import activity_logging.handler as handler_module
+
+    entered = threading.Event()
+    real = handler_module.current_context
+
+    def slow_context() -> Any:
+        if threading.current_thread().name == "late-caller":
+            entered.set()
+            threading.Event().wait(0.3)
+        return real()
+
+    handler, sink = attach(logger)
+    monkeypatch.setattr(handler_module, "current_context", slow_context)
+    caller = threading.Thread(target=logger.info, args=("late",), name="late-caller")
+    caller.start()
+    assert entered.wait(5)
+    handler.close()
+    caller.join()
+    stats = handler.stats()
+    assert (stats["sent"], stats["queue_depth"], stats["unaccounted"]) == (1, 0, 0), stats
+    assert [r["activity_type"] for r in sink.rows()] == ["late"]
+
+
+def test_the_default_spool_folder_names_the_redis_database_not_its_spelling() -> None:
+    from activity_logging.config import resolve_spool_path
+
+    def folder(url: str) -> str | None:
+        return resolve_spool_path(None, redis_url=url, stream="s", environ={"HOME": "/home/u"})
+
+    assert folder("redis://h:6379/0?db=1") != folder("redis://h:6379/0?db=2")  # ?db= wins
+    assert folder("unix:///run/r.sock?db=1") != folder("unix:///run/r.sock?db=2")
+    assert folder("redis://H/0") == folder("redis://h:6379/0") == folder("redis://u:pw@h:6379")
+    with pytest.raises(ConfigurationError, match="invalid port"):
+        folder("redis://h:port/0")
+
+
+def test_a_user_without_a_home_still_gets_a_private_spool_folder(monkeypatch: pytest.MonkeyPatch) -> None:
+    import tempfile
+    from pathlib import Path as P
+
+    from activity_logging.config import default_state_dir
+
+    def no_home() -> P:
+        raise RuntimeError("Could not determine home directory.")
+
+    monkeypatch.setattr(P, "home", staticmethod(no_home))
+    expected = P(tempfile.gettempdir()) / f"activity_logging-{__import__('os').getuid()}"
+    assert default_state_dir({}) == expected  # an arbitrary container uid: builds and spools
+    assert default_state_dir({"HOME": "relative/home"}) == expected

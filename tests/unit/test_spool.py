@@ -557,3 +557,21 @@ def test_release_after_fork_leaves_the_file_and_the_parents_lock(tmp_path: Path)
     finally:
         other.close()
         s.close()
+
+
+def test_a_spool_directory_owned_by_another_user_is_neither_written_nor_replayed(tmp_path: Path) -> None:
+    import os
+
+    if os.getuid() != 0:
+        pytest.skip("needs root to give a directory to another user")
+    planted = tmp_path / "spool"
+    planted.mkdir(mode=0o700)
+    other = Spool(planted, "other-producer", 1 << 20)
+    assert other.append(make_entry(0))  # frames that would be replayed as genuine
+    other.close()
+    os.chown(planted, 65534, 65534)
+    spool = Spool(planted, "me", 1 << 20)
+    assert not spool.has_pending()
+    with pytest.raises(PermissionError, match="another user"):
+        spool.append(make_entry(1))
+    spool.close()
