@@ -1,7 +1,17 @@
-"""``python -m activity_logging`` runs the command line."""
+"""``python -m activity_logging`` (and the ``activity-logging`` script) run the command line."""
 
 import sys
 
-from .cli import main
+from ._startup import hold_stop_signals_for_worker
 
-sys.exit(main())
+
+def run() -> int:
+    """The console entry point: hold a worker's stop signals first, then run the CLI."""
+    hold_stop_signals_for_worker(sys.argv)
+    from .cli import main
+
+    return main()
+
+
+if __name__ == "__main__":
+    sys.exit(run())

@@ -20,6 +20,7 @@ from collections.abc import Callable
 from types import FrameType
 from typing import TYPE_CHECKING, Any, Final
 
+from . import _startup
 from .config import (
     DEFAULT_GROUP,
     DEFAULT_SQLITE_URL,
@@ -38,7 +39,7 @@ EXIT_OK: Final = 0
 EXIT_FAILED: Final = 1
 #: A cold stop exits with this plus the number of the signal that forced it.
 EXIT_COLD_STOP_BASE: Final = 128
-_STOP_SIGNALS: Final = (signal.SIGTERM, signal.SIGINT)
+_STOP_SIGNALS: Final = _startup.STOP_SIGNALS
 _METRICS_HOST: Final = "127.0.0.1"  # metrics.DEFAULT_METRICS_HOST, not imported: optional extra
 
 
@@ -135,8 +136,9 @@ def cmd_init_db(args: argparse.Namespace) -> int:
 def cmd_worker(args: argparse.Namespace) -> int:
     """``worker``: drain until SIGTERM/SIGINT (exit 0), or a second signal (exit 128 + signal)."""
     # A signal that arrives while the heavy modules load is held, not a default kill, and
-    # handed to the worker once it exists: every moment of the process obeys a stop.
-    early: list[int] = []
+    # handed to the worker once it exists: every moment of the process obeys a stop (those
+    # held by _startup before the CLI was even imported come first).
+    early: list[int] = _startup.held
 
     def hold(signum: int, _frame: FrameType | None) -> None:
         early.append(signum)

@@ -125,3 +125,24 @@ def test_worker_command_refuses_bad_settings_with_exit_2(monkeypatch: pytest.Mon
     assert main(["worker", "--database-url", PG]) == 2  # no Redis anywhere
     assert main(["worker", "--redis-url", REDIS, "--database-url", "mysql://x/db"]) == 2
     assert main(["worker", "--redis-url", REDIS, "--database-url", PG, "--batch-size", "0"]) == 2
+
+
+def test_stop_signals_during_worker_start_up_are_held_for_the_worker() -> None:
+    """Before the CLI is even imported, a SIGTERM to `activity-logging worker` is a warm stop
+    (held, handed to the worker), never the default kill: exit 0, not -15."""
+    import os
+    import signal
+
+    from activity_logging import _startup
+
+    previous = {sig: signal.getsignal(sig) for sig in _startup.STOP_SIGNALS}
+    try:
+        _startup.hold_stop_signals_for_worker(["activity-logging", "query"])
+        assert signal.getsignal(signal.SIGTERM) == previous[signal.SIGTERM]  # other verbs: as is
+        _startup.hold_stop_signals_for_worker(["activity-logging", "--log-level", "debug", "worker"])
+        os.kill(os.getpid(), signal.SIGTERM)
+        assert _startup.held == [signal.SIGTERM]
+    finally:
+        _startup.held.clear()
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
