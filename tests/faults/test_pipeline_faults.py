@@ -248,13 +248,19 @@ def wait_flowing(pg_url: str, schema: str, more: int = 500) -> int:
     return floor + more
 
 
-def running(ws: Workers, consumer: str) -> bool:
-    """The worker has connected to both services (its first heartbeat is written then)."""
+def running(ws: Workers, consumer: str, pid: int | None = None) -> bool:
+    """The worker has connected to both services (its first heartbeat is written then).
+
+    With ``pid``, the heartbeat must be that process's own: a SIGKILLed predecessor of the
+    same consumer name leaves its heartbeat behind until it expires."""
     client = redis.Redis.from_url(ws.redis_url)
     try:
-        return bool(client.exists(heartbeat_key(ws.stream, consumer)))
+        raw = client.get(heartbeat_key(ws.stream, consumer))
     finally:
         client.close()
+    if raw is None:
+        return False
+    return pid is None or orjson.loads(raw).get("pid") == pid
 
 
 def stream_empty(ws: Workers) -> bool:
@@ -277,7 +283,7 @@ def drain_and_stop(ws: Workers, proc: subprocess.Popen[bytes], consumer: str, pg
         # Rows alone are not enough: a batch a killed worker committed but never
         # acknowledged is re-read and acknowledged by this one after the count is reached.
         wait_for(lambda: rows(pg_url, schema) >= expected and stream_empty(ws)
-                 and running(ws, consumer), BOUND)
+                 and running(ws, consumer, proc.pid), BOUND)
     assert_clean_exit(ws, consumer, stop(proc, f"{consumer}, drained"))
     assert stream_empty(ws)
 
