@@ -35,3 +35,18 @@ def stored_rows(path: Path) -> list[dict[str, Any]]:
                 item[column] = orjson.loads(item[column])
         result.append(item)
     return result
+
+
+class Store:
+    """A direct-mode ``ActivityHandler`` on the SQLite file ``path``, and its rows."""
+
+    def __init__(self, path: Path) -> None:
+        from activity_logging import ActivityHandler
+
+        self.path = path
+        self.handler = ActivityHandler(database_url=f"sqlite:///{path}", direct=True)
+
+    def rows(self) -> list[dict[str, Any]]:
+        """Every row, after the handler has flushed (asserted)."""
+        assert self.handler.flush(30), self.handler.stats()
+        return stored_rows(self.path)

@@ -15,9 +15,9 @@ import orjson
 import pytest
 from loguru import logger
 
-from activity_logging import ActivityHandler, activity_context
+from activity_logging import activity_context
 from activity_logging.record import ACTIVITY_COLUMNS, snapshot_extras
-from tests.sqlite_rows import stored_rows
+from tests.sqlite_rows import Store
 
 # The sink options docs/web.md shows: a callable format is not followed by loguru's
 # "\n{exception}", so the message stays the activity type.
@@ -27,16 +27,6 @@ CALL_FIELDS: dict[str, Any] = {
     "actor_type": "agent", "actor_id": "agent-7", "target_type": "call", "target_id": "c-1",
     "changes": {"status": {"old": None, "new": "ringing"}}, "queue": "sales",
 }
-
-
-class Store:
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self.handler = ActivityHandler(database_url=f"sqlite:///{path}", direct=True)
-
-    def rows(self) -> list[dict[str, Any]]:
-        assert self.handler.flush(30), self.handler.stats()
-        return stored_rows(self.path)
 
 
 @pytest.fixture

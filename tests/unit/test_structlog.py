@@ -10,13 +10,12 @@ import logging
 import re
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 import structlog
 
-from activity_logging import ActivityHandler, activity_context
-from tests.sqlite_rows import stored_rows
+from activity_logging import activity_context
+from tests.sqlite_rows import Store
 
 DOC = Path(__file__).resolve().parents[2] / "docs" / "configuration.md"
 
@@ -27,16 +26,6 @@ def documented_configuration() -> str:
     match = re.search(r"```python\n(.*?)```", section, re.DOTALL)
     assert match is not None, "docs/configuration.md lost its structlog recipe"
     return match.group(1)
-
-
-class Store:
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self.handler = ActivityHandler(database_url=f"sqlite:///{path}", direct=True)
-
-    def rows(self) -> list[dict[str, Any]]:
-        assert self.handler.flush(30), self.handler.stats()
-        return stored_rows(self.path)
 
 
 @pytest.fixture
