@@ -1,4 +1,4 @@
-"""Internal plumbing: our own logger, the guard against feedback loops, a rate-limited reporter.
+"""Internal plumbing: the guard against feedback loops, a rate-limited reporter, retry backoff.
 
 The pipeline must never log into itself: records from our own loggers and from the
 libraries we drive (redis, sqlalchemy, asyncpg, urllib3) are refused by the handler.
@@ -6,14 +6,11 @@ libraries we drive (redis, sqlalchemy, asyncpg, urllib3) are refused by the hand
 
 from __future__ import annotations
 
-import logging
 import os
 import sys
 import threading
 import time
-from typing import Final
-
-internal_logger: Final = logging.getLogger("activity_logging.internal")
+from typing import Any, Final
 
 REFUSED_LOGGER_PREFIXES: Final = (
     "activity_logging", "redis", "sqlalchemy", "asyncpg", "urllib3", "aiosqlite",
@@ -65,3 +62,33 @@ class RateLimitedReporter:
 
 
 reporter: Final = RateLimitedReporter()
+
+
+def as_text(value: Any) -> str:
+    """``value`` as text: bytes decoded as UTF-8 (bad bytes replaced), anything else ``str()``."""
+    return value.decode("utf-8", "replace") if isinstance(value, bytes | bytearray) else str(value)
+
+
+class Backoff:
+    """Exponential retry delays: ``initial``, doubled after each failure, capped at ``maximum``.
+
+    The one retry policy of the library (the handler's reconnects, the worker's reads, inserts
+    and acknowledgements), after ``logging.handlers.SocketHandler``: 1 s to 30 s, doubling, by default.
+    Not thread-safe: each retrying loop owns one.
+    """
+
+    def __init__(self, initial: float = 1.0, maximum: float = 30.0, factor: float = 2.0) -> None:
+        self.initial = initial
+        self.maximum = maximum
+        self.factor = factor
+        self.delay = initial
+
+    def next(self) -> float:
+        """The delay to wait now; the following one grows by ``factor`` up to ``maximum``."""
+        delay = self.delay
+        self.delay = min(self.delay * self.factor, self.maximum)
+        return delay
+
+    def reset(self) -> None:
+        """After a success: the next failure waits ``initial`` again."""
+        self.delay = self.initial

@@ -8,6 +8,7 @@ that cannot be read back (an SQLite file that cannot be opened) is one line on s
 from __future__ import annotations
 
 import argparse
+import asyncio
 import logging
 import random
 import sys
@@ -82,26 +83,23 @@ def _cannot_read(url: str, exc: BaseException) -> int:
 
 def run(args: argparse.Namespace) -> int:
     """Log the sample activities, flush, print a summary. Exit 0 when everything landed."""
-    from sqlalchemy import create_engine, func, select
-    from sqlalchemy.exc import DBAPIError
-
-    from .exceptions import ConfigurationError
+    from .exceptions import ActivityLoggingError, ConfigurationError
     from .handler import ActivityHandler
-    from .schema import is_sqlite, make_table, normalize_sync_sqlite_url
+    from .store_sqlite import SQLiteStore
+    from .urls import is_sqlite
 
     url = resolve_database_url(args.database_url, default=DEFAULT_SQLITE_URL) or DEFAULT_SQLITE_URL
     if not is_sqlite(url):
         raise ConfigurationError(f"demo writes to the embedded SQLite store; got {url!r}")
     if args.count < 1:
         raise ConfigurationError(f"--count must be >= 1, got {args.count}")
-    engine = create_engine(normalize_sync_sqlite_url(url))
+    store = SQLiteStore(url, create=True)
     try:
-        with engine.connect():
-            pass  # fail fast: the handler would drop every record, after its flush timeout
-    except DBAPIError as exc:
+        store.connect_now()  # fail fast: the handler would drop every record, after its flush timeout
+    except ActivityLoggingError as exc:
         return _cannot_read(url, exc)
     finally:
-        engine.dispose()
+        store.abort()
     handler = ActivityHandler(database_url=url, direct=True)
     log = logging.getLogger("activity.demo")
     log.setLevel(logging.INFO)
@@ -114,26 +112,10 @@ def run(args: argparse.Namespace) -> int:
     finally:
         log.removeHandler(handler)
         handler.close()
-
-    from sqlalchemy import MetaData
-
-    table = make_table(MetaData())
-    engine = create_engine(normalize_sync_sqlite_url(url))
     try:
-        with engine.connect() as conn:
-            total = conn.scalar(select(func.count()).select_from(table))
-            by_type = conn.execute(select(table.c.activity_type, func.count()).group_by(
-                table.c.activity_type).order_by(func.count().desc())).all()
-            by_sev = conn.execute(select(table.c.severity, func.count()).group_by(
-                table.c.severity).order_by(func.count().desc())).all()
-            latest = conn.execute(select(
-                table.c.timestamp, table.c.severity, table.c.activity_type, table.c.actor_id,
-                table.c.target_id, table.c.ip_address, table.c.description,
-            ).order_by(table.c.timestamp.desc(), table.c.id.desc()).limit(args.latest)).all()
-    except DBAPIError as exc:
+        total, by_type, by_sev, latest = asyncio.run(_summary(url, args.latest))
+    except Exception as exc:
         return _cannot_read(url, exc)
-    finally:
-        engine.dispose()
 
     print(f"Logged {logged} activities through ActivityHandler -> {url}")
     print(f"Handler: sent={stats['sent']} dropped={stats['dropped_queue_full']} lost={stats['lost']}")
@@ -151,3 +133,23 @@ def run(args: argparse.Namespace) -> int:
         print(f"  {ts.strftime('%Y-%m-%d %H:%M:%S.%f')[:-3]:<25}{sev:<9}{kind:<22}{actor or '':<12}"
               f"{target or '':<12}{ip or '':<13}{(desc or '')[:50]}")
     return 0 if stats["sent"] == logged else 1
+
+
+async def _summary(url: str, latest: int) -> tuple[int, list[Any], list[Any], list[Any]]:
+    """Rows in all, per activity type, per severity, and the ``latest`` newest rows."""
+    from sqlalchemy import func, select
+
+    from .db import read_connection
+    from .schema import activity_logs as table
+
+    async with read_connection(url) as conn:
+        total = int(await conn.scalar(select(func.count()).select_from(table)) or 0)
+        by_type = (await conn.execute(select(table.c.activity_type, func.count()).group_by(
+            table.c.activity_type).order_by(func.count().desc()))).all()
+        by_sev = (await conn.execute(select(table.c.severity, func.count()).group_by(
+            table.c.severity).order_by(func.count().desc()))).all()
+        newest = (await conn.execute(select(
+            table.c.timestamp, table.c.severity, table.c.activity_type, table.c.actor_id,
+            table.c.target_id, table.c.ip_address, table.c.description,
+        ).order_by(table.c.timestamp.desc(), table.c.id.desc()).limit(latest))).all()
+    return total, list(by_type), list(by_sev), list(newest)

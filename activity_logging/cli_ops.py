@@ -130,7 +130,7 @@ def sqlite_file(url: str) -> Path | None:
     None for PostgreSQL, an in-memory database or a ``uri=true`` filename."""
     from sqlalchemy.engine import make_url
 
-    from .schema import is_sqlite
+    from .urls import is_sqlite
 
     if not is_sqlite(url):
         return None
@@ -192,7 +192,7 @@ def report_database_error(command: str, exc: BaseException) -> int:
     Only an undefined table (SQLSTATE 42P01, SQLite "no such table") says to run
     ``init-db``: a missing database, schema or column is reported with the server's message.
     """
-    from .retention import is_missing_table
+    from .db import is_missing_table
 
     first = database_error_line(exc)
     if is_missing_table(exc):

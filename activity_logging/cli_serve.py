@@ -111,7 +111,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from sqlalchemy.exc import DBAPIError
 
     from .cli_ops import report_database_error
-    from .schema import redact_url
+    from .urls import redact_url
     from .viewer import TokenAuthorizer, create_viewer_app
     from .viewer.store import sqlite_file
 

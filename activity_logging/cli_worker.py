@@ -111,7 +111,7 @@ def cmd_init_db(args: argparse.Namespace) -> int:
 
     from .cli_ops import database_error_line
     from .db import init_db
-    from .schema import redact_url
+    from .urls import redact_url
 
     url = resolve_database_url(args.database_url, default=DEFAULT_SQLITE_URL)
     assert url is not None  # a default was given

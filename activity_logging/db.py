@@ -1,10 +1,10 @@
-"""Engines, table creation, monthly partitions and the bulk idempotent insert.
+"""Connections, table creation and monthly partitions: how the library reaches its database.
 
-Two ways in: SQLAlchemy async engines (``create_async_engine_for``) for table creation,
-queries and the embedded SQLite store, and raw asyncpg (``connect_pg``, ``PostgresStore``)
-for the hot path, where ``COPY`` into a per-connection temporary stage followed by
-``INSERT ... SELECT ... ON CONFLICT DO NOTHING`` is the fastest idempotent insert measured
-(see docs/performance.md and benchmarks/bench_worker.py).
+Two ways in, each for what it does best: SQLAlchemy async engines for table creation and
+every read (``read_connection``: queries, export, status, retention, the viewer), on
+asyncpg for PostgreSQL and aiosqlite for SQLite; and a raw asyncpg connection
+(``connect_pg``) where only the driver can do the work: ``COPY`` in ``store_pg`` and
+partition DDL here. Writing rows is ``store.py``'s job, not this module's.
 
 PostgreSQL isolation: every entry point takes ``schema``; when given, the connection's
 ``search_path`` is set to it and all SQL uses the unqualified table name.
@@ -14,38 +14,26 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import socket
-from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
+import sqlite3
+from collections.abc import AsyncIterator, Iterable
 from datetime import UTC, datetime
-from operator import itemgetter
 from typing import TYPE_CHECKING, Any, Final
 
-import orjson
 from sqlalchemy import Column, Index, MetaData, PrimaryKeyConstraint, Table
-from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
 from .config import DEFAULT_TABLE
 from .exceptions import ActivityLoggingError, ConfigurationError, StoreUnavailableError
-from .record import ACTIVITY_COLUMNS
-from .schema import asyncpg_dsn, is_sqlite, make_table, normalize_async_url, redact_url
+from .schema import make_table
+from .urls import asyncpg_dsn, is_sqlite, normalize_async_url, redact_url
 
 if TYPE_CHECKING:
     import asyncpg
 
 logger: Final = logging.getLogger("activity_logging.db")
 
-STAGE_TABLE: Final = "_activity_stage"
-_UNIQUE_VIOLATION: Final = "23505"
-_STAGE_AFTER_CONFLICT: Final = 20
 DEFAULT_CONNECT_TIMEOUT: Final = 10.0
-
-# SQLSTATE classes: what a failed insert means for the records in it.
-# 22 data exception, 23 integrity violation (bar unique, which ON CONFLICT absorbs),
-# 54 program limit exceeded (e.g. a jsonb value too large): the *records* are at fault,
-# so the batch is split to isolate them. Everything else (connection loss, 57 operator
-# intervention/restart, 53 resources, 40 serialization, 42 a missing table) is about the
-# *database*: retry the whole batch later, dead-letter nothing.
-_DATA_ERROR_CLASSES: Final = ("22", "23", "54")
+UNDEFINED_TABLE: Final = "42P01"
 
 
 def quote_identifier(identifier: str) -> str:
@@ -56,25 +44,11 @@ def quote_identifier(identifier: str) -> str:
 _quote = quote_identifier  # short internal name, used throughout this module
 
 
-def is_data_error(exc: BaseException) -> bool:
-    """True when PostgreSQL rejected the rows themselves (bad value), not the connection.
-
-    Such an error repeats every time the same rows are inserted, so the caller must isolate
-    the offending record instead of retrying the batch.
-    """
-    if isinstance(exc, OverflowError | ValueError | TypeError):
-        # asyncpg's client-side encoders refuse the value before it reaches the server
-        # (an int out of int64 range, an unparseable inet): same meaning, a bad record.
-        return True
-    sqlstate = getattr(exc, "sqlstate", None)
-    return isinstance(sqlstate, str) and sqlstate[:2] in _DATA_ERROR_CLASSES
-
-
 def create_async_engine_for(url: str, *, schema: str | None = None, **kwargs: Any) -> AsyncEngine:
     """Return an SQLAlchemy ``AsyncEngine`` for a ``DATABASE_URL`` as people write it.
 
     Accepts ``postgresql://``, ``postgres://``, ``postgresql+asyncpg://`` and ``sqlite:///``
-    (see ``schema.normalize_async_url``). For PostgreSQL, ``schema`` becomes the connections'
+    (see ``urls.normalize_async_url``). For PostgreSQL, ``schema`` becomes the connections'
     ``search_path`` (through asyncpg ``server_settings``); SQLite has no schemas and ignores
     it. Extra keyword arguments go to ``sqlalchemy.ext.asyncio.create_async_engine``.
     Raises ``ConfigurationError`` for an unsupported URL; does not connect.
@@ -271,7 +245,25 @@ def is_unreachable(exc: BaseException) -> bool:
     return False
 
 
-_is_unreachable = is_unreachable
+def is_missing_table(exc: BaseException) -> bool:
+    """True when ``exc`` (or what it wraps) says a table does not exist: PostgreSQL SQLSTATE
+    42P01 (asyncpg's ``UndefinedTableError``, also under SQLAlchemy's ``.orig``) or SQLite's
+    "no such table". A missing database, schema, column or function is not a missing table.
+    """
+    seen: set[int] = set()
+    pending: list[BaseException | None] = [exc]
+    while pending:
+        current = pending.pop()
+        if current is None or id(current) in seen:
+            continue
+        seen.add(id(current))
+        if getattr(current, "sqlstate", None) == UNDEFINED_TABLE:
+            return True
+        if isinstance(current, sqlite3.OperationalError) and str(current).startswith(
+                "no such table"):
+            return True
+        pending += [getattr(current, "orig", None), current.__cause__, current.__context__]
+    return False
 
 
 @contextlib.asynccontextmanager
@@ -285,179 +277,29 @@ async def reachable(url: str) -> AsyncIterator[None]:
     except ActivityLoggingError:
         raise
     except Exception as exc:
-        if _is_unreachable(exc):
+        if is_unreachable(exc):
             raise StoreUnavailableError(
                 f"cannot reach the database at {redact_url(url)}: {type(exc).__name__}: {exc}"
             ) from exc
         raise
 
 
-# --- the bulk insert -------------------------------------------------------------------------
+@contextlib.asynccontextmanager
+async def read_connection(url: str, *, schema: str | None = None) -> AsyncIterator[AsyncConnection]:
+    """One SQLAlchemy ``AsyncConnection`` to read with, its engine disposed of afterwards.
 
-
-#: One ``build_activity`` row as the tuple ``COPY`` expects, built in C (``operator.itemgetter``).
-row_tuple: Final[Callable[[Mapping[str, Any]], tuple[Any, ...]]] = itemgetter(*ACTIVITY_COLUMNS)
-
-
-def _jsonb_encode(value: Any) -> bytes:
-    # jsonb binary wire format: a version byte (1) followed by the JSON text.
-    return b"\x01" + orjson.dumps(value)
-
-
-def _jsonb_decode(data: bytes) -> Any:
-    return orjson.loads(data[1:])
-
-
-def _inet_encode(value: Any) -> bytes:
-    # inet binary wire format: family (2 = IPv4, 3 = IPv6), mask bits, is_cidr, length, address.
-    # socket.inet_pton parses in C; the value was already validated by build_activity.
-    text = str(value)
-    if ":" in text:
-        packed = socket.inet_pton(socket.AF_INET6, text.split("%", 1)[0])
-        return bytes((3, 128, 0, 16)) + packed
-    return bytes((2, 32, 0, 4)) + socket.inet_pton(socket.AF_INET, text)
-
-
-def _inet_decode(data: bytes) -> str:
-    family = socket.AF_INET6 if data[0] == 3 else socket.AF_INET
-    return socket.inet_ntop(family, data[4:])
-
-
-async def set_fast_codecs(conn: asyncpg.Connection) -> None:
-    """Make ``conn`` take rows as ``build_activity`` produces them, with the least work.
-
-    jsonb: decoded JSON in, encoded by orjson (binary format); inet: the already validated
-    string packed by ``socket.inet_pton`` rather than parsed again by ``ipaddress``.
+    The one way the read side (queries, export, status, retention, the viewer's CLI) opens
+    the database. Failing to connect raises ``StoreUnavailableError`` naming the URL with its
+    password hidden; errors raised inside the block pass through as they are (a broken pipe
+    while exporting is the caller's, not "unreachable").
     """
-    await conn.set_type_codec(
-        "jsonb", schema="pg_catalog", encoder=_jsonb_encode, decoder=_jsonb_decode, format="binary"
-    )
-    await conn.set_type_codec(
-        "inet", schema="pg_catalog", encoder=_inet_encode, decoder=_inet_decode, format="binary"
-    )
-
-
-class PostgresStore:
-    """Idempotent bulk writer of activity rows into PostgreSQL over one asyncpg connection.
-
-    Not shared between event loops or tasks: each worker (or the handler's direct mode, from
-    its own private loop) owns one. Holds no global state. ``insert_activities`` is the hot
-    path: ``COPY`` straight into the table, and when a row is already there (a redelivery),
-    ``COPY`` into a temporary stage then ``INSERT ... SELECT ... ON CONFLICT DO NOTHING``, each
-    in one transaction, so a record delivered twice is stored once.
-    """
-
-    def __init__(self, url: str, *, schema: str | None = None, table: str = DEFAULT_TABLE) -> None:
-        asyncpg_dsn(url)  # validate now: ConfigurationError at construction, not at first use
-        self.url = url
-        self.schema = schema
-        self.table = table
-        self.conn: asyncpg.Connection | None = None
-        self.partitioned = False
-        self._known_months: set[tuple[int, int]] = set()
-        self._stage_batches_left = 0
-        cols = ", ".join(_quote(c) for c in ACTIVITY_COLUMNS)
-        self._insert_sql = (
-            f"INSERT INTO {_quote(table)} ({cols}) SELECT {cols} FROM {STAGE_TABLE} "
-            "ON CONFLICT DO NOTHING"
-        )
-
-    async def connect(self) -> None:
-        """(Re)connect and prepare the stage table. Raises ``StoreUnavailableError``.
-
-        Also raises ``ConfigurationError`` when the table does not exist (run ``init-db``).
-        """
-        await self.close()
-        conn = await connect_pg(self.url, schema=self.schema)
+    engine = create_async_engine_for(url, schema=schema)
+    try:
+        async with reachable(url):
+            conn = await engine.connect()
         try:
-            if not await conn.fetchval("SELECT to_regclass($1) IS NOT NULL", _quote(self.table)):
-                raise ConfigurationError(
-                    f"table {self.table!r} does not exist in {redact_url(self.url)}"
-                    + (f" schema {self.schema!r}" if self.schema else "")
-                    + ": run `activity-logging init-db` first"
-                )
-            # ON COMMIT DELETE ROWS empties the stage at every commit; no TRUNCATE round trip.
-            await conn.execute(
-                f"CREATE TEMP TABLE IF NOT EXISTS {STAGE_TABLE} "
-                f"(LIKE {_quote(self.table)} INCLUDING DEFAULTS) ON COMMIT DELETE ROWS"
-            )
-            self.partitioned = await is_partitioned(conn, self.table)
-            await set_fast_codecs(conn)
-        except BaseException:
+            yield conn
+        finally:
             await conn.close()
-            raise
-        self.conn = conn
-        self._known_months.clear()
-
-    @property
-    def connected(self) -> bool:
-        """True while the connection is open (it may still turn out dead on next use)."""
-        return self.conn is not None and not self.conn.is_closed()
-
-    async def ensure_partitions(self, months_ahead: int = 3) -> list[str]:
-        """Create upcoming monthly partitions if the table is partitioned; see module function."""
-        conn = await self._conn()
-        if not self.partitioned:
-            return []
-        return await ensure_partitions(conn, table=self.table, months_ahead=months_ahead)
-
-    async def _conn(self) -> asyncpg.Connection:
-        if self.conn is None or self.conn.is_closed():
-            await self.connect()
-        assert self.conn is not None
-        return self.conn
-
-    async def _ensure_months(
-        self, conn: asyncpg.Connection, rows: Sequence[Mapping[str, Any]]
-    ) -> None:
-        # A backlog can hold records from months before the current one, or clocks can be
-        # off: make sure every month in the batch has its partition before inserting.
-        months = {(r["timestamp"].year, r["timestamp"].month) for r in rows} - self._known_months
-        if months:
-            await create_partitions(conn, months, table=self.table)
-            self._known_months |= months
-
-    async def insert_activities(self, rows: Sequence[Mapping[str, Any]]) -> int:
-        """Insert ``rows`` (``record.build_activity`` dicts) in one transaction.
-
-        Returns how many rows were newly inserted; the rest were already stored (same id)
-        and were skipped. All or nothing: on any error nothing is committed. Raises the
-        asyncpg error as is (``is_data_error`` tells a bad record from a database problem)
-        and ``StoreUnavailableError`` when it cannot connect.
-        """
-        if not rows:
-            return 0
-        conn = await self._conn()
-        if self.partitioned:
-            await self._ensure_months(conn, rows)
-        records = [row_tuple(r) for r in rows]
-        if self._stage_batches_left <= 0:
-            # Optimistic: duplicates only appear after a redelivery, so COPY straight into the
-            # table (~1.3x faster than the stage, see benchmarks/bench_worker.py) and fall back
-            # to the stage when a row turns out to be there already.
-            try:
-                async with conn.transaction():
-                    status = await conn.copy_records_to_table(
-                        self.table, records=records, columns=ACTIVITY_COLUMNS
-                    )
-                return int(status.rsplit(" ", 1)[-1])
-            except Exception as exc:
-                if getattr(exc, "sqlstate", None) != _UNIQUE_VIOLATION:
-                    raise
-                # Redeliveries come in runs (a dead worker's whole backlog): stay on the
-                # conflict-tolerant path for a while before trying the fast one again.
-                self._stage_batches_left = _STAGE_AFTER_CONFLICT
-        self._stage_batches_left -= 1
-        async with conn.transaction():
-            await conn.copy_records_to_table(STAGE_TABLE, records=records, columns=ACTIVITY_COLUMNS)
-            status = await conn.execute(self._insert_sql)
-        return int(status.rsplit(" ", 1)[-1])
-
-    async def close(self) -> None:
-        """Close the connection; idempotent, never raises."""
-        conn, self.conn = self.conn, None
-        if conn is not None and not conn.is_closed():
-            try:
-                await conn.close(timeout=5)
-            except Exception:
-                conn.terminate()
+    finally:
+        await engine.dispose()

@@ -233,7 +233,7 @@ class ActivityHandler(logging.handlers.QueueHandler):
         database_url = config.resolve_database_url(database_url, default=config.DEFAULT_SQLITE_URL)
         schema = config.resolve_schema(schema)
         if not redis_url and database_url:
-            from .schema import normalize_async_url
+            from .urls import normalize_async_url
 
             normalize_async_url(database_url)  # validates the URL's form now, not at first send
         resolved_spool = config.resolve_spool_path(

@@ -34,7 +34,7 @@ from .config import (
     resolve_schema,
     resolve_stream,
 )
-from .schema import redact_url
+from .urls import redact_url
 
 if TYPE_CHECKING:
     from .status import PipelineStatus

@@ -27,7 +27,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
-import sqlite3
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -40,7 +39,8 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from .config import DEFAULT_TABLE, require_positive, resolve_retention_days
 from .db import quote_identifier, reachable
 from .exceptions import ConfigurationError
-from .schema import activity_logs, is_sqlite, make_table
+from .schema import activity_logs, make_table
+from .urls import is_sqlite
 
 logger: Final = logging.getLogger("activity_logging.retention")
 
@@ -48,7 +48,6 @@ DEFAULT_BATCH_SIZE: Final = 10_000
 #: Longest retention period accepted, in days (a hundred years).
 MAX_RETENTION_DAYS: Final = 36_500
 #: PostgreSQL SQLSTATE ``undefined_table``.
-UNDEFINED_TABLE: Final = "42P01"
 
 #: ``on_progress(rows deleted so far, rows to delete)``; the total is None when not counted.
 ProgressCallback = Callable[[int, int | None], None]
@@ -95,27 +94,6 @@ class VacuumResult:
 
 
 _quote = quote_identifier
-
-
-def is_missing_table(exc: BaseException) -> bool:
-    """True when ``exc`` (or what it wraps) says a table does not exist: PostgreSQL SQLSTATE
-    42P01 (asyncpg's ``UndefinedTableError``, also under SQLAlchemy's ``.orig``) or SQLite's
-    "no such table". A missing database, schema, column or function is not a missing table.
-    """
-    seen: set[int] = set()
-    pending: list[BaseException | None] = [exc]
-    while pending:
-        current = pending.pop()
-        if current is None or id(current) in seen:
-            continue
-        seen.add(id(current))
-        if getattr(current, "sqlstate", None) == UNDEFINED_TABLE:
-            return True
-        if isinstance(current, sqlite3.OperationalError) and str(current).startswith(
-                "no such table"):
-            return True
-        pending += [getattr(current, "orig", None), current.__cause__, current.__context__]
-    return False
 
 
 def resolve_cleanup_days(value: int | None = None) -> int:
@@ -407,7 +385,6 @@ __all__ = [
     "delete_before",
     "expire_partitions",
     "expired_partitions",
-    "is_missing_table",
     "missing_partitions",
     "reachable",
     "resolve_cleanup_days",

@@ -6,6 +6,7 @@ equivalents on the embedded SQLite store. Pure: defines, never connects.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Final
 
@@ -26,10 +27,8 @@ from sqlalchemy import (
     Uuid,
 )
 from sqlalchemy.dialects.postgresql import INET, JSONB
-from sqlalchemy.engine import make_url
 
 from .config import DEFAULT_TABLE
-from .exceptions import ConfigurationError
 
 
 class UTCDateTime(TypeDecorator[datetime]):
@@ -63,31 +62,38 @@ metadata_obj: Final = MetaData()
 
 
 def make_table(metadata: MetaData, name: str = DEFAULT_TABLE, schema: str | None = None) -> Table:
-    """Build the ``activity_logs`` table (and its indexes) on ``metadata``."""
+    """Build the ``activity_logs`` table (and its indexes) on ``metadata``.
+
+    The one definition of the columns: their order (``COLUMNS``, the order ``COPY`` and the
+    row tuples use), their types on each store, and in ``info["max_chars"]`` how many
+    characters a text column keeps (``TEXT_LIMITS``; longer values are cut, see
+    docs/guarantees.md). Everything else derives from it: the rows (``rows.py``), the
+    partitioned variant (``db.make_partitioned_table``) and the query results (``crud``).
+    """
     table = Table(
         name,
         metadata,
         Column("id", Uuid(as_uuid=True), primary_key=True),
         Column("timestamp", UTCDateTime(), nullable=False),
-        Column("activity_type", Text, nullable=False),
-        Column("description", Text),
+        Column("activity_type", Text, nullable=False, info={"max_chars": 255}),
+        Column("description", Text, info={"max_chars": 8_192}),
         Column("severity", Text, nullable=False),
         Column("level", SmallInteger, nullable=False),
-        Column("actor_type", Text),
-        Column("actor_id", Text),
-        Column("target_type", Text),
-        Column("target_id", Text),
+        Column("actor_type", Text, info={"max_chars": 255}),
+        Column("actor_id", Text, info={"max_chars": 255}),
+        Column("target_type", Text, info={"max_chars": 255}),
+        Column("target_id", Text, info={"max_chars": 255}),
         Column("changes", JSONType),
         Column("metadata", JSONType),
         Column("ip_address", InetType),
-        Column("user_agent", Text),
-        Column("request_id", Text),
-        Column("http_method", Text),
-        Column("path", Text),
-        Column("logger", Text),
-        Column("hostname", Text),
+        Column("user_agent", Text, info={"max_chars": 512}),
+        Column("request_id", Text, info={"max_chars": 255}),
+        Column("http_method", Text, info={"max_chars": 16}),
+        Column("path", Text, info={"max_chars": 2_048}),
+        Column("logger", Text, info={"max_chars": 255}),
+        Column("hostname", Text, info={"max_chars": 255}),
         Column("process_id", Integer),
-        Column("producer_id", Text),
+        Column("producer_id", Text, info={"max_chars": 64}),
         Column("seq", BigInteger),
         schema=schema,
     )
@@ -104,48 +110,10 @@ def make_table(metadata: MetaData, name: str = DEFAULT_TABLE, schema: str | None
 
 activity_logs: Final = make_table(metadata_obj)
 
+#: The columns of ``activity_logs``, in table order.
+COLUMNS: Final[tuple[str, ...]] = tuple(c.name for c in activity_logs.columns)
 
-def normalize_async_url(url: str) -> str:
-    """Return the SQLAlchemy async URL for a ``DATABASE_URL`` as people write it.
-
-    ``postgres://`` / ``postgresql://`` / ``postgresql+asyncpg://`` → ``postgresql+asyncpg://``;
-    ``sqlite:///file.db`` → ``sqlite+aiosqlite:///file.db``. Raises ``ConfigurationError``.
-    """
-    backend = url.split("://", 1)[0].lower() if "://" in url else ""
-    if backend in ("postgres", "postgresql", "postgresql+asyncpg"):
-        return "postgresql+asyncpg://" + url.split("://", 1)[1]
-    if backend in ("sqlite", "sqlite+aiosqlite", "sqlite+pysqlite"):
-        return "sqlite+aiosqlite://" + url.split("://", 1)[1]
-    raise ConfigurationError(
-        f"database_url must be postgresql://, postgres://, postgresql+asyncpg:// or sqlite:///, got {url!r}"
-    )
-
-
-def normalize_sync_sqlite_url(url: str) -> str:
-    """Return the synchronous (stdlib sqlite3) SQLAlchemy URL for a SQLite ``database_url``."""
-    backend = url.split("://", 1)[0].lower() if "://" in url else ""
-    if backend not in ("sqlite", "sqlite+aiosqlite", "sqlite+pysqlite"):
-        raise ConfigurationError(f"not a sqlite URL: {url!r}")
-    return "sqlite://" + url.split("://", 1)[1]
-
-
-def asyncpg_dsn(url: str) -> str:
-    """Return a plain ``postgresql://`` DSN that ``asyncpg.connect`` accepts."""
-    normalized = normalize_async_url(url)
-    if not normalized.startswith("postgresql+asyncpg://"):
-        raise ConfigurationError(f"not a PostgreSQL URL: {url!r}")
-    return "postgresql://" + normalized.split("://", 1)[1]
-
-
-def is_sqlite(url: str) -> bool:
-    """True when ``url`` names the embedded SQLite store."""
-    return url.split("://", 1)[0].lower().startswith("sqlite")
-
-
-def redact_url(url: str) -> str:
-    """``url`` with its password hidden, for logs and error messages."""
-    try:
-        return make_url(url).render_as_string(hide_password=True)
-    except Exception:
-        return "<unparseable url>"
-
+#: Maximum characters stored per text column (from each column's ``info["max_chars"]``).
+TEXT_LIMITS: Final[Mapping[str, int]] = {
+    c.name: int(c.info["max_chars"]) for c in activity_logs.columns if "max_chars" in c.info
+}

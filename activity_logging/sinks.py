@@ -8,19 +8,24 @@ stores insert with ``ON CONFLICT (id) DO NOTHING``. Sinks connect lazily, on fir
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
-from typing import TYPE_CHECKING, Any, Protocol
+import threading
+from collections.abc import Coroutine
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 from ._internal import reporter
 from .exceptions import EntryFormatError
 from .record import build_activity, decode_entry
-from .schema import is_sqlite, make_table, normalize_sync_sqlite_url
+from .urls import is_sqlite
 
 if TYPE_CHECKING:
     import redis
-    from sqlalchemy import Engine, Table
+
+    from .store import Store
 
 Entry = dict[str, Any]
+_T = TypeVar("_T")
 
 
 class Sink(Protocol):
@@ -139,129 +144,118 @@ class RedisStreamSink:
         self._drop_client()
 
 
-class SQLiteSink:
-    """Writes straight to the embedded SQLite store (creates the table on first use)."""
+class _LoopThread:
+    """An event loop in a daemon thread of its own, which a sink runs coroutines on.
 
-    def __init__(self, url: str) -> None:
-        self.url = normalize_sync_sqlite_url(url)
-        self.rejected = 0
-        self._engine: Engine | None = None
-        self._table: Table | None = None
-
-    def _connect(self) -> tuple[Engine, Table]:
-        if self._engine is None or self._table is None:
-            from sqlalchemy import MetaData, create_engine, event
-
-            engine = create_engine(self.url)
-
-            @event.listens_for(engine, "connect")
-            def _pragmas(dbapi_conn: Any, _record: Any) -> None:
-                cur = dbapi_conn.cursor()
-                cur.execute("PRAGMA journal_mode=WAL")  # readers (queries, demo) never block us
-                cur.execute("PRAGMA synchronous=NORMAL")
-                cur.execute("PRAGMA busy_timeout=5000")
-                cur.close()
-
-            table = make_table(MetaData())
-            table.metadata.create_all(engine, checkfirst=True)
-            self._engine, self._table = engine, table
-        return self._engine, self._table
-
-    def prepare(self) -> None:
-        import sqlalchemy.dialects.sqlite  # noqa: F401 - imported now, see Sink.prepare
-
-        self._connect()  # a local file: creating the table now is cheap and surfaces errors early
-
-    def send(self, entries: list[Entry]) -> None:
-        from sqlalchemy.dialects.sqlite import insert
-
-        engine, table = self._connect()
-        rows, rejected = entries_to_rows(entries)
-        if rows:
-            with engine.begin() as conn:
-                conn.execute(insert(table).on_conflict_do_nothing(index_elements=["id"]), rows)
-        self.rejected += rejected  # counted once the send succeeded (a retry builds them again)
-
-    def unconfirmed(self, exc: BaseException) -> bool:
-        """Never: a local transaction either committed or raised."""
-        return False
-
-    def close(self) -> None:
-        engine, self._engine = self._engine, None
-        if engine is not None:
-            with contextlib.suppress(Exception):
-                engine.dispose()
-
-
-class PostgresSink:
-    """Writes straight to PostgreSQL (no Redis configured), through ``db.PostgresStore``.
-
-    Runs a private event loop in the listener thread; the application's loop is never used.
+    The listener thread stays synchronous and waits for each coroutine with a timeout (a
+    hung database cannot hold it, or ``close()``, past the send budget). Started when the
+    sink is prepared, never lazily: no thread can start during interpreter shutdown, when a
+    short script's last records are sent. A daemon, so it never holds the interpreter's exit.
     """
 
-    def __init__(self, url: str, *, schema: str | None = None) -> None:
+    def __init__(self, name: str) -> None:
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, name=name, daemon=True)
+        self._thread.start()
+
+    def run(self, coro: Coroutine[Any, Any, _T], timeout: float) -> _T:
+        """Run ``coro`` on the loop; its result, its exception, or ``TimeoutError`` (cancelled)."""
+        future = asyncio.run_coroutine_threadsafe(coro, self._loop)
+        try:
+            return future.result(timeout)
+        except concurrent.futures.TimeoutError:
+            future.cancel()
+            raise TimeoutError(f"no answer from the store within {timeout:.1f}s") from None
+
+    def stop(self, timeout: float = 1.0) -> None:
+        """Stop the loop and close it; never raises."""
+        with contextlib.suppress(Exception):
+            self._loop.call_soon_threadsafe(self._loop.stop)
+            self._thread.join(timeout)
+            if not self._thread.is_alive():
+                self._loop.close()
+
+
+class StoreSink:
+    """Writes straight to a ``store.Store`` (no Redis): SQLite embedded, or PostgreSQL.
+
+    Rows go through ``store.store_rows``, the worker's own path: idempotent, bad rows
+    isolated by bisection and counted in ``rejected``. The store runs on the sink's own
+    event loop thread (``_LoopThread``); the listener waits at most ``timeout`` per send.
+    """
+
+    def __init__(self, url: str, *, schema: str | None = None, timeout: float = 5.0) -> None:
         self.url = url
         self.schema = schema
+        self.timeout = timeout
         self.rejected = 0
+        self._sqlite = is_sqlite(url)
+        self._store: Store | None = None
+        self._loop: _LoopThread | None = None
+        self._connected = False
         self._connected_for_send = False
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._store: Any = None
-
-    def _run(self, coro: Any) -> Any:
-        if self._loop is None:
-            self._loop = asyncio.new_event_loop()
-        return self._loop.run_until_complete(coro)
 
     def prepare(self) -> None:
-        from . import db  # noqa: F401 - imported now (with asyncpg), see Sink.prepare
+        """Import the store's modules, build it, start the loop thread; SQLite opens now.
+
+        A local file costs nothing to open, and opening it early surfaces a bad path at once.
+        PostgreSQL connects on the first send (a handler built while it is down works).
+        """
+        from .store import make_store
+
+        self._store = make_store(self.url, schema=self.schema, create=self._sqlite)
+        self._loop = _LoopThread(f"activity-store-{id(self):x}")
+        if self._sqlite:
+            self._loop.run(self._store.connect(), self.timeout)
+            self._connected = True
 
     def send(self, entries: list[Entry]) -> None:
-        from .db import PostgresStore, is_data_error
+        from .store import store_rows
 
+        if self._store is None or self._loop is None:
+            self.prepare()
+        assert self._store is not None
+        assert self._loop is not None
         rows, rejected = entries_to_rows(entries)
         self._connected_for_send = False
-        if self._store is None:
-            store = PostgresStore(self.url, schema=self.schema)
-            self._run(store.connect())
-            self._store = store
-        self._connected_for_send = True
         try:
-            try:
-                self._run(self._store.insert_activities(rows))
-            except Exception as exc:
-                if not is_data_error(exc):
-                    raise
-                # a row PostgreSQL refuses must not block the rest: store them one by one
-                for row in rows:
-                    try:
-                        self._run(self._store.insert_activities([row]))
-                    except Exception as row_exc:
-                        if not is_data_error(row_exc):
-                            raise
-                        rejected += 1
-                        reporter.report("reject", f"PostgreSQL refused record {row['id']}", row_exc)
+            if not self._connected:  # failing here is a plain failure: nothing was sent
+                self._loop.run(self._store.connect(), self.timeout)
+                self._connected = True
+            self._connected_for_send = True
+            stored = self._loop.run(store_rows(self._store, rows), self.timeout)
         except Exception:
-            store, self._store = self._store, None
-            with contextlib.suppress(Exception):
-                self._run(store.close())
+            self._store.abort()  # reconnect on the next send
+            self._connected = False
             raise
-        self.rejected += rejected
+        for refused in stored.rejected:
+            reporter.report("reject", f"the store refused record {rows[refused.index]['id']}",
+                            refused.error)
+        self.rejected += rejected + len(stored.rejected)  # counted once the send succeeded
 
     def unconfirmed(self, exc: BaseException) -> bool:
-        """A timeout or a connection lost mid-transaction: the commit may have happened."""
-        return self._connected_for_send and isinstance(exc, TimeoutError | ConnectionError | OSError)
+        """No answer in time, or PostgreSQL's connection lost mid-transaction: the commit
+        may have happened (a SQLite write either committed or raised)."""
+        if not self._connected_for_send:
+            return False
+        if isinstance(exc, TimeoutError):
+            return True
+        return not self._sqlite and isinstance(exc, ConnectionError | OSError)
 
     def close(self) -> None:
+        """Close the store and stop the loop; never raises."""
+        store, loop = self._store, self._loop
+        self._store = self._loop = None
         try:
-            if self._store is not None:
-                self._run(self._store.close())
+            if store is not None and loop is not None:
+                loop.run(store.close(), min(self.timeout, 5.0))
         except Exception as exc:  # closing must never raise
-            reporter.report("sink-close", "could not close the PostgreSQL store", exc)
+            reporter.report("sink-close", "could not close the store", exc)
+            if store is not None:
+                store.abort()
         finally:
-            self._store = None
-            if self._loop is not None:
-                self._loop.close()
-                self._loop = None
+            if loop is not None:
+                loop.stop()
 
 
 def make_sink(
@@ -271,6 +265,4 @@ def make_sink(
     """Redis when configured; otherwise the database itself (SQLite embedded, or PostgreSQL)."""
     if redis_url:
         return RedisStreamSink(redis_url, stream, socket_timeout=socket_timeout)
-    if is_sqlite(database_url):
-        return SQLiteSink(database_url)
-    return PostgresSink(database_url, schema=schema)
+    return StoreSink(database_url, schema=schema, timeout=socket_timeout)

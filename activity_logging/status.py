@@ -34,8 +34,8 @@ from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any, Final
 
 from .config import DEFAULT_GROUP, DEFAULT_HEARTBEAT_TTL, DEFAULT_STREAM, dead_stream_for
-from .schema import redact_url
 from .status_redis import ConsumerInfo, WorkerInfo, entry_ms, format_age, gather_redis, plural
+from .urls import redact_url
 
 if TYPE_CHECKING:
     from sqlalchemy.ext.asyncio import AsyncConnection
@@ -244,8 +244,7 @@ async def gather_database(
     from sqlalchemy.exc import DBAPIError
 
     from .crud import ActivityFilter, activity_log_crud
-    from .db import create_async_engine_for
-    from .retention import is_missing_table, reachable
+    from .db import create_async_engine_for, is_missing_table, reachable
 
     engine = create_async_engine_for(url, schema=schema)
     try:

@@ -16,7 +16,7 @@ import orjson
 
 from .config import heartbeat_pattern
 from .exceptions import StoreUnavailableError
-from .schema import redact_url
+from .urls import redact_url
 
 if TYPE_CHECKING:
     import redis.asyncio as aioredis

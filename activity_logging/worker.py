@@ -51,11 +51,11 @@ from .config import (
     resolve_schema,
     resolve_stream,
 )
-from .db import PostgresStore, is_data_error
 from .exceptions import ConfigurationError, StoreUnavailableError
 from .record import build_activity, decode_entry
-from .schema import is_sqlite, redact_url
-from .sqlite_store import SQLiteStore
+from .store_pg import PostgresStore, is_data_error
+from .store_sqlite import SQLiteStore
+from .urls import is_sqlite, redact_url
 
 Store = PostgresStore | SQLiteStore  # the worker's writers: same duck-typed interface
 

@@ -226,7 +226,7 @@ class _Pages:
 
     async def on_database_error(self, request: Request, exc: Exception) -> Response:
         from ..cli_ops import database_error_line
-        from ..retention import is_missing_table
+        from ..db import is_missing_table
 
         if isinstance(exc, StoreUnavailableError):
             message, hint = str(exc), "Check that the database is running and reachable."

@@ -35,7 +35,8 @@ from ..crud import (
 from ..db import create_async_engine_for, quote_identifier, reachable
 from ..exceptions import ConfigurationError
 from ..export import EXPORT_FORMATS, encode_csv, encode_jsonl
-from ..schema import activity_logs, is_sqlite, normalize_async_url
+from ..schema import activity_logs
+from ..urls import is_sqlite, normalize_async_url
 
 EXPORT_BATCH_ROWS: Final = 2_000
 DEFAULT_STATEMENT_TIMEOUT: Final = 30.0

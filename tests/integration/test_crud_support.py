@@ -1,7 +1,7 @@
 """Seed data with known answers for the query, export, retention and verify tests.
 
 Holds no tests: the rows, a reference filter in plain Python, and store-agnostic seeding
-(PostgreSQL through ``db.PostgresStore``, SQLite through the table model).
+(PostgreSQL through ``store_pg.PostgresStore``, SQLite through the table model).
 """
 
 from __future__ import annotations
@@ -12,7 +12,8 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from activity_logging.record import ACTIVITY_COLUMNS, level_to_severity
-from activity_logging.schema import activity_logs, is_sqlite
+from activity_logging.schema import activity_logs
+from activity_logging.urls import is_sqlite
 
 BASE = datetime(2026, 3, 10, 12, 0, 0, tzinfo=UTC)
 TYPES = ("call_created", "call_ended", "agent_login", "lead_created")
@@ -101,7 +102,8 @@ def reference(
 async def seed(url: str, rows: Sequence[dict[str, Any]], *, schema: str | None = None,
                partitioned: bool = False) -> None:
     """Create the table (``db.init_db``) and insert ``rows`` into it."""
-    from activity_logging.db import PostgresStore, create_async_engine_for, init_db
+    from activity_logging.db import create_async_engine_for, init_db
+    from activity_logging.store_pg import PostgresStore
 
     await init_db(url, schema=schema, partitioned=partitioned)
     if not rows:

@@ -13,7 +13,7 @@ import orjson
 import pytest
 import redis
 
-from activity_logging import db, record
+from activity_logging import db, record, store_pg
 from activity_logging.config import dead_stream_for, heartbeat_key
 from activity_logging.exceptions import StoreUnavailableError
 from activity_logging.worker import ActivityWorker
@@ -290,7 +290,7 @@ async def test_partitioned_table_takes_rows_from_any_month(
         assert len(later) == 2
     finally:
         await conn.close()
-    store = db.PostgresStore(pg_url, schema=pg_schema)
+    store = store_pg.PostgresStore(pg_url, schema=pg_schema)
     await store.connect()
     try:
         rows = [record.build_activity(w, m) for m, ws in

@@ -12,7 +12,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from activity_logging import db, record
+from activity_logging import db, record, store_pg
 from activity_logging.cli import main
 from activity_logging.exceptions import ConfigurationError
 
@@ -48,29 +48,29 @@ def test_data_errors_are_told_from_database_errors() -> None:
         def __init__(self, sqlstate: str) -> None:
             self.sqlstate = sqlstate
 
-    assert db.is_data_error(PgError("22P02"))  # invalid text representation
-    assert db.is_data_error(PgError("23502"))  # not null violation
-    assert db.is_data_error(OverflowError("value out of int64 range"))  # asyncpg, client side
-    assert not db.is_data_error(PgError("57P01"))  # admin shutdown: retry later
-    assert not db.is_data_error(PgError("42P01"))  # missing table: not the record's fault
-    assert not db.is_data_error(ConnectionResetError())
+    assert store_pg.is_data_error(PgError("22P02"))  # invalid text representation
+    assert store_pg.is_data_error(PgError("23502"))  # not null violation
+    assert store_pg.is_data_error(OverflowError("value out of int64 range"))  # asyncpg, client side
+    assert not store_pg.is_data_error(PgError("57P01"))  # admin shutdown: retry later
+    assert not store_pg.is_data_error(PgError("42P01"))  # missing table: not the record's fault
+    assert not store_pg.is_data_error(ConnectionResetError())
 
 
 def test_row_tuple_follows_activity_columns() -> None:
     rec = logging.LogRecord("a", logging.INFO, "p", 1, "m", None, None)
     row = record.activity_from_record(rec)
-    assert db.row_tuple(row) == tuple(row[c] for c in record.ACTIVITY_COLUMNS)
+    assert store_pg.row_tuple(row) == tuple(row[c] for c in record.ACTIVITY_COLUMNS)
 
 
 def test_binary_codecs_round_trip() -> None:
-    assert db._inet_decode(db._inet_encode("192.0.2.1")) == "192.0.2.1"
-    assert db._inet_decode(db._inet_encode("2001:db8::1")) == "2001:db8::1"
-    assert db._jsonb_decode(db._jsonb_encode({"a": [1, None]})) == {"a": [1, None]}
+    assert store_pg._inet_decode(store_pg._inet_encode("192.0.2.1")) == "192.0.2.1"
+    assert store_pg._inet_decode(store_pg._inet_encode("2001:db8::1")) == "2001:db8::1"
+    assert store_pg._jsonb_decode(store_pg._jsonb_encode({"a": [1, None]})) == {"a": [1, None]}
 
 
 def test_postgres_store_refuses_a_sqlite_url_at_construction() -> None:
     with pytest.raises(ConfigurationError):
-        db.PostgresStore("sqlite:///x.db")
+        store_pg.PostgresStore("sqlite:///x.db")
 
 
 @pytest.mark.anyio
