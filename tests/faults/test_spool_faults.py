@@ -23,7 +23,8 @@ from typing import Any
 import pytest
 
 from activity_logging.record import build_activity, decode_entry
-from activity_logging.spool import DAMAGED_DIR, ReplayResult, Spool, encode_frame
+from activity_logging.spool import DAMAGED_DIR, ReplayResult, Spool
+from activity_logging.spool_frames import encode_frame
 from tests.ledger import ledger_of
 
 pytestmark = pytest.mark.fault

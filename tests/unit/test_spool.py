@@ -16,15 +16,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from activity_logging.spool import (
-    DAMAGED_DIR,
-    MAGIC,
-    ReplayResult,
-    Spool,
-    SpoolReplayError,
-    encode_frame,
-    read_frames,
-)
+from activity_logging import spool_frames
+from activity_logging.spool import DAMAGED_DIR, ReplayResult, Spool, SpoolReplayError
+from activity_logging.spool_frames import MAGIC, encode_frame, read_frames
 
 Entry = dict[str, Any]
 MiB = 1 << 20
@@ -104,6 +98,24 @@ def test_frame_starts_with_magic_and_carries_both_checksums() -> None:
         broken = bytearray(frame)
         broken[flip] ^= 0x01
         assert list(read_frames(bytes(broken))) == []
+
+
+def frame_table(text: str) -> list[str]:
+    """The rows of the frame-format table (``offset size field``) in ``text``, normalised."""
+    start = text.index("offset      size  field")
+    rows = []
+    for line in text[start:].splitlines():
+        if not line.strip() or line.startswith("```"):
+            break
+        rows.append(" ".join(line.replace("``", "`").split()))
+    return rows
+
+
+def test_frame_table_in_docs_matches_the_module_that_implements_it() -> None:
+    docs = (Path(__file__).resolve().parents[2] / "docs" / "entry-format.md").read_text()
+    assert spool_frames.__doc__ is not None
+    assert frame_table(docs) == frame_table(spool_frames.__doc__)
+    assert len(frame_table(docs)) == 10
 
 
 def test_str_payload_is_stored_as_utf8_bytes(spool: Spool) -> None:
