@@ -19,21 +19,20 @@ from __future__ import annotations
 
 import contextvars
 import logging
-import os
 import time
 from collections.abc import Callable, Iterable, Iterator
 from types import TracebackType
-from typing import Any, Final, cast
+from typing import Any, cast
 from wsgiref.types import StartResponse, WSGIApplication, WSGIEnvironment
 
 from ._internal import reporter
-from .constants import ACTOR_USER, DEFAULT_LOGGER_NAME, ActivityType
+from .constants import ACTOR_USER, DEFAULT_LOGGER_NAME
 from .context import bind_context, reset_context
-from .middleware import (
+from .request_context import (
     MAX_USER_AGENT_CHARS,
     REQUEST_ID_PATTERN,
     RequestContextOptions,
-    parse_forwarded_for,
+    request_activity,
 )
 
 __all__ = ["ActivityWSGIMiddleware", "WSGIActorGetter", "default_wsgi_actor_getter", "request_activity"]
@@ -42,46 +41,12 @@ __all__ = ["ActivityWSGIMiddleware", "WSGIActorGetter", "default_wsgi_actor_gett
 WSGIActorGetter = Callable[[WSGIEnvironment], "tuple[str | None, Any] | None"]
 _ExcInfo = tuple[type[BaseException], BaseException, TracebackType] | tuple[None, None, None]
 
-_ERROR_LEVEL: Final = (logging.ERROR, ActivityType.API_ERROR.value)
-_SLOW_LEVEL: Final = (logging.WARNING, ActivityType.API_REQUEST.value)
-_INFO_LEVEL: Final = (logging.INFO, ActivityType.API_REQUEST.value)
-
 
 def default_wsgi_actor_getter(environ: WSGIEnvironment) -> tuple[str | None, Any] | None:
     """The actor of a request from ``REMOTE_USER`` (set by the server or an auth middleware
     in front of the app): ``("user", REMOTE_USER)``; no actor when it is unset or empty."""
     user = environ.get("REMOTE_USER")
     return (ACTOR_USER, user) if user else None
-
-
-def request_activity(
-    method: str, path: str, status: int, seconds: float, error: BaseException | None,
-    slow_request_threshold: float,
-) -> tuple[int, str, dict[str, Any]]:
-    """The ``(level, activity_type, extra)`` of one request activity; pure, never raises.
-
-    ``api_error`` at ``error`` when the app raised or answered 5xx, ``api_request`` at
-    ``warning`` (with ``slow: true``) when slower than the threshold, else at ``info``; the
-    same rules and metadata as ``ActivityContextMiddleware(log_requests=True)``.
-    """
-    if error is not None or status >= 500:
-        level, activity_type = _ERROR_LEVEL
-    elif seconds > slow_request_threshold:
-        level, activity_type = _SLOW_LEVEL
-    else:
-        level, activity_type = _INFO_LEVEL
-    extra: dict[str, Any] = {
-        "activity_type": activity_type,
-        "description": f"{method} {path} -> {status}",
-        "status_code": status,
-        "duration_ms": round(seconds * 1000.0, 3),
-    }
-    if level == logging.WARNING:
-        extra["slow"] = True
-    if error is not None:
-        extra["error_type"] = type(error).__name__
-        extra["error_message"] = str(error)[:2048]
-    return level, activity_type, extra
 
 
 def _status_code(status: str) -> int:
@@ -147,7 +112,7 @@ class ActivityWSGIMiddleware(RequestContextOptions):
     ``close()``) propagate unchanged. Thread-safe: one instance serves concurrent requests.
     """
 
-    _actor_report_key = "wsgi.actor"
+    _report_prefix = "wsgi"
 
     def __init__(
         self,
@@ -187,26 +152,14 @@ class ActivityWSGIMiddleware(RequestContextOptions):
         """The request, inside its own context: bind, call the app, hand back the body."""
         get = environ.get
         request_id = get(self._rid_key)
-        if request_id is None or not REQUEST_ID_PATTERN.fullmatch(request_id):
-            factory = self._request_id_factory
-            request_id = factory() if factory is not None else os.urandom(16).hex()
+        if request_id is not None and not REQUEST_ID_PATTERN.fullmatch(request_id):
+            request_id = None
         path = _request_path(environ)
-        # only the fields that have a value: bind_context treats None as "remove"
-        fields: dict[str, Any] = {
-            "request_id": request_id, "http_method": get("REQUEST_METHOD") or None, "path": path,
-        }
-        ip = parse_forwarded_for(get("REMOTE_ADDR"), get(self._xff_key), self.trusted_proxies)
-        if ip is not None:
-            fields["ip_address"] = ip
-        user_agent = get("HTTP_USER_AGENT")
-        if user_agent:
-            user_agent = user_agent[: self.max_user_agent_chars]
-            if user_agent:
-                fields["user_agent"] = user_agent
-        if self.actor_getter is not None:
-            actor = self._actor(environ)
-            if actor is not None:
-                fields["actor_type"], fields["actor_id"] = actor
+        fields = self._context_fields(
+            environ, request_id, get("REQUEST_METHOD") or None, path,
+            get("REMOTE_ADDR"), get(self._xff_key), get("HTTP_USER_AGENT"),
+        )
+        request_id = fields["request_id"]
         token = bind_context(**fields)
         body = _Body(self, request_context, token, environ, start_response, request_id,
                      self.log_requests and not self._excluded(path))
@@ -218,24 +171,17 @@ class ActivityWSGIMiddleware(RequestContextOptions):
         body.result = result
         return _SizedBody.adopt(body) if type(result) is list or type(result) is tuple else body
 
-    def _log_request(
+    def _log_environ(
         self, environ: WSGIEnvironment, status: int, seconds: float, error: BaseException | None
     ) -> None:
         """Log the request activity (in the request's context); never raises."""
         try:
-            method = environ.get("REQUEST_METHOD", "")
-            level, activity_type, extra = request_activity(
-                method, _request_path(environ), status, seconds, error, self.slow_request_threshold)
-            log = self.logger
-            if not log.isEnabledFor(level):
-                return
-            # the app may have authenticated the user during the request (REMOTE_USER)
-            actor = self._actor(environ)
-            if actor is not None:
-                extra["actor_type"], extra["actor_id"] = actor
-            log.log(level, activity_type, extra=extra)
+            # read at log time, from the environ as the app left it
+            method, path = environ.get("REQUEST_METHOD", ""), _request_path(environ)
         except Exception as exc:
-            reporter.report("wsgi.log", "could not log the request activity", exc)
+            reporter.report(f"{self._report_prefix}.log", "could not log the request activity", exc)
+            return
+        self._log_request(environ, method, path, status, seconds, error)
 
 
 class _Body:
@@ -325,7 +271,7 @@ class _Body:
             try:
                 if self._log:
                     end = self._finished or time.perf_counter()
-                    self._middleware._log_request(self._environ, self._status or 500,
+                    self._middleware._log_environ(self._environ, self._status or 500,
                                                   end - self._started, self._error)
             finally:
                 reset_context(self._token)
@@ -335,7 +281,7 @@ class _Body:
         self._closed = True
         try:
             if self._log and isinstance(exc, Exception):
-                self._middleware._log_request(self._environ, self._status or 500,
+                self._middleware._log_environ(self._environ, self._status or 500,
                                               time.perf_counter() - self._started, exc)
         finally:
             reset_context(self._token)

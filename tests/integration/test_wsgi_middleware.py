@@ -39,7 +39,7 @@ from activity_logging import (
 )
 from activity_logging.db import init_db
 from activity_logging.exceptions import ConfigurationError
-from activity_logging.middleware import REQUEST_ID_PATTERN
+from activity_logging.request_context import REQUEST_ID_PATTERN
 from tests.capture import TestClient
 from tests.sqlite_rows import stored_rows
 

@@ -22,7 +22,7 @@ from starlette.websockets import WebSocket
 
 from activity_logging import ActivityContextMiddleware, activity_logger, get_context
 from activity_logging.exceptions import ConfigurationError
-from activity_logging.middleware import REQUEST_ID_PATTERN, _parse_ip, parse_forwarded_for
+from activity_logging.request_context import REQUEST_ID_PATTERN, parse_forwarded_for, parse_ip
 from tests.capture import Capture, TestClient
 
 
@@ -215,7 +215,7 @@ def test_forwarded_for_from_a_trusted_peer_gives_an_address_from_the_chain_or_no
     xff: str, peer: str
 ) -> None:
     result = parse_forwarded_for(peer, xff, _TRUSTED)
-    chain = {str(a) for a in (_parse_ip(e) for e in xff.split(",")) if a is not None}
+    chain = {str(a) for a in (parse_ip(e) for e in xff.split(",")) if a is not None}
     assert result is None or result in chain | {peer}
 
 

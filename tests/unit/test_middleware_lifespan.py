@@ -22,7 +22,7 @@ import pytest
 from fastapi import FastAPI
 from starlette.applications import Starlette
 
-from activity_logging import ActivityContextMiddleware, ActivityHandler, middleware
+from activity_logging import ActivityContextMiddleware, ActivityHandler, middleware_lifespan
 from activity_logging import handler as handler_module
 from activity_logging._internal import RateLimitedReporter
 from activity_logging.exceptions import ConfigurationError
@@ -76,8 +76,8 @@ def store(tmp_path: Path) -> Iterator[str]:
 
 @pytest.fixture
 def fresh_reporter(monkeypatch: pytest.MonkeyPatch) -> None:
-    """The middleware's reporter without the rate limit state of earlier tests."""
-    monkeypatch.setattr(middleware, "reporter", RateLimitedReporter())
+    """The lifespan's reporter without the rate limit state of earlier tests."""
+    monkeypatch.setattr(middleware_lifespan, "reporter", RateLimitedReporter())
 
 
 def log_record(tag: str, n: int | str) -> None:
