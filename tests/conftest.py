@@ -3,34 +3,12 @@
 from __future__ import annotations
 
 import logging
-import os
-import socket
 import uuid
 from collections.abc import Iterator
 
 import pytest
 
-REDIS_URL = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
-PG_URL = os.environ.get("TEST_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/test")
-IN_CI = bool(os.environ.get("CI"))
-
-
-def _port_open(host: str, port: int) -> bool:
-    try:
-        with socket.create_connection((host, port), timeout=1.0):
-            return True
-    except OSError:
-        return False
-
-
-def require_service(name: str, host: str, port: int) -> None:
-    """Skip locally, fail under CI, when a real service the test needs is not answering."""
-    if _port_open(host, port):
-        return
-    message = f"{name} is not answering on {host}:{port}"
-    if IN_CI:
-        pytest.fail(message + " (CI is set: integration tests must run against real services)")
-    pytest.skip(message)
+from tests.services import PG_URL, REDIS_URL, require_service
 
 
 @pytest.fixture
@@ -46,8 +24,8 @@ def unique_name() -> str:
 
 @pytest.fixture
 def redis_url() -> str:
-    require_service("Redis", "127.0.0.1", 6379)
-    return REDIS_URL
+    """The shared Redis (``TEST_REDIS_URL``, see tests/services.py); skip or fail when it is down."""
+    return require_service("Redis", REDIS_URL)
 
 
 @pytest.fixture
@@ -68,13 +46,14 @@ def redis_stream(redis_url: str, unique_name: str) -> Iterator[str]:
 
 @pytest.fixture
 def pg_url() -> str:
-    require_service("PostgreSQL", "127.0.0.1", 5432)
-    return PG_URL
+    """The shared PostgreSQL (``TEST_DATABASE_URL``, see tests/services.py); skip or fail when
+    it is down."""
+    return require_service("PostgreSQL", PG_URL)
 
 
 @pytest.fixture
 def pg_schema(pg_url: str, unique_name: str) -> Iterator[str]:
-    """A fresh schema in the shared ``test`` database, dropped afterwards."""
+    """A fresh schema in the shared test database (``pg_url``), dropped afterwards."""
     import asyncio
 
     import asyncpg

@@ -1,6 +1,7 @@
 """Private servers for fault tests: a Redis of our own, a cuttable TCP proxy.
 
-Fault tests never stop or kill the shared services on 6379 / 5432.
+Fault tests never stop or kill the shared services (``tests/services.py``): a proxy in front of
+one is cut instead.
 """
 
 from __future__ import annotations
