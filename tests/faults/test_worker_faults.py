@@ -21,6 +21,7 @@ import redis
 from activity_logging import db, record
 from tests.integration.test_worker_pg import counts
 from tests.servers import TcpProxy
+from tests.services import address_of, url_via
 
 pytestmark = [pytest.mark.fault, pytest.mark.integration]
 
@@ -66,11 +67,12 @@ class Workers:
     def __init__(self, redis_url: str, pg_url: str, stream: str, schema: str, tmp: str) -> None:
         self.redis_url, self.pg_url, self.stream, self.schema, self.tmp = (
             redis_url, pg_url, stream, schema, tmp)
-        self.proxy = TcpProxy(5432).start()
+        host, port = address_of(pg_url)
+        self.proxy = TcpProxy(port, host).start()
         self.procs: list[tuple[subprocess.Popen[bytes], Any]] = []
 
     def start(self, consumer: str, *extra: str, via_proxy: bool = False) -> subprocess.Popen[bytes]:
-        url = f"postgresql://postgres@127.0.0.1:{self.proxy.port}/test" if via_proxy else self.pg_url
+        url = url_via(self.pg_url, self.proxy.port) if via_proxy else self.pg_url
         # stderr to a file, not a pipe: a chatty worker must never block on a full pipe.
         log = open(os.path.join(self.tmp, f"{consumer}.log"), "wb")  # noqa: SIM115
         proc = subprocess.Popen(
