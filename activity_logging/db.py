@@ -1,10 +1,16 @@
-"""Connections, table creation and monthly partitions: how the library reaches its database.
+"""How the library reaches its database: engines, read connections, table creation.
 
-Two ways in, each for what it does best: SQLAlchemy async engines for table creation and
-every read (``read_connection``: queries, export, status, retention, the viewer), on
-asyncpg for PostgreSQL and aiosqlite for SQLite; and a raw asyncpg connection
-(``connect_pg``) where only the driver can do the work: ``COPY`` in ``store_pg`` and
-partition DDL here. Writing rows is ``store.py``'s job, not this module's.
+Two ways in, each for what it does best:
+
+* SQLAlchemy async engines (asyncpg for PostgreSQL, aiosqlite for SQLite) for every read:
+  ``read_connection`` is the one way the read side opens the database (queries, export,
+  status, retention's counts and batched deletes, ``verify``); the viewer keeps a pooled
+  engine of its own from ``create_async_engine_for``.
+* A raw asyncpg connection (``connect_pg``) where only the driver can do the work: ``COPY``
+  in ``store_pg``, partition DDL in ``partitions``, ``VACUUM`` in ``retention``.
+
+Writing rows is ``store.py``'s job, not this module's; so is the SQLite table definition
+and its PRAGMAs (``store_sqlite``), which ``init_db`` and every SQLite engine here reuse.
 
 PostgreSQL isolation: every entry point takes ``schema``; when given, the connection's
 ``search_path`` is set to it and all SQL uses the unqualified table name.
@@ -15,11 +21,11 @@ from __future__ import annotations
 import contextlib
 import logging
 import sqlite3
-from collections.abc import AsyncIterator, Iterable
-from datetime import UTC, datetime
+from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Any, Final
 
-from sqlalchemy import Column, Index, MetaData, PrimaryKeyConstraint, Table
+from sqlalchemy import MetaData, event
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
 from .config import DEFAULT_TABLE
@@ -33,6 +39,7 @@ if TYPE_CHECKING:
 logger: Final = logging.getLogger("activity_logging.db")
 
 DEFAULT_CONNECT_TIMEOUT: Final = 10.0
+#: PostgreSQL SQLSTATE ``undefined_table``.
 UNDEFINED_TABLE: Final = "42P01"
 
 
@@ -41,20 +48,29 @@ def quote_identifier(identifier: str) -> str:
     return '"' + identifier.replace('"', '""') + '"'
 
 
-_quote = quote_identifier  # short internal name, used throughout this module
-
-
 def create_async_engine_for(url: str, *, schema: str | None = None, **kwargs: Any) -> AsyncEngine:
     """Return an SQLAlchemy ``AsyncEngine`` for a ``DATABASE_URL`` as people write it.
 
     Accepts ``postgresql://``, ``postgres://``, ``postgresql+asyncpg://`` and ``sqlite:///``
     (see ``urls.normalize_async_url``). For PostgreSQL, ``schema`` becomes the connections'
     ``search_path`` (through asyncpg ``server_settings``); SQLite has no schemas and ignores
-    it. Extra keyword arguments go to ``sqlalchemy.ext.asyncio.create_async_engine``.
+    it, and every SQLite connection gets ``store_sqlite.SQLITE_PRAGMAS``, the settings the
+    writers use (except a read-only ``mode=ro`` one, which cannot write the journal mode and
+    keeps the file's). Extra keyword arguments go to ``sqlalchemy.ext.asyncio.create_async_engine``.
     Raises ``ConfigurationError`` for an unsupported URL; does not connect.
     """
     async_url = normalize_async_url(url)
-    if schema and not is_sqlite(url):
+    if is_sqlite(url):
+        from .store_sqlite import apply_pragmas  # SQLite only: PostgreSQL callers skip it
+
+        engine = create_async_engine(async_url, **kwargs)
+        # A read-only connection (``mode=ro``, the viewer's) cannot set the journal mode:
+        # it reads whatever mode the writers set.
+        if engine.url.query.get("mode") != "ro":
+            event.listen(engine.sync_engine, "connect",
+                         lambda dbapi_conn, _record: apply_pragmas(dbapi_conn))
+        return engine
+    if schema:
         connect_args = dict(kwargs.pop("connect_args", None) or {})
         settings = dict(connect_args.get("server_settings") or {})
         settings["search_path"] = schema
@@ -68,10 +84,11 @@ async def connect_pg(
 ) -> asyncpg.Connection:
     """Open a raw asyncpg connection, with ``search_path`` set to ``schema`` when given.
 
+    For driver-only work (``COPY``, partition DDL, ``VACUUM``); reads use ``read_connection``.
     Raises ``ConfigurationError`` for a non-PostgreSQL URL and ``StoreUnavailableError``
     (naming the URL with its password hidden) when the server cannot be reached.
     """
-    import asyncpg
+    import asyncpg  # the driver is loaded by who needs it, not by importing this module
 
     dsn = asyncpg_dsn(url)
     settings = {"search_path": schema} if schema else None
@@ -86,113 +103,7 @@ async def connect_pg(
     return conn
 
 
-# --- partitions ------------------------------------------------------------------------------
-
-
-def partition_name(table: str, year: int, month: int) -> str:
-    """Name of the monthly partition of ``table``: ``activity_logs_p202611``."""
-    return f"{table}_p{year:04d}{month:02d}"
-
-
-def _next_month(year: int, month: int) -> tuple[int, int]:
-    return (year + 1, 1) if month == 12 else (year, month + 1)
-
-
-def month_bounds(year: int, month: int) -> tuple[datetime, datetime]:
-    """``[first instant of the month, first instant of the next month)`` in UTC."""
-    ny, nm = _next_month(year, month)
-    return datetime(year, month, 1, tzinfo=UTC), datetime(ny, nm, 1, tzinfo=UTC)
-
-
-def months_from(now: datetime, months_ahead: int) -> list[tuple[int, int]]:
-    """The month of ``now`` (UTC) and the ``months_ahead`` months after it."""
-    current = now.astimezone(UTC) if now.tzinfo else now.replace(tzinfo=UTC)
-    months = [(current.year, current.month)]
-    for _ in range(months_ahead):
-        months.append(_next_month(*months[-1]))
-    return months
-
-
-async def is_partitioned(conn: asyncpg.Connection, table: str = DEFAULT_TABLE) -> bool:
-    """True when ``table`` (resolved through ``search_path``) is a partitioned table."""
-    kind = await conn.fetchval(
-        "SELECT c.relkind::text FROM pg_class c WHERE c.oid = to_regclass($1)", _quote(table)
-    )
-    return bool(kind == "p")
-
-
-async def create_partitions(
-    conn: asyncpg.Connection, months: Iterable[tuple[int, int]], *, table: str = DEFAULT_TABLE
-) -> list[str]:
-    """Create the monthly partitions of ``table`` for ``months`` that do not exist yet.
-
-    Safe against concurrent workers: creation runs under a transaction-scoped advisory lock
-    keyed on the table. Returns the names created (empty when all existed).
-    """
-    created: list[str] = []
-    wanted = sorted(set(months))
-    if not wanted:
-        return created
-    async with conn.transaction():
-        await conn.execute(
-            "SELECT pg_advisory_xact_lock(hashtext('activity_logging:' || $1))", table
-        )
-        for year, month in wanted:
-            name = partition_name(table, year, month)
-            if await conn.fetchval("SELECT to_regclass($1) IS NOT NULL", _quote(name)):
-                continue
-            start, end = month_bounds(year, month)
-            # Bounds are our own datetimes rendered as ISO literals: no user input in this DDL.
-            await conn.execute(
-                f"CREATE TABLE IF NOT EXISTS {_quote(name)} PARTITION OF {_quote(table)} "
-                f"FOR VALUES FROM ('{start.isoformat()}') TO ('{end.isoformat()}')"
-            )
-            created.append(name)
-    if created:
-        logger.debug("created partitions %s", ", ".join(created))
-    return created
-
-
-async def ensure_partitions(
-    conn: asyncpg.Connection,
-    *,
-    table: str = DEFAULT_TABLE,
-    months_ahead: int = 3,
-    now: datetime | None = None,
-) -> list[str]:
-    """Create the partitions of ``table`` for the current month and ``months_ahead`` after it.
-
-    The worker calls this at start and periodically, so inserts never fail for want of a
-    partition. Returns the names created. Does nothing (returns ``[]``) for a plain table.
-    """
-    if not await is_partitioned(conn, table):
-        return []
-    return await create_partitions(
-        conn, months_from(now or datetime.now(UTC), months_ahead), table=table
-    )
-
-
 # --- table creation --------------------------------------------------------------------------
-
-
-def make_partitioned_table(metadata: MetaData, name: str = DEFAULT_TABLE) -> Table:
-    """The ``activity_logs`` model, range-partitioned by month on ``timestamp``.
-
-    Same columns and indexes as ``schema.make_table``; the primary key becomes
-    ``(id, timestamp)`` because a partitioned table's unique keys must include the
-    partition key.
-    """
-    base = make_table(MetaData(), name)
-    table = Table(
-        name,
-        metadata,
-        *[Column(c.name, c.type, nullable=c.nullable) for c in base.columns],
-        PrimaryKeyConstraint("id", "timestamp", name=f"{name}_pkey"),
-        postgresql_partition_by='RANGE ("timestamp")',
-    )
-    for index in base.indexes:
-        Index(index.name, *[table.c[col.name] for col in index.columns])
-    return table
 
 
 async def init_db(
@@ -208,12 +119,31 @@ async def init_db(
     ``partitioned`` (PostgreSQL only) creates it ``PARTITION BY RANGE (timestamp)`` with the
     primary key ``(id, timestamp)`` and the partitions from the current month to
     ``months_ahead`` months ahead. An existing table is left as it is (a plain table is not
-    converted). On SQLite it creates the plain table. Raises ``ConfigurationError`` (bad
-    URL, partitioned SQLite) or ``StoreUnavailableError`` (unreachable database).
+    converted). On SQLite the embedded store's own writer creates the plain table
+    (``store_sqlite.SQLiteStore``: one definition of its DDL and PRAGMAs).
+
+    Raises ``ConfigurationError`` (bad URL, partitioned SQLite), ``StoreUnavailableError``
+    (PostgreSQL unreachable), ``OSError`` carrying SQLite's reason when the SQLite file
+    cannot be opened or created (a local file is not a server that comes back), and
+    SQLAlchemy's ``DBAPIError`` for what the server refused (no such database or schema).
     """
     sqlite = is_sqlite(url)
     if partitioned and sqlite:
         raise ConfigurationError("partitioned tables need PostgreSQL, got a sqlite URL")
+    if sqlite:
+        from .store_sqlite import SQLiteStore
+
+        store = SQLiteStore(url, table=table, create=True)
+        try:
+            store.connect_now()
+        except StoreUnavailableError as exc:
+            raise OSError(str(exc.__cause__ or exc)) from exc
+        finally:
+            store.abort()
+        return
+    # partitions builds on this module (quote_identifier): imported here, for that case only
+    from .partitions import ensure_partitions, make_partitioned_table
+
     metadata = MetaData()
     if partitioned:
         make_partitioned_table(metadata, table)
@@ -231,6 +161,9 @@ async def init_db(
             await ensure_partitions(conn_pg, table=table, months_ahead=months_ahead)
         finally:
             await conn_pg.close()
+
+
+# --- what an error means ----------------------------------------------------------------------
 
 
 def is_unreachable(exc: BaseException) -> bool:
@@ -266,11 +199,18 @@ def is_missing_table(exc: BaseException) -> bool:
     return False
 
 
+def _unreachable_error(url: str, exc: BaseException) -> StoreUnavailableError:
+    return StoreUnavailableError(
+        f"cannot reach the database at {redact_url(url)}: {type(exc).__name__}: {exc}")
+
+
 @contextlib.asynccontextmanager
 async def reachable(url: str) -> AsyncIterator[None]:
     """Turn "cannot connect" into ``StoreUnavailableError`` naming the URL (password hidden).
 
-    Errors of this library pass through unchanged: they already say what is wrong.
+    For a block that only talks to the database (the viewer's pooled requests): any
+    network-level failure in it counts. Errors of this library pass through unchanged: they
+    already say what is wrong.
     """
     try:
         yield
@@ -278,9 +218,7 @@ async def reachable(url: str) -> AsyncIterator[None]:
         raise
     except Exception as exc:
         if is_unreachable(exc):
-            raise StoreUnavailableError(
-                f"cannot reach the database at {redact_url(url)}: {type(exc).__name__}: {exc}"
-            ) from exc
+            raise _unreachable_error(url, exc) from exc
         raise
 
 
@@ -288,10 +226,17 @@ async def reachable(url: str) -> AsyncIterator[None]:
 async def read_connection(url: str, *, schema: str | None = None) -> AsyncIterator[AsyncConnection]:
     """One SQLAlchemy ``AsyncConnection`` to read with, its engine disposed of afterwards.
 
-    The one way the read side (queries, export, status, retention, the viewer's CLI) opens
-    the database. Failing to connect raises ``StoreUnavailableError`` naming the URL with its
-    password hidden; errors raised inside the block pass through as they are (a broken pipe
-    while exporting is the caller's, not "unreachable").
+    The one way the read side (queries, export, status, retention, ``verify``) opens the
+    database. The connection begins one transaction at its first statement and holds it
+    until the block ends, when it is rolled back (commit inside the block to keep writes,
+    as retention's batched deletes do), so a server-side cursor (``conn.stream``) lives as
+    long as the block.
+
+    ``StoreUnavailableError`` (naming the URL, password hidden) when connecting fails, or
+    when a database call in the block fails because the server went away (a SQLAlchemy
+    ``DBAPIError`` caused by a network error). Everything else raised in the block passes
+    through as it is: a ``BrokenPipeError`` from writing an export is the caller's, not
+    "unreachable".
     """
     engine = create_async_engine_for(url, schema=schema)
     try:
@@ -299,7 +244,29 @@ async def read_connection(url: str, *, schema: str | None = None) -> AsyncIterat
             conn = await engine.connect()
         try:
             yield conn
+        except DBAPIError as exc:
+            if is_unreachable(exc):
+                raise _unreachable_error(url, exc) from exc
+            raise
         finally:
-            await conn.close()
+            try:
+                await conn.close()
+            except DBAPIError as exc:  # rolling back on a connection that is gone
+                if not is_unreachable(exc):
+                    raise
     finally:
         await engine.dispose()
+
+
+__all__ = [
+    "DEFAULT_CONNECT_TIMEOUT",
+    "UNDEFINED_TABLE",
+    "connect_pg",
+    "create_async_engine_for",
+    "init_db",
+    "is_missing_table",
+    "is_unreachable",
+    "quote_identifier",
+    "reachable",
+    "read_connection",
+]

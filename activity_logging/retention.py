@@ -18,6 +18,11 @@ follows a long run batch by batch.
 (``VACUUM`` then ``ANALYZE`` on SQLite). Both are coroutines; ``run_cleanup`` and
 ``run_vacuum`` are the blocking equivalents for scripts and the scheduler.
 
+Rows are counted and deleted through SQLAlchemy on both stores (``db.read_connection``);
+partition DDL (``partitions``, ``expire_partitions``) and PostgreSQL's ``VACUUM`` take a raw
+asyncpg connection (``db.connect_pg``), driver work: ``VACUUM`` must be sent outside any
+transaction block, as asyncpg sends a statement without arguments.
+
 Both return what they did and log it only at DEBUG: the caller reports the result (the CLI
 prints it once, the scheduler records it as an activity), so it is never said twice.
 """
@@ -26,28 +31,30 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import re
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
 from sqlalchemy import MetaData, Table, delete, func, select, tuple_
-from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncConnection
 
 from .config import DEFAULT_TABLE, require_positive, resolve_retention_days
-from .db import quote_identifier, reachable
+from .db import connect_pg, quote_identifier, read_connection
 from .exceptions import ConfigurationError
+from .partitions import ensure_partitions, expired_partitions, is_partitioned, missing_partitions
 from .schema import activity_logs, make_table
 from .urls import is_sqlite
+
+if TYPE_CHECKING:
+    import asyncpg
 
 logger: Final = logging.getLogger("activity_logging.retention")
 
 DEFAULT_BATCH_SIZE: Final = 10_000
 #: Longest retention period accepted, in days (a hundred years).
 MAX_RETENTION_DAYS: Final = 36_500
-#: PostgreSQL SQLSTATE ``undefined_table``.
 
 #: ``on_progress(rows deleted so far, rows to delete)``; the total is None when not counted.
 ProgressCallback = Callable[[int, int | None], None]
@@ -93,9 +100,6 @@ class VacuumResult:
         return asdict(self)
 
 
-_quote = quote_identifier
-
-
 def resolve_cleanup_days(value: int | None = None) -> int:
     """``config.resolve_retention_days`` bounded by ``MAX_RETENTION_DAYS``; raises
     ``ConfigurationError`` outside ``1..MAX_RETENTION_DAYS``."""
@@ -110,16 +114,20 @@ def _table(name: str) -> Table:
     return activity_logs if name == DEFAULT_TABLE else make_table(MetaData(), name)
 
 
-async def count_before(engine: AsyncEngine, cutoff: datetime, *, table: str = DEFAULT_TABLE) -> int:
-    """How many rows have ``timestamp < cutoff`` (one ``COUNT`` on the timestamp index)."""
+async def count_before(conn: AsyncConnection, cutoff: datetime, *,
+                       table: str = DEFAULT_TABLE) -> int:
+    """How many rows have ``timestamp < cutoff`` (one ``COUNT`` on the timestamp index).
+
+    Runs in a transaction of its own: ``conn`` must not be inside one.
+    """
     t = _table(table)
-    async with engine.connect() as conn:
+    async with conn.begin():
         return int((await conn.execute(
             select(func.count()).select_from(t).where(t.c.timestamp < cutoff))).scalar_one())
 
 
 async def delete_before(
-    engine: AsyncEngine,
+    conn: AsyncConnection,
     cutoff: datetime,
     *,
     table: str = DEFAULT_TABLE,
@@ -129,21 +137,22 @@ async def delete_before(
 ) -> tuple[int, int]:
     """Delete rows with ``timestamp < cutoff``, ``batch_size`` rows per transaction.
 
-    Returns ``(rows deleted, batches)``. ``composite_key`` selects rows by ``(id,
-    timestamp)``, the key of a partitioned table, so each lookup prunes to one partition.
+    Each batch commits on its own: ``conn`` must not be inside a transaction. Returns
+    ``(rows deleted, batches)``. ``composite_key`` selects rows by ``(id, timestamp)``, the
+    key of a partitioned table, so each lookup prunes to one partition.
     ``on_batch(rows deleted so far, batches)`` is called after each committed batch; what
     it raises is raised here (the batches before it stay deleted).
     """
     t = _table(table)
-    victims = select(t.c.id).where(t.c.timestamp < cutoff).limit(batch_size)
     if composite_key:
         victims = select(t.c.id, t.c.timestamp).where(t.c.timestamp < cutoff).limit(batch_size)
         stmt = delete(t).where(tuple_(t.c.id, t.c.timestamp).in_(victims))
     else:
+        victims = select(t.c.id).where(t.c.timestamp < cutoff).limit(batch_size)
         stmt = delete(t).where(t.c.id.in_(victims))
     total = batches = 0
     while True:
-        async with engine.begin() as conn:
+        async with conn.begin():
             deleted = (await conn.execute(stmt)).rowcount
         batches += 1
         total += max(deleted, 0)
@@ -155,64 +164,23 @@ async def delete_before(
         await asyncio.sleep(0)
 
 
-_PARTITION_RE: Final = r"^{table}_p(\d{{4}})(\d{{2}})$"
-
-
-async def expired_partitions(conn: Any, cutoff: datetime, *, table: str = DEFAULT_TABLE) -> list[str]:
-    """The monthly partitions of ``table`` that lie wholly before ``cutoff``, oldest first.
-
-    ``conn`` is an asyncpg connection. Only partitions named as ``db.partition_name`` makes
-    them are listed. Reads only.
-    """
-    from .db import month_bounds
-
-    names = await conn.fetch(
-        "SELECT c.relname FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid "
-        "WHERE i.inhparent = to_regclass($1) ORDER BY c.relname",
-        _quote(table),
-    )
-    pattern = re.compile(_PARTITION_RE.format(table=re.escape(table)))
-    expired: list[str] = []
-    for record in names:
-        name = str(record["relname"])
-        match = pattern.match(name)
-        if match is None:
-            continue
-        _, end = month_bounds(int(match.group(1)), int(match.group(2)))
-        if end <= cutoff:
-            expired.append(name)
-    return expired
-
-
-async def missing_partitions(
-    conn: Any, *, table: str = DEFAULT_TABLE, months_ahead: int = 3, now: datetime | None = None
-) -> list[str]:
-    """The partitions ``db.ensure_partitions`` would create now (none for a plain table). Reads only."""
-    from .db import is_partitioned, months_from, partition_name
-
-    if not await is_partitioned(conn, table):
-        return []
-    names = [partition_name(table, year, month)
-             for year, month in months_from(now or datetime.now(UTC), months_ahead)]
-    return [name for name in names
-            if not await conn.fetchval("SELECT to_regclass($1) IS NOT NULL", _quote(name))]
-
-
 async def expire_partitions(
-    conn: Any, cutoff: datetime, *, table: str = DEFAULT_TABLE, detach: bool = False
+    conn: asyncpg.Connection, cutoff: datetime, *, table: str = DEFAULT_TABLE,
+    detach: bool = False,
 ) -> list[str]:
     """Drop (or detach) the monthly partitions of ``table`` that lie wholly before ``cutoff``.
 
-    ``conn`` is an asyncpg connection. Only partitions named as ``db.partition_name`` makes
-    them are touched. Returns their names, oldest first.
+    ``conn`` is an asyncpg connection (partition DDL). Only partitions named as
+    ``partitions.partition_name`` makes them are touched. Returns their names, oldest first.
     """
     expired = await expired_partitions(conn, cutoff, table=table)
     for name in expired:
         # One short statement per partition: each takes its lock only for a moment.
         if detach:
-            await conn.execute(f"ALTER TABLE {_quote(table)} DETACH PARTITION {_quote(name)}")
+            await conn.execute(f"ALTER TABLE {quote_identifier(table)} "
+                               f"DETACH PARTITION {quote_identifier(name)}")
         else:
-            await conn.execute(f"DROP TABLE {_quote(name)}")
+            await conn.execute(f"DROP TABLE {quote_identifier(name)}")
         logger.debug("%s partition %s (before %s)", "detached" if detach else "dropped",
                      name, cutoff.isoformat())
     return expired
@@ -242,8 +210,6 @@ async def cleanup(
     ``COUNT``, made only when ``on_progress`` is given). Raises ``ConfigurationError`` for
     bad arguments and ``StoreUnavailableError`` when the database cannot be reached.
     """
-    from .db import connect_pg, create_async_engine_for, ensure_partitions, is_partitioned
-
     days = resolve_cleanup_days(retention_days)
     require_positive("batch_size", batch_size, integer=True)
     started = time.monotonic()
@@ -259,33 +225,29 @@ async def cleanup(
     created: list[str] = []
     partitioned = False
     if not is_sqlite(url):
-        conn = await connect_pg(url, schema=schema)
+        pg = await connect_pg(url, schema=schema)
         try:
-            partitioned = await is_partitioned(conn, table)
+            partitioned = await is_partitioned(pg, table)
             if partitioned:
-                dropped = await expire_partitions(conn, cutoff, table=table, detach=detach)
+                dropped = await expire_partitions(pg, cutoff, table=table, detach=detach)
                 created = await ensure_partitions(
-                    conn, table=table, months_ahead=months_ahead, now=current
+                    pg, table=table, months_ahead=months_ahead, now=current
                 )
         finally:
-            await conn.close()
-    engine = create_async_engine_for(url, schema=schema)
-    try:
-        async with reachable(url):
-            on_batch: Callable[[int, int], None] | None = None
-            if on_progress is not None:
-                report, total = on_progress, await count_before(engine, cutoff, table=table)
-                report(0, total)
+            await pg.close()
+    async with read_connection(url, schema=schema) as conn:
+        on_batch: Callable[[int, int], None] | None = None
+        if on_progress is not None:
+            report, total = on_progress, await count_before(conn, cutoff, table=table)
+            report(0, total)
 
-                def on_batch(done: int, _batches: int) -> None:
-                    report(done, total)
+            def on_batch(done: int, _batches: int) -> None:
+                report(done, total)
 
-            deleted, batches = await delete_before(
-                engine, cutoff, table=table, batch_size=batch_size, composite_key=partitioned,
-                on_batch=on_batch,
-            )
-    finally:
-        await engine.dispose()
+        deleted, batches = await delete_before(
+            conn, cutoff, table=table, batch_size=batch_size, composite_key=partitioned,
+            on_batch=on_batch,
+        )
     result = CleanupResult(
         cutoff=cutoff, retention_days=days, deleted_rows=deleted, batches=batches,
         dropped_partitions=[] if detach else dropped, detached_partitions=dropped if detach else [],
@@ -301,23 +263,17 @@ async def _dry_run(
     months_ahead: int, detach: bool, started: float,
 ) -> CleanupResult:
     """What ``cleanup`` would do, found with reads only."""
-    from .db import connect_pg, create_async_engine_for
-
     expired: list[str] = []
     ahead: list[str] = []
     if not is_sqlite(url):
-        conn = await connect_pg(url, schema=schema)
+        pg = await connect_pg(url, schema=schema)
         try:
-            expired = await expired_partitions(conn, cutoff, table=table)
-            ahead = await missing_partitions(conn, table=table, months_ahead=months_ahead, now=now)
+            expired = await expired_partitions(pg, cutoff, table=table)
+            ahead = await missing_partitions(pg, table=table, months_ahead=months_ahead, now=now)
         finally:
-            await conn.close()
-    engine = create_async_engine_for(url, schema=schema)
-    try:
-        async with reachable(url):
-            rows = await count_before(engine, cutoff, table=table)
-    finally:
-        await engine.dispose()
+            await pg.close()
+    async with read_connection(url, schema=schema) as conn:
+        rows = await count_before(conn, cutoff, table=table)
     return CleanupResult(
         cutoff=cutoff, retention_days=days, deleted_rows=rows, batches=0,
         dropped_partitions=[] if detach else expired, detached_partitions=expired if detach else [],
@@ -335,30 +291,22 @@ async def vacuum(
     """
     started = time.monotonic()
     if is_sqlite(url):
-        from .db import create_async_engine_for
-
         statement = "VACUUM" + ("; ANALYZE" if analyze else "")
-        engine = create_async_engine_for(url)
-        try:
-            async with reachable(url), engine.connect() as conn:
-                # VACUUM cannot run inside a transaction: autocommit, one statement at a time.
-                auto = await conn.execution_options(isolation_level="AUTOCOMMIT")
-                await auto.exec_driver_sql("VACUUM")
-                if analyze:
-                    await auto.exec_driver_sql("ANALYZE")
-        finally:
-            await engine.dispose()
+        async with read_connection(url) as conn:
+            # VACUUM cannot run inside a transaction: autocommit, one statement at a time.
+            auto = await conn.execution_options(isolation_level="AUTOCOMMIT")
+            await auto.exec_driver_sql("VACUUM")
+            if analyze:
+                await auto.exec_driver_sql("ANALYZE")
     else:
-        from .db import connect_pg
-
-        statement = f"VACUUM{' (ANALYZE)' if analyze else ''} {_quote(table)}"
-        conn = await connect_pg(url, schema=schema)
+        statement = f"VACUUM{' (ANALYZE)' if analyze else ''} {quote_identifier(table)}"
+        pg = await connect_pg(url, schema=schema)
         try:
             # asyncpg runs a statement without arguments as a simple query, outside any
-            # transaction block: what VACUUM needs.
-            await conn.execute(statement)
+            # transaction block: what VACUUM needs, and why this is a raw driver connection.
+            await pg.execute(statement)
         finally:
-            await conn.close()
+            await pg.close()
     seconds = round(time.monotonic() - started, 3)
     logger.debug("%s done in %.1f s", statement, seconds)
     return VacuumResult(table=table, statement=statement, seconds=seconds)
@@ -384,9 +332,6 @@ __all__ = [
     "count_before",
     "delete_before",
     "expire_partitions",
-    "expired_partitions",
-    "missing_partitions",
-    "reachable",
     "resolve_cleanup_days",
     "run_cleanup",
     "run_vacuum",

@@ -25,6 +25,7 @@ import schedule
 
 from .config import require_positive
 from .exceptions import ConfigurationError
+from .retention import DEFAULT_BATCH_SIZE, run_cleanup, run_vacuum
 
 logger: Final = logging.getLogger("activity_logging.scheduler")
 
@@ -51,6 +52,7 @@ class MaintenanceScheduler:
         cleanup_at: ``"HH:MM"`` or ``"HH:MM:SS"``, local time, every day.
         vacuum_day: weekday name for the vacuum (``"sunday"``).
         vacuum_at: ``"HH:MM"`` local time on ``vacuum_day``.
+        batch_size / detach / months_ahead: passed to ``cleanup`` (``retention.cleanup``).
         cleanup_job / vacuum_job: replace the default jobs (callables without arguments).
         scheduler: a ``schedule.Scheduler`` to register on (a private one by default).
 
@@ -67,7 +69,7 @@ class MaintenanceScheduler:
         cleanup_at: str = "02:00",
         vacuum_day: str = "sunday",
         vacuum_at: str = "03:00",
-        batch_size: int = 10_000,
+        batch_size: int = DEFAULT_BATCH_SIZE,
         detach: bool = False,
         months_ahead: int = 3,
         cleanup_job: Job | None = None,
@@ -112,8 +114,6 @@ class MaintenanceScheduler:
     # --- the default jobs --------------------------------------------------------------
 
     def _cleanup(self) -> Any:
-        from .retention import run_cleanup
-
         assert self.database_url is not None
         return run_cleanup(
             self.database_url, schema=self.schema, retention_days=self.retention_days,
@@ -121,8 +121,6 @@ class MaintenanceScheduler:
         )
 
     def _vacuum(self) -> Any:
-        from .retention import run_vacuum
-
         assert self.database_url is not None
         return run_vacuum(self.database_url, schema=self.schema)
 

@@ -1,46 +1,19 @@
-"""db.py without a server: partition arithmetic, error classification, SQLite table creation."""
+"""db.py without a server: SQLite table creation and engines, read connections, error
+classification; and store_pg's pure parts (row tuples, codecs, data errors)."""
 
 from __future__ import annotations
 
 import contextlib
 import logging
 import sqlite3
-from datetime import UTC, datetime, timedelta, timezone
-from itertools import pairwise
+from pathlib import Path
 
 import pytest
-from hypothesis import given
-from hypothesis import strategies as st
+from sqlalchemy import text
 
-from activity_logging import db, record, store_pg
+from activity_logging import db, rows, schema, store_pg, store_sqlite
 from activity_logging.cli import main
-from activity_logging.exceptions import ConfigurationError
-
-
-def test_partition_name_is_table_year_month() -> None:
-    assert db.partition_name("activity_logs", 2026, 3) == "activity_logs_p202603"
-
-
-def test_month_bounds_wrap_the_year_in_utc() -> None:
-    assert db.month_bounds(2026, 12) == (datetime(2026, 12, 1, tzinfo=UTC),
-                                         datetime(2027, 1, 1, tzinfo=UTC))
-
-
-def test_months_from_counts_ahead_from_the_utc_month() -> None:
-    # 23:30 on 31 Oct at UTC-2 is already November in UTC.
-    now = datetime(2026, 10, 31, 23, 30, tzinfo=timezone(timedelta(hours=-2)))
-    assert db.months_from(now, 3) == [(2026, 11), (2026, 12), (2027, 1), (2027, 2)]
-
-
-@given(st.datetimes(min_value=datetime(1971, 1, 1), max_value=datetime(9998, 11, 1),
-                    timezones=st.just(UTC)), st.integers(min_value=0, max_value=24))
-def test_months_ahead_are_contiguous_and_cover_now(now: datetime, ahead: int) -> None:
-    months = db.months_from(now, ahead)
-    assert len(months) == ahead + 1
-    start, _ = db.month_bounds(*months[0])
-    assert start <= now
-    for first, second in pairwise(months):
-        assert db.month_bounds(*first)[1] == db.month_bounds(*second)[0]
+from activity_logging.exceptions import ConfigurationError, StoreUnavailableError
 
 
 def test_data_errors_are_told_from_database_errors() -> None:
@@ -58,8 +31,8 @@ def test_data_errors_are_told_from_database_errors() -> None:
 
 def test_row_tuple_follows_activity_columns() -> None:
     rec = logging.LogRecord("a", logging.INFO, "p", 1, "m", None, None)
-    row = record.activity_from_record(rec)
-    assert store_pg.row_tuple(row) == tuple(row[c] for c in record.ACTIVITY_COLUMNS)
+    row = rows.activity_from_record(rec)
+    assert store_pg.row_tuple(row) == tuple(row[c] for c in schema.COLUMNS)
 
 
 def test_binary_codecs_round_trip() -> None:
@@ -74,7 +47,7 @@ def test_postgres_store_refuses_a_sqlite_url_at_construction() -> None:
 
 
 @pytest.mark.anyio
-async def test_init_db_on_sqlite_is_idempotent(tmp_path: object) -> None:
+async def test_init_db_on_sqlite_is_idempotent(tmp_path: Path) -> None:
     path = f"{tmp_path}/a.db"
     await db.init_db(f"sqlite:///{path}")
     await db.init_db(f"sqlite:///{path}")
@@ -86,25 +59,102 @@ async def test_init_db_on_sqlite_is_idempotent(tmp_path: object) -> None:
 
 
 @pytest.mark.anyio
-async def test_partitioned_sqlite_is_refused(tmp_path: object) -> None:
+async def test_partitioned_sqlite_is_refused(tmp_path: Path) -> None:
     with pytest.raises(ConfigurationError):
         await db.init_db(f"sqlite:///{tmp_path}/b.db", partitioned=True)
 
 
-def test_cli_init_db_on_sqlite(tmp_path: object) -> None:
+def test_cli_init_db_on_sqlite(tmp_path: Path) -> None:
     path = f"{tmp_path}/c.db"
     assert main(["init-db", "--database-url", f"sqlite:///{path}"]) == 0
     assert main(["init-db", "--database-url", f"sqlite:///{path}"]) == 0
     assert main(["init-db", "--database-url", "mysql://x/y"]) == 2
 
 
-def test_partitioned_model_keys_on_id_and_timestamp() -> None:
-    from sqlalchemy import MetaData
-    from sqlalchemy.dialects import postgresql
-    from sqlalchemy.schema import CreateTable
+@pytest.mark.anyio
+async def test_init_db_on_sqlite_makes_the_table_the_sqlite_writer_defines(tmp_path: Path) -> None:
+    """One SQLite DDL: init_db's table is SQLiteStore's, in WAL mode, as the writers want it."""
+    made, written = tmp_path / "init.db", tmp_path / "store.db"
+    await db.init_db(f"sqlite:///{made}")
+    store = store_sqlite.SQLiteStore(f"sqlite:///{written}", create=True)
+    store.connect_now()
+    store.abort()
 
-    table = db.make_partitioned_table(MetaData())
-    assert [c.name for c in table.primary_key.columns] == ["id", "timestamp"]
-    ddl = str(CreateTable(table).compile(dialect=postgresql.dialect()))
-    assert 'PARTITION BY RANGE ("timestamp")' in ddl
-    assert len(table.indexes) == 5
+    def ddl(path: Path) -> list[tuple[str, str]]:
+        with contextlib.closing(sqlite3.connect(path)) as conn:
+            return sorted(conn.execute("SELECT name, sql FROM sqlite_master"))
+
+    assert ddl(made) == ddl(written)
+    with contextlib.closing(sqlite3.connect(made)) as conn:
+        assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+
+
+@pytest.mark.anyio
+async def test_init_db_on_an_unopenable_sqlite_file_raises_oserror_with_sqlites_reason() -> None:
+    with pytest.raises(OSError, match="unable to open database file") as caught:
+        await db.init_db("sqlite:////nonexistent/dir/x.db")
+    assert not isinstance(caught.value, StoreUnavailableError)
+
+
+@pytest.mark.anyio
+async def test_sqlite_engines_apply_the_writers_pragmas(tmp_path: Path) -> None:
+    names = [p.split()[1].split("=")[0] for p in store_sqlite.SQLITE_PRAGMAS]
+    with contextlib.closing(sqlite3.connect(tmp_path / "writer.db")) as raw:
+        store_sqlite.apply_pragmas(raw)
+        want = [raw.execute(f"PRAGMA {name}").fetchone()[0] for name in names]
+    async with db.read_connection(f"sqlite:///{tmp_path / 'reader.db'}") as conn:
+        got = [(await conn.exec_driver_sql(f"PRAGMA {name}")).scalar() for name in names]
+    assert got == want
+    assert "wal" in got  # what makes readers and the writer not block each other
+
+
+@pytest.mark.anyio
+async def test_read_only_sqlite_engine_opens_a_file_in_rollback_journal_mode(
+        tmp_path: Path) -> None:
+    """A mode=ro connection cannot switch the journal to WAL: it reads the file as it is."""
+    path = tmp_path / "journal.db"
+    with contextlib.closing(sqlite3.connect(path)) as conn:
+        conn.execute("CREATE TABLE t (x)")
+        conn.commit()
+    engine = db.create_async_engine_for(f"sqlite:///file:{path}?mode=ro&uri=true")
+    try:
+        async with engine.connect() as conn:
+            assert (await conn.execute(text("SELECT count(*) FROM t"))).scalar() == 0
+            assert (await conn.exec_driver_sql("PRAGMA journal_mode")).scalar() == "delete"
+    finally:
+        await engine.dispose()
+
+
+@pytest.mark.anyio
+async def test_read_connection_to_a_closed_port_is_store_unavailable() -> None:
+    with pytest.raises(StoreUnavailableError, match="cannot reach the database") as caught:
+        async with db.read_connection("postgresql://u:secret@127.0.0.1:1/none"):
+            pass
+    assert "secret" not in str(caught.value)
+
+
+@pytest.mark.anyio
+async def test_read_connection_lets_the_callers_own_oserror_through(tmp_path: Path) -> None:
+    """A failed write while exporting is the caller's error, never "unreachable"."""
+    async def export_to_a_closed_pipe() -> None:
+        async with db.read_connection(f"sqlite:///{tmp_path / 'r.db'}") as conn:
+            await conn.execute(text("SELECT 1"))
+            raise BrokenPipeError("reader went away")
+
+    with pytest.raises(BrokenPipeError):
+        await export_to_a_closed_pipe()
+
+
+def test_missing_table_is_told_from_other_missing_things() -> None:
+    class PgError(Exception):
+        def __init__(self, sqlstate: str) -> None:
+            self.sqlstate = sqlstate
+
+    assert db.is_missing_table(PgError(db.UNDEFINED_TABLE))
+    assert db.is_missing_table(sqlite3.OperationalError("no such table: activity_logs"))
+    wrapped = RuntimeError("wrapper")
+    wrapped.__cause__ = PgError("42P01")
+    assert db.is_missing_table(wrapped)
+    assert not db.is_missing_table(PgError("3D000"))  # no such database
+    assert not db.is_missing_table(PgError("3F000"))  # no such schema
+    assert not db.is_missing_table(sqlite3.OperationalError("no such column: description"))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import sqlite3
 from datetime import timedelta
@@ -76,8 +77,6 @@ async def test_vacuum_runs_outside_a_transaction_and_keeps_rows(tmp_path: Path) 
 
 def test_blocking_wrapper_works_without_a_running_loop(tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path / 'a.db'}"
-    import asyncio
-
     asyncio.run(seed(url, make_rows(10, step=timedelta(days=30))))
     result = run_cleanup(url, retention_days=100, now=NOW)
     assert result.deleted_rows == sum(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import threading
 from datetime import datetime, time, timedelta
@@ -136,8 +137,6 @@ def test_run_forever_runs_due_jobs_survives_failures_and_stops(
 def test_default_cleanup_job_runs_on_the_store_and_records_its_result(
     tmp_path: Path, events: list[logging.LogRecord],
 ) -> None:
-    import asyncio
-
     url = f"sqlite:///{tmp_path / 'a.db'}"
     rows = make_rows(20, start=datetime.now().astimezone() - timedelta(days=20),
                      step=timedelta(days=1))
