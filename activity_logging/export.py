@@ -1,17 +1,19 @@
 """Streaming export of activities to JSON lines or CSV, in constant memory.
 
-Rows come from a server-side cursor (``AsyncConnection.stream`` with ``yield_per``) in
-batches, are encoded and written batch by batch, so exporting millions of rows holds one
-batch in memory at a time. Order is ``(timestamp, id)`` ascending: an export can be cut
-into windows (``--since``/``--until``) and concatenated without overlap.
+Rows come from a server-side cursor (``ActivityLogCRUD.iter_batches`` on a
+``db.read_connection``) in batches, are encoded and written batch by batch, so exporting
+millions of rows holds one batch in memory at a time. Order is ``(timestamp, id)``
+ascending: an export can be cut into windows (``--since``/``--until``) and concatenated
+without overlap.
 
 Formats: ``jsonl`` is one JSON object per line, the same shape as ``ActivityRecord.to_dict``;
-``csv`` has a header of ``record.ACTIVITY_COLUMNS``, ``changes``/``metadata`` as JSON text
+``csv`` has a header of ``schema.COLUMNS``, ``changes``/``metadata`` as JSON text
 and ``NULL`` as an empty field.
 """
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import sys
@@ -22,13 +24,18 @@ from typing import IO, Any, Final
 
 import orjson
 
-from .crud import ActivityFilter, activity_log_crud, build_select
+from .crud import activity_log_crud
+from .crud_select import ActivityFilter
+from .db import read_connection
 from .exceptions import ConfigurationError
-from .record import ACTIVITY_COLUMNS
+from .schema import COLUMNS
 
 EXPORT_FORMATS: Final = ("jsonl", "csv")
 DEFAULT_BATCH_SIZE: Final = 5_000
 _JSON_COLUMNS: Final = frozenset({"changes", "metadata"})
+#: ``schema.COLUMNS`` as plain ``str``: orjson refuses a ``str`` subclass (SQLAlchemy's
+#: ``quoted_name``, what a Column's name is) as a key.
+_KEYS: Final = tuple(str(name) for name in COLUMNS)
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,8 +53,8 @@ def _json_default(value: Any) -> str:
 
 
 def encode_jsonl(rows: Sequence[Sequence[Any]]) -> bytes:
-    """Rows in ``ACTIVITY_COLUMNS`` order → JSON lines (ids and times as strings, UTC)."""
-    cols = ACTIVITY_COLUMNS
+    """Rows in ``schema.COLUMNS`` order → JSON lines (ids and times as strings, UTC)."""
+    cols = _KEYS
     dumps = orjson.dumps
     return b"".join(
         dumps(dict(zip(cols, row, strict=True)), default=_json_default,
@@ -67,7 +74,7 @@ def _csv_value(column: str, value: Any) -> Any:
 
 
 def encode_csv(rows: Sequence[Sequence[Any]], *, header: bool = False) -> bytes:
-    """Rows in ``ACTIVITY_COLUMNS`` order → CSV lines (UTF-8), after a header line when asked.
+    """Rows in ``schema.COLUMNS`` order → CSV lines (UTF-8), after a header line when asked.
 
     Encoded in a buffer of its own, batch by batch, so no text wrapper is ever put around
     (and, after a failed write, left to close) the caller's binary stream.
@@ -75,9 +82,9 @@ def encode_csv(rows: Sequence[Sequence[Any]], *, header: bool = False) -> bytes:
     buffer = io.StringIO(newline="")
     writer = csv.writer(buffer)
     if header:
-        writer.writerow(ACTIVITY_COLUMNS)
+        writer.writerow(COLUMNS)
     writer.writerows(
-        [_csv_value(c, v) for c, v in zip(ACTIVITY_COLUMNS, row, strict=True)] for row in rows
+        [_csv_value(c, v) for c, v in zip(COLUMNS, row, strict=True)] for row in rows
     )
     return buffer.getvalue().encode("utf-8")
 
@@ -138,49 +145,30 @@ async def export_activities(
     """
     if fmt not in EXPORT_FORMATS:
         raise ConfigurationError(f"format must be one of {', '.join(EXPORT_FORMATS)}, got {fmt!r}")
-    from .db import create_async_engine_for
-    from .retention import reachable
-
     pstream = progress_stream if progress_stream is not None else sys.stderr
     show = pstream.isatty() if progress is None else progress
     started = time.monotonic()
     written = 0
-    engine = create_async_engine_for(database_url, schema=schema)
-    # Only talking to the database goes through ``reachable``: an OSError from writing
-    # ``out`` (a closed pipe, a full disk) is the caller's to report, not "unreachable".
-    try:
-        async with reachable(database_url):
-            conn = await engine.connect()
-        try:
-            # The server-side cursor lives as long as its transaction: hold one open throughout.
-            async with reachable(database_url):
-                await conn.begin()
-                total = await activity_log_crud.count(conn, filters) if show else None
-                stmt = build_select(filters, order="asc").execution_options(yield_per=batch_size)
-                result = await conn.stream(stmt)
-                batches = result.partitions(batch_size).__aiter__()
-            bar = ProgressLine(pstream, enabled=show, total=total)
+    # read_connection holds one transaction for the block (the server-side cursor lives in
+    # it) and maps only database failures to StoreUnavailableError: an OSError from writing
+    # ``out`` (a closed pipe, a full disk) passes through, the caller's to report.
+    async with read_connection(database_url, schema=schema) as conn:
+        total = await activity_log_crud.count(conn, filters) if show else None
+        bar = ProgressLine(pstream, enabled=show, total=total)
+        encode = encode_jsonl if fmt == "jsonl" else encode_csv
+        async with contextlib.aclosing(
+                activity_log_crud.iter_batches(conn, filters, batch_size=batch_size)) as batches:
+            batch = await anext(batches, None)  # the query runs before anything is written
             if fmt == "csv":
                 out.write(encode_csv([], header=True))
-            while True:
-                async with reachable(database_url):
-                    batch = await anext(batches, None)
-                if batch is None:
-                    break
-                if fmt == "jsonl":
-                    out.write(encode_jsonl(batch))
-                else:
-                    out.write(encode_csv(batch))
+            while batch is not None:
+                out.write(encode(batch))
                 written += len(batch)
                 bar.update(written)
                 if on_batch is not None:
                     on_batch(written)
-            bar.update(written, final=True)
-        finally:
-            async with reachable(database_url):
-                await conn.close()  # read only: rolling the transaction back loses nothing
-    finally:
-        await engine.dispose()
+                batch = await anext(batches, None)
+        bar.update(written, final=True)
     out.flush()
     return ExportResult(rows=written, format=fmt, seconds=round(time.monotonic() - started, 3))
 

@@ -7,10 +7,15 @@ with ``mode=ro``, so even a bug in this package could not write. Use a role that
 
 Every listing is a keyset page of ``crud.ActivityLogCRUD.get_page`` (never OFFSET); a page
 back is the same query in the other order from the first row shown, reversed.
+
+A server answers many requests: it keeps one pooled engine (``create_read_only_engine``)
+for its lifetime, where a one-shot reader takes ``db.read_connection`` (an engine per
+call). Each request's database work runs inside ``db.reachable``.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import uuid
 from collections.abc import AsyncIterator
@@ -24,14 +29,9 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine
 from sqlalchemy.pool import NullPool
 
-from ..crud import (
-    ActivityFilter,
-    ActivityRecord,
-    ActivitySummary,
-    Order,
-    activity_log_crud,
-    build_select,
-)
+from ..crud import activity_log_crud
+from ..crud_results import ActivityRecord, ActivitySummary
+from ..crud_select import ActivityFilter, Order, build_select
 from ..db import create_async_engine_for, quote_identifier, reachable
 from ..exceptions import ConfigurationError
 from ..export import EXPORT_FORMATS, encode_csv, encode_jsonl
@@ -171,11 +171,15 @@ class ViewerStore:
         encode = encode_jsonl if fmt == "jsonl" else encode_csv
         if fmt == "csv":
             yield encode_csv([], header=True)
-        async with reachable(self.url), self.engine.connect() as conn, conn.begin():
-            # A server-side cursor lives as long as its transaction: one for the whole export.
-            stmt = build_select(filters, order="asc").execution_options(yield_per=EXPORT_BATCH_ROWS)
-            result = await conn.stream(stmt)
-            async for batch in result.partitions(EXPORT_BATCH_ROWS):
+        # A server-side cursor lives as long as its transaction: one for the whole export.
+        async with (
+            reachable(self.url),
+            self.engine.connect() as conn,
+            conn.begin(),
+            contextlib.aclosing(activity_log_crud.iter_batches(
+                conn, filters, batch_size=EXPORT_BATCH_ROWS)) as batches,
+        ):
+            async for batch in batches:
                 yield encode(batch)
 
     async def check(self) -> None:

@@ -1,19 +1,29 @@
 """Seed data with known answers for the query, export, retention and verify tests.
 
-Holds no tests: the rows, a reference filter in plain Python, and store-agnostic seeding
-(PostgreSQL through ``store_pg.PostgresStore``, SQLite through the table model).
+Holds no tests of its own: the rows, a reference filter in plain Python, seeding through the
+library's own writer for each store (``store.make_store``), and the query contract that
+``tests/unit/test_crud_sqlite.py`` and ``tests/integration/test_crud_pg.py`` run on each store.
 """
 
 from __future__ import annotations
 
+import contextlib
 import uuid
-from collections.abc import Sequence
-from datetime import UTC, datetime, timedelta
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass
+from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
-from activity_logging.record import ACTIVITY_COLUMNS, level_to_severity
-from activity_logging.schema import activity_logs
-from activity_logging.urls import is_sqlite
+import orjson
+import pytest
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from activity_logging.crud import ActivityCursor, ActivityFilter, activity_log_crud
+from activity_logging.db import create_async_engine_for, init_db, read_connection
+from activity_logging.exceptions import ConfigurationError
+from activity_logging.levels import level_to_severity
+from activity_logging.schema import COLUMNS
+from activity_logging.store import make_store
 
 BASE = datetime(2026, 3, 10, 12, 0, 0, tzinfo=UTC)
 TYPES = ("call_created", "call_ended", "agent_login", "lead_created")
@@ -101,22 +111,11 @@ def reference(
 
 async def seed(url: str, rows: Sequence[dict[str, Any]], *, schema: str | None = None,
                partitioned: bool = False) -> None:
-    """Create the table (``db.init_db``) and insert ``rows`` into it."""
-    from activity_logging.db import create_async_engine_for, init_db
-    from activity_logging.store_pg import PostgresStore
-
+    """Create the table (``db.init_db``) and insert ``rows`` through the store's writer."""
     await init_db(url, schema=schema, partitioned=partitioned)
     if not rows:
         return
-    if is_sqlite(url):
-        engine = create_async_engine_for(url)
-        try:
-            async with engine.begin() as conn:
-                await conn.execute(activity_logs.insert(), [dict(r) for r in rows])
-        finally:
-            await engine.dispose()
-        return
-    store = PostgresStore(url, schema=schema)
+    store = make_store(url, schema=schema)
     try:
         for i in range(0, len(rows), 10_000):
             await store.insert_activities(rows[i:i + 10_000])
@@ -129,21 +128,10 @@ def ids(items: Sequence[Any]) -> list[uuid.UUID]:
     return [r["id"] if isinstance(r, dict) else r.id for r in items]
 
 
-assert set(ACTIVITY_COLUMNS) == set(make_rows(1)[0])
+assert tuple(make_rows(1)[0]) == COLUMNS
 
 
 # --- the query contract, run against each store ----------------------------------------------
-
-import contextlib  # noqa: E402
-from collections.abc import AsyncIterator  # noqa: E402
-from dataclasses import dataclass  # noqa: E402
-from datetime import date  # noqa: E402
-
-import orjson  # noqa: E402
-import pytest  # noqa: E402
-
-from activity_logging.crud import ActivityCursor, ActivityFilter, activity_log_crud  # noqa: E402
-from activity_logging.exceptions import ConfigurationError  # noqa: E402
 
 
 @dataclass
@@ -154,11 +142,8 @@ class Store:
     schema: str | None = None
 
     @contextlib.asynccontextmanager
-    async def session(self) -> AsyncIterator[Any]:
-        from sqlalchemy.ext.asyncio import AsyncSession
-
-        from activity_logging.db import create_async_engine_for
-
+    async def session(self) -> AsyncIterator[AsyncSession]:
+        """An ``AsyncSession``, as an application passes one (docs/queries.md)."""
         engine = create_async_engine_for(self.url, schema=self.schema)
         try:
             async with AsyncSession(engine) as db:
@@ -167,26 +152,7 @@ class Store:
             await engine.dispose()
 
 
-class IterContract:
-    """``iter_activities`` streams every matching row once, oldest first."""
-
-    @pytest.mark.anyio
-    async def test_iter_activities_streams_every_matching_row_once(self, store: Store) -> None:
-        from activity_logging.db import create_async_engine_for
-
-        rows = make_rows(45)
-        await seed(store.url, rows, schema=store.schema)
-        engine = create_async_engine_for(store.url, schema=store.schema)
-        try:
-            async with engine.connect() as conn, conn.begin():
-                got = [r async for r in activity_log_crud.iter_activities(
-                    conn, ActivityFilter.build(actor_type="agent"), batch_size=4)]
-        finally:
-            await engine.dispose()
-        assert ids(got) == ids(reference(rows, desc=False, actor_type="agent"))
-
-
-class CrudContract(IterContract):
+class CrudContract:
     """Every query and filter on seeded data with known answers. Subclasses give ``store``."""
 
     N = 60
@@ -196,6 +162,26 @@ class CrudContract(IterContract):
         data = list(rows) if rows is not None else make_rows(self.N)
         await seed(store.url, data, schema=store.schema)
         return data
+
+    @pytest.mark.anyio
+    async def test_iter_activities_streams_every_matching_row_once(self, store: Store) -> None:
+        rows = make_rows(45)
+        await seed(store.url, rows, schema=store.schema)
+        async with read_connection(store.url, schema=store.schema) as conn:
+            got = [r async for r in activity_log_crud.iter_activities(
+                conn, ActivityFilter.build(actor_type="agent"), batch_size=4)]
+        assert ids(got) == ids(reference(rows, desc=False, actor_type="agent"))
+
+    @pytest.mark.anyio
+    async def test_iter_batches_are_bounded_rows_in_table_column_order(self, store: Store) -> None:
+        rows = make_rows(23)
+        await seed(store.url, rows, schema=store.schema)
+        async with read_connection(store.url, schema=store.schema) as conn:
+            batches = [list(b) async for b in activity_log_crud.iter_batches(conn, batch_size=5)]
+        assert [len(b) for b in batches] == [5, 5, 5, 5, 3]
+        assert all(tuple(row._fields) == COLUMNS for batch in batches for row in batch)
+        assert [row.id for batch in batches for row in batch] == ids(reference(rows, desc=False))
+
 
     @pytest.mark.anyio
     async def test_recent_activities_newest_first(self, store: Store) -> None:

@@ -9,11 +9,12 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import anyio.to_thread
 import asyncpg
 import pytest
 
 from activity_logging.cli import main
-from activity_logging.record import ACTIVITY_COLUMNS
+from activity_logging.schema import COLUMNS
 from tests.integration.test_crud_support import BASE, seed, seed_sql
 
 pytestmark = pytest.mark.integration
@@ -42,16 +43,14 @@ async def test_export_100k_rows_matches_the_table_in_both_formats(
     conn = await asyncpg.connect(pg_url, server_settings={"search_path": pg_schema})
     try:
         await seed_sql(conn, N, step=timedelta(seconds=3))
-        cols = ", ".join(f'"{c}"' for c in ACTIVITY_COLUMNS)
+        cols = ", ".join(f'"{c}"' for c in COLUMNS)
         table = await conn.fetch(f'SELECT {cols} FROM activity_logs ORDER BY "timestamp", id')
     finally:
         await conn.close()
     assert len(table) == N
-    want = [[_expected(row[c], c) for c in ACTIVITY_COLUMNS] for row in table]
+    want = [[_expected(row[c], c) for c in COLUMNS] for row in table]
     del table
     assert len({row[0] for row in want}) == N  # row for row then means each row exactly once
-
-    import anyio.to_thread
 
     for fmt in ("jsonl", "csv"):
         path = tmp_path / f"export.{fmt}"
@@ -62,17 +61,17 @@ async def test_export_100k_rows_matches_the_table_in_both_formats(
         assert f"exported {N} rows" in capsys.readouterr().err
         text = path.read_text(encoding="utf-8")
         if fmt == "jsonl":
-            got = [[rec[c] for c in ACTIVITY_COLUMNS] for rec in map(json.loads, text.splitlines())]
+            got = [[rec[c] for c in COLUMNS] for rec in map(json.loads, text.splitlines())]
             assert got == want
         else:
             reader = csv.reader(io.StringIO(text, newline=""))
-            assert next(reader) == list(ACTIVITY_COLUMNS)
+            assert next(reader) == list(COLUMNS)
             got_rows = list(reader)
             assert len(got_rows) == N
             as_text = [
                 ["" if v is None else
                  json.dumps(v, separators=(",", ":")) if c in ("changes", "metadata") else str(v)
-                 for c, v in zip(ACTIVITY_COLUMNS, row, strict=True)]
+                 for c, v in zip(COLUMNS, row, strict=True)]
                 for row in want
             ]
             assert got_rows == as_text
@@ -93,8 +92,6 @@ async def test_export_window_and_filters_select_exactly_the_matching_rows(
     finally:
         await conn.close()
     path = tmp_path / "w.jsonl"
-    import anyio.to_thread
-
     code = await anyio.to_thread.run_sync(main, [
         "export", "--database-url", pg_url, "--schema", pg_schema, "-o", str(path),
         "--since", (BASE + timedelta(hours=10)).isoformat(),
