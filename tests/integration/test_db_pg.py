@@ -1,28 +1,29 @@
-"""Review regressions against the real PostgreSQL: only an undefined table (SQLSTATE 42P01)
-means "run init-db"; a missing database or schema is reported with the server's message."""
+"""db.py on the real PostgreSQL: ``init_db`` and what a database error means.
+
+Only an undefined table (SQLSTATE 42P01, ``db.is_missing_table``) means "run init-db"; a
+missing database, schema or column is reported with the server's message, in one line,
+by every verb that reads.
+"""
 
 from __future__ import annotations
 
 import asyncio
-from typing import Any
 
+import asyncpg
 import pytest
 
-from activity_logging.cli import main
-from activity_logging.db import init_db
+from activity_logging.crud import activity_log_crud
+from activity_logging.db import init_db, read_connection
+from tests.cli_run import run
 from tests.integration.test_crud_support import make_rows, seed
 
 pytestmark = pytest.mark.integration
 
+NO_SUCH_DB = "activity_logging_test_no_such_db"
+
 
 def _missing_db(pg_url: str) -> str:
-    return pg_url.rsplit("/", 1)[0] + "/activity_logging_review_no_such_db"
-
-
-def run(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
-    code = main(argv)
-    out, err = capsys.readouterr()
-    return code, out, err
+    return pg_url.rsplit("/", 1)[0] + "/" + NO_SUCH_DB
 
 
 @pytest.mark.parametrize("verb", ["query", "export", "verify", "cleanup", "status"])
@@ -33,7 +34,7 @@ def test_missing_database_is_not_reported_as_a_missing_table(
     code, out, err = run([verb, "--database-url", _missing_db(pg_url)], capsys)
     assert code in (1, 3)
     assert "init-db" not in out + err
-    assert "activity_logging_review_no_such_db" in err + out
+    assert NO_SUCH_DB in err + out
     assert "Traceback" not in err
 
 
@@ -52,8 +53,6 @@ def test_other_does_not_exist_errors_are_the_servers_message(
     """A column missing from an old table says "does not exist" too; it is not "no table"."""
     async def setup() -> None:
         await seed(pg_url, [], schema=pg_schema)
-        import asyncpg
-
         conn = await asyncpg.connect(pg_url)
         try:
             await conn.execute(f'ALTER TABLE "{pg_schema}".activity_logs DROP COLUMN description')
@@ -67,7 +66,7 @@ def test_other_does_not_exist_errors_are_the_servers_message(
     assert "database error" in err and "description" in err
 
 
-@pytest.mark.parametrize("extra", [[], ["--schema", "activity_logging_review_no_such_schema"]])
+@pytest.mark.parametrize("extra", [[], ["--schema", "activity_logging_test_no_such_schema"]])
 def test_init_db_expected_failures_are_one_line_exit_1(
         extra: list[str], pg_url: str, capsys: pytest.CaptureFixture[str]) -> None:
     url = _missing_db(pg_url) if not extra else pg_url
@@ -78,10 +77,15 @@ def test_init_db_expected_failures_are_one_line_exit_1(
     assert "database error" in err
 
 
-def test_init_db_still_works(pg_url: str, pg_schema: str, capsys: pytest.CaptureFixture[str]
-                             ) -> None:
+def test_init_db_creates_a_table_that_takes_rows_and_is_idempotent(
+        pg_url: str, pg_schema: str, capsys: pytest.CaptureFixture[str]) -> None:
     code, _, _ = run(["init-db", "--database-url", pg_url, "--schema", pg_schema], capsys)
     assert code == 0
-    rows: list[dict[str, Any]] = make_rows(3)
-    asyncio.run(seed(pg_url, rows, schema=pg_schema))
-    asyncio.run(init_db(pg_url, schema=pg_schema))  # idempotent
+
+    async def stored_after_a_second_init() -> int:
+        await seed(pg_url, make_rows(3), schema=pg_schema)
+        await init_db(pg_url, schema=pg_schema)  # idempotent: the table and its rows stay
+        async with read_connection(pg_url, schema=pg_schema) as conn:
+            return await activity_log_crud.count(conn)
+
+    assert asyncio.run(stored_after_a_second_init()) == 3
