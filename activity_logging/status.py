@@ -25,6 +25,9 @@ or not yet delivered) is exactly how far behind the worker is, whatever the traf
   missing between two stored ones of a producer is a lost record. ``recent_sequence_gaps``
   counts them among the newest rows (the last hour, at most ``GAP_MAX_ROWS``), which also
   counts what a restart took once the producers log again.
+
+SQLAlchemy and redis are imported inside the functions that talk to the stores: the
+constants here (``DEFAULT_MAX_LAG``) are read by modules that must stay light.
 """
 
 from __future__ import annotations
@@ -244,11 +247,10 @@ async def gather_database(
     from sqlalchemy.exc import DBAPIError
 
     from .crud import ActivityFilter, activity_log_crud
-    from .db import create_async_engine_for, is_missing_table, reachable
+    from .db import is_missing_table, read_connection
 
-    engine = create_async_engine_for(url, schema=schema)
     try:
-        async with reachable(url), engine.connect() as conn:
+        async with read_connection(url, schema=schema) as conn:
             newest = await activity_log_crud.get_newest_timestamp(conn)
             day = ActivityFilter(start=status.checked_at - timedelta(days=1))
             status.rows_last_24h = await activity_log_crud.count(conn, day)
@@ -260,8 +262,6 @@ async def gather_database(
                 "table activity_logs does not exist: run `activity-logging init-db`")
             return
         raise
-    finally:
-        await engine.dispose()
     status.newest_activity = newest
     if newest is not None:
         status.newest_activity_age_seconds = round(

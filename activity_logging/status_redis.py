@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any, Final
 
 import orjson
 
+from ._internal import as_text
 from .config import heartbeat_pattern
 from .exceptions import StoreUnavailableError
 from .urls import redact_url
@@ -52,10 +53,6 @@ class WorkerInfo:
     started: float | None = None
 
 
-def _text(value: Any) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
-
-
 def _int(value: Any) -> int | None:
     """An integer Redis reported, or None (absent, nil, not a number)."""
     if value is None or isinstance(value, bool):
@@ -67,7 +64,7 @@ def _int(value: Any) -> int | None:
 
 
 def _entry_id(entry_id: Any) -> tuple[int, int]:
-    ms, _, seq = _text(entry_id).partition("-")
+    ms, _, seq = as_text(entry_id).partition("-")
     return int(ms), int(seq or 0)
 
 
@@ -78,9 +75,9 @@ def entry_ms(entry_id: Any) -> int:
 
 def _decode_map(raw: Any) -> dict[str, Any]:
     if isinstance(raw, dict):
-        return {_text(k): v for k, v in raw.items()}
+        return {as_text(k): v for k, v in raw.items()}
     items = list(raw)
-    return {_text(items[i]): items[i + 1] for i in range(0, len(items) - 1, 2)}
+    return {as_text(items[i]): items[i + 1] for i in range(0, len(items) - 1, 2)}
 
 
 def plural(n: int, one: str, many: str) -> str:
@@ -156,7 +153,7 @@ async def _read_stream(client: aioredis.Redis, status: PipelineStatus) -> int | 
     if not isinstance(stream_info, Exception):
         _apply_stream_info(status, _decode_map(stream_info))
     found = [] if isinstance(groups, Exception) else [_decode_map(g) for g in groups]
-    info = next((g for g in found if _text(g.get("name")) == status.group), None)
+    info = next((g for g in found if as_text(g.get("name")) == status.group), None)
     status.group_exists = info is not None
     if info is None:
         return None
@@ -168,16 +165,16 @@ async def _read_stream(client: aioredis.Redis, status: PipelineStatus) -> int | 
 def _apply_stream_info(status: PipelineStatus, info: dict[str, Any]) -> None:
     status.entries_added = _int(info.get("entries-added"))  # Redis >= 7
     deleted = info.get("max-deleted-entry-id")
-    status.max_deleted_entry_id = _text(deleted) if deleted is not None else None
+    status.max_deleted_entry_id = as_text(deleted) if deleted is not None else None
     first = info.get("first-entry")
-    status.first_entry_id = _text(first[0]) if first else None
+    status.first_entry_id = as_text(first[0]) if first else None
     generated = info.get("last-generated-id")
-    status.last_generated_id = _text(generated) if generated is not None else None
+    status.last_generated_id = as_text(generated) if generated is not None else None
 
 
 def _apply_group_info(status: PipelineStatus, info: dict[str, Any]) -> None:
     status.pending = _int(info.get("pending")) or 0
-    status.last_delivered_id = _text(info.get("last-delivered-id") or "0-0")
+    status.last_delivered_id = as_text(info.get("last-delivered-id") or "0-0")
     status.entries_read = _int(info.get("entries-read"))
     status.lag = _int(info.get("lag"))
     if status.lag is not None:
@@ -209,7 +206,7 @@ async def _read_consumers(client: aioredis.Redis, status: PipelineStatus) -> Non
     for raw in await client.xinfo_consumers(status.stream, status.group):
         c = _decode_map(raw)
         status.consumers.append(ConsumerInfo(
-            name=_text(c.get("name")), pending=_int(c.get("pending")) or 0,
+            name=as_text(c.get("name")), pending=_int(c.get("pending")) or 0,
             idle_seconds=round((_int(c.get("idle")) or 0) / 1000, 3),
         ))
 
@@ -222,9 +219,9 @@ async def _read_heartbeats(
         raw_beat = await client.get(key)
         if raw_beat is None:
             continue
-        worker = _worker_from_beat(_text(key), raw_beat, now, heartbeat_ttl)
+        worker = _worker_from_beat(as_text(key), raw_beat, now, heartbeat_ttl)
         if worker is None:
-            status.warnings.append(f"unreadable heartbeat at {_text(key)!r}")
+            status.warnings.append(f"unreadable heartbeat at {as_text(key)!r}")
             continue
         status.workers.append(worker)
     status.workers.sort(key=lambda w: w.consumer)
@@ -259,7 +256,7 @@ async def _read_server(client: aioredis.Redis, status: PipelineStatus) -> None:
         config: dict[Any, Any] = {}
         for name in ("appendonly", "save", "maxmemory-policy"):
             config.update(await client.config_get(name))
-        status.redis_settings = {_text(k): _text(v) for k, v in config.items()}
+        status.redis_settings = {as_text(k): as_text(v) for k, v in config.items()}
     except ResponseError as exc:  # managed Redis often disables CONFIG
         status.warnings.append(f"cannot read Redis persistence settings: {exc}")
     try:
