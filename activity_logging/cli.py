@@ -1,9 +1,12 @@
 """The ``activity-logging`` command (also ``python -m activity_logging``).
 
-This module only assembles the parser: each group of verbs lives in its own module
-(``cli_worker``: init-db, worker; ``cli_ops``: status, query, export, cleanup, vacuum,
-scheduler, verify; ``cli_demo``: demo; ``cli_serve``: serve), which registers its
-subcommands and imports its heavy dependencies lazily so ``--help`` stays fast.
+This module only assembles the parser and maps errors to exit codes: each group of verbs
+lives in its own module, which registers its subcommands and imports its heavy dependencies
+lazily so ``--help`` stays fast (``cli_worker``: init-db, worker; ``cli_status``: status;
+``cli_query``: query, export; ``cli_maintenance``: cleanup, vacuum, scheduler;
+``cli_verify``: verify; ``cli_demo``: demo; ``cli_serve``: serve). What they share
+(argument helpers, one-line errors, exit codes) is ``cli_common``, their text ``cli_render``;
+verb modules import those two and never each other.
 
 Exit codes: 0 success, 1 unhealthy / operation failed, 2 bad arguments, 3 a service
 (Redis, the database) could not be reached, 141 (128 + SIGPIPE, what the shell reports for
@@ -21,15 +24,29 @@ import logging
 import os
 import sys
 from collections.abc import Sequence
+from typing import Final
 
-from . import __version__, cli_demo, cli_ops, cli_serve, cli_worker
+from . import (
+    __version__,
+    cli_demo,
+    cli_maintenance,
+    cli_query,
+    cli_serve,
+    cli_status,
+    cli_verify,
+    cli_worker,
+)
+from .cli_common import (
+    EXIT_BROKEN_PIPE,
+    EXIT_INTERRUPTED,
+    EXIT_UNAVAILABLE,
+    EXIT_USAGE,
+)
 from .exceptions import ConfigurationError, StoreUnavailableError
 
-EXIT_OK = 0
-EXIT_FAILED = 1
-EXIT_USAGE = 2
-EXIT_UNAVAILABLE = 3
-EXIT_BROKEN_PIPE = 141
+#: The verb modules, in the order their verbs are listed in ``--help``.
+VERB_MODULES: Final = (cli_worker, cli_status, cli_query, cli_maintenance, cli_verify,
+                       cli_demo, cli_serve)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -41,13 +58,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     parser.add_argument(
         "--log-level", default="INFO", type=str.upper, choices=["DEBUG", "INFO", "WARNING", "ERROR"],
-        help="level of this command's own log output on stderr (default: INFO)",
+        help="level of this command's own log output on stderr (default: %(default)s)",
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    cli_worker.register(sub)
-    cli_ops.register(sub)
-    cli_demo.register(sub)
-    cli_serve.register(sub)
+    for module in VERB_MODULES:
+        module.register(sub)
     return parser
 
 
@@ -73,7 +88,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"activity-logging {args.command}: {exc}", file=sys.stderr)
         return EXIT_UNAVAILABLE
     except KeyboardInterrupt:
-        return 130
+        return EXIT_INTERRUPTED
     return code
 
 

@@ -3,6 +3,7 @@
 Runs on the embedded default (SQLite, no servers): the records go through the real
 ``ActivityHandler``, exactly as an application's would. The handler never raises; a store
 that cannot be read back (an SQLite file that cannot be opened) is one line on stderr, exit 1.
+The handler, the store and SQLAlchemy are imported inside the verb, so ``--help`` stays fast.
 """
 
 from __future__ import annotations
@@ -14,7 +15,11 @@ import random
 import sys
 from typing import Any
 
-from .config import DEFAULT_SQLITE_URL, resolve_database_url
+from .cli_common import EXIT_FAILED, EXIT_OK, database_error_line
+from .config import DEFAULT_SQLITE_URL, ENV_DATABASE_URL, resolve_database_url
+from .context import activity_context
+from .exceptions import ActivityLoggingError, ConfigurationError
+from .urls import is_sqlite
 
 _AGENTS = ["agent-ana", "agent-ben", "agent-chen", "agent-dara", "agent-eli"]
 _STATUSES = ["available", "on_call", "wrap_up", "break", "offline"]
@@ -28,17 +33,18 @@ def register(sub: Any) -> None:
         "by default, no servers needed), then print counts and the latest rows.",
     )
     parser.add_argument("--database-url", default=None,
-                        help=f"store to write to (default: DATABASE_URL, else {DEFAULT_SQLITE_URL})")
-    parser.add_argument("--count", type=int, default=300, help="calls to simulate (default: 300)")
+                        help=f"store to write to (default: {ENV_DATABASE_URL}, else "
+                        f"{DEFAULT_SQLITE_URL})")
+    parser.add_argument("--count", type=int, default=300,
+                        help="calls to simulate (default: %(default)s)")
     parser.add_argument("--seed", type=int, default=None, help="random seed, for repeatable output")
-    parser.add_argument("--latest", type=int, default=10, help="latest rows to print (default: 10)")
+    parser.add_argument("--latest", type=int, default=10,
+                        help="latest rows to print (default: %(default)s)")
     parser.set_defaults(func=run)
 
 
 def _simulate(log: logging.Logger, count: int, rng: random.Random) -> int:
     """Sample data only: ``random`` is fine here (S311 is about secrets)."""
-    from .context import activity_context
-
     logged = 0
     for n in range(count):
         agent = rng.choice(_AGENTS)
@@ -75,18 +81,14 @@ def _simulate(log: logging.Logger, count: int, rng: random.Random) -> int:
 
 
 def _cannot_read(url: str, exc: BaseException) -> int:
-    from .cli_ops import database_error_line
-
     print(f"activity-logging demo: cannot open {url}: {database_error_line(exc)}", file=sys.stderr)
-    return 1
+    return EXIT_FAILED
 
 
 def run(args: argparse.Namespace) -> int:
     """Log the sample activities, flush, print a summary. Exit 0 when everything landed."""
-    from .exceptions import ActivityLoggingError, ConfigurationError
     from .handler import ActivityHandler
     from .store_sqlite import SQLiteStore
-    from .urls import is_sqlite
 
     url = resolve_database_url(args.database_url, default=DEFAULT_SQLITE_URL) or DEFAULT_SQLITE_URL
     if not is_sqlite(url):
@@ -132,7 +134,7 @@ def run(args: argparse.Namespace) -> int:
     for ts, sev, kind, actor, target, ip, desc in latest:
         print(f"  {ts.strftime('%Y-%m-%d %H:%M:%S.%f')[:-3]:<25}{sev:<9}{kind:<22}{actor or '':<12}"
               f"{target or '':<12}{ip or '':<13}{(desc or '')[:50]}")
-    return 0 if stats["sent"] == logged else 1
+    return EXIT_OK if stats["sent"] == logged else EXIT_FAILED
 
 
 async def _summary(url: str, latest: int) -> tuple[int, list[Any], list[Any], list[Any]]:

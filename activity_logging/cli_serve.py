@@ -24,17 +24,29 @@ import secrets
 import sys
 from typing import Any, Final
 
-from .config import DEFAULT_SQLITE_URL, resolve_database_url, resolve_schema
+from .cli_common import EXIT_FAILED, EXIT_OK, report_database_error
+from .config import (
+    DEFAULT_SQLITE_URL,
+    ENV_DATABASE_URL,
+    ENV_REDIS_URL,
+    ENV_SCHEMA,
+    ENV_STREAM,
+    resolve_database_url,
+    resolve_redis_url,
+    resolve_schema,
+    resolve_stream,
+)
 from .exceptions import ConfigurationError
+from .urls import redact_url
 
 logger: Final = logging.getLogger("activity_logging.cli")
 
 ENV_VIEWER_TOKEN: Final = "ACTIVITY_LOG_VIEWER_TOKEN"  # noqa: S105 - the variable's name, not a secret
 DEFAULT_HOST: Final = "127.0.0.1"
 DEFAULT_PORT: Final = 8000
-EXIT_OK: Final = 0  # returned only when uvicorn stops without a signal
-EXIT_FAILED: Final = 1
-EXIT_USAGE: Final = 2
+#: ``viewer.app.DEFAULT_PAGE_SIZE``, copied: the viewer needs the optional viewer extra, and
+#: ``serve --help`` must work without it (a unit test checks that the two agree).
+_PAGE_SIZE: Final = 50
 
 
 def register(subparsers: Any) -> None:
@@ -47,22 +59,23 @@ def register(subparsers: Any) -> None:
                     "loopback only, with a one-run token printed on stderr.",
     )
     p.add_argument("--host", default=DEFAULT_HOST,
-                   help=f"address to listen on (default: {DEFAULT_HOST}; anything but loopback "
+                   help="address to listen on (default: %(default)s; anything but loopback "
                         f"needs {ENV_VIEWER_TOKEN})")
     p.add_argument("--port", type=int, default=DEFAULT_PORT,
-                   help=f"port to listen on (default: {DEFAULT_PORT}; 0 picks a free one)")
+                   help="port to listen on (default: %(default)s; 0 picks a free one)")
     p.add_argument("--database-url", default=None,
-                   help=f"store to show, opened read-only (default: DATABASE_URL, else "
+                   help=f"store to show, opened read-only (default: {ENV_DATABASE_URL}, else "
                         f"{DEFAULT_SQLITE_URL})")
     p.add_argument("--schema", default=None,
-                   help="PostgreSQL schema holding the table (default: ACTIVITY_LOG_SCHEMA)")
+                   help=f"PostgreSQL schema holding the table (default: {ENV_SCHEMA})")
     p.add_argument("--root-path", default="",
                    help="path prefix the viewer is served under behind a proxy (e.g. /audit)")
-    p.add_argument("--page-size", type=int, default=None, help="rows per page (default: 50)")
+    p.add_argument("--page-size", type=int, default=None,
+                   help=f"rows per page (default: {_PAGE_SIZE})")
     p.add_argument("--redis-url", default=None,
-                   help="Redis of the pipeline, for the health at /metrics (default: REDIS_URL)")
+                   help=f"Redis of the pipeline, for the health at /metrics (default: {ENV_REDIS_URL})")
     p.add_argument("--stream", default=None,
-                   help="stream name, for the health at /metrics (default: ACTIVITY_LOG_STREAM)")
+                   help=f"stream name, for the health at /metrics (default: {ENV_STREAM})")
     p.set_defaults(func=cmd_serve)
 
 
@@ -93,8 +106,6 @@ def _pipeline_metrics(database_url: str, args: argparse.Namespace) -> Any:
         from .metrics import pipeline_metrics_app
     except ImportError:  # the metrics extra is optional: the viewer works without it
         return None
-    from .config import resolve_redis_url, resolve_stream
-
     return pipeline_metrics_app(database_url, resolve_redis_url(args.redis_url),
                                 schema=resolve_schema(args.schema), stream=resolve_stream(args.stream))
 
@@ -110,8 +121,6 @@ def cmd_serve(args: argparse.Namespace) -> int:
             "pip install 'activity_logging[viewer]'") from None
     from sqlalchemy.exc import DBAPIError
 
-    from .cli_ops import report_database_error
-    from .urls import redact_url
     from .viewer import TokenAuthorizer, create_viewer_app
     from .viewer.store import sqlite_file
 
@@ -158,7 +167,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         uvicorn.Server(config).run(sockets=[sock])
     finally:
         sock.close()
-    return EXIT_OK
+    return EXIT_OK  # uvicorn stopped without a signal (a signal ends the process by it)
 
 
 async def _check_then_close(app: Any) -> None:

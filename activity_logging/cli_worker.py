@@ -1,12 +1,14 @@
-"""Drainer verbs of ``activity-logging``: ``init-db`` and ``worker``.
+"""The drainer's verbs: ``activity-logging init-db`` (create the table) and ``worker`` (drain
+the Redis stream into it).
 
-Heavy imports (SQLAlchemy, asyncpg, redis) happen inside the verbs so ``--help`` stays fast.
-Bad arguments raise ``ConfigurationError`` (exit 2), an unreachable database
-``StoreUnavailableError`` (exit 3); ``cli.main`` maps both. Other expected database failures
-(no such database or schema, an SQLite file that cannot be opened) print one line, exit 1.
-``worker`` exits 0 on a warm stop (the first SIGTERM/SIGINT) and ``128 + signal number``
-on a cold stop (the second: 143 after SIGTERM, 130 after SIGINT), what a shell reports for
-a command ended by that signal.
+``db`` and ``worker`` (SQLAlchemy, asyncpg, redis) are imported inside the verbs so
+``--help`` stays fast; the worker's numeric defaults are shown in help through
+``LibraryDefault``. Bad arguments raise ``ConfigurationError`` (exit 2), an unreachable
+database ``StoreUnavailableError`` (exit 3); ``cli.main`` maps both. Other expected database
+failures (no such database or schema, an SQLite file that cannot be opened) print one
+line, exit 1. ``worker`` exits 0 on a warm
+stop (the first SIGTERM/SIGINT) and ``128 + signal number`` on a cold stop (the second: 143
+after SIGTERM, 130 after SIGINT), what a shell reports for a command ended by that signal.
 """
 
 from __future__ import annotations
@@ -21,26 +23,43 @@ from types import FrameType
 from typing import TYPE_CHECKING, Any, Final
 
 from . import _startup
+from .cli_common import (
+    EXIT_FAILED,
+    EXIT_OK,
+    EXIT_SIGNAL_BASE,
+    MONTHS_AHEAD,
+    LibraryDefault,
+    database,
+    database_error_line,
+    given,
+    group_option,
+    stream_option,
+)
 from .config import (
-    DEFAULT_GROUP,
     DEFAULT_SQLITE_URL,
+    ENV_DATABASE_URL,
+    ENV_REDIS_URL,
+    ENV_SCHEMA,
     resolve_database_url,
     resolve_redis_url,
-    resolve_schema,
 )
 from .exceptions import ConfigurationError
+from .urls import redact_url
 
 if TYPE_CHECKING:
     from .worker import ActivityWorker
 
 logger: Final = logging.getLogger("activity_logging.cli")
 
-EXIT_OK: Final = 0
-EXIT_FAILED: Final = 1
 #: A cold stop exits with this plus the number of the signal that forced it.
-EXIT_COLD_STOP_BASE: Final = 128
+EXIT_COLD_STOP_BASE: Final = EXIT_SIGNAL_BASE
 _STOP_SIGNALS: Final = _startup.STOP_SIGNALS
-_METRICS_HOST: Final = "127.0.0.1"  # metrics.DEFAULT_METRICS_HOST, not imported: optional extra
+#: ``metrics.DEFAULT_METRICS_HOST``, copied: that module needs the optional metrics extra,
+#: and ``worker --help`` must work without it (a unit test checks that the two agree).
+_METRICS_HOST: Final = "127.0.0.1"
+#: The worker's tuning options, passed on only when given: ``worker.DEFAULT_<NAME>`` otherwise.
+_TUNING: Final = ("batch_size", "max_wait", "claim_idle", "heartbeat_interval", "writers",
+                  "stop_timeout")
 
 
 def register(subparsers: Any) -> None:
@@ -51,14 +70,16 @@ def register(subparsers: Any) -> None:
     )
     p.add_argument("--database-url", default=None,
                    help=f"postgresql://, postgres://, postgresql+asyncpg:// or sqlite:/// "
-                        f"(default: DATABASE_URL, else {DEFAULT_SQLITE_URL})")
+                        f"(default: {ENV_DATABASE_URL}, else {DEFAULT_SQLITE_URL})")
     p.add_argument("--schema", default=None,
-                   help="PostgreSQL schema to create the table in (default: ACTIVITY_LOG_SCHEMA)")
+                   help=f"PostgreSQL schema to create the table in (default: {ENV_SCHEMA})")
     p.add_argument("--partitioned", action="store_true",
                    help="PostgreSQL: partition by month on timestamp (primary key (id, timestamp))")
-    p.add_argument("--months-ahead", type=int, default=3,
-                   help="with --partitioned: months of partitions to create ahead (default: 3)")
+    p.add_argument("--months-ahead", type=int, default=MONTHS_AHEAD,
+                   help="with --partitioned: months of partitions to create ahead "
+                        "(default: %(default)s)")
     p.set_defaults(func=cmd_init_db)
+
 
     w = subparsers.add_parser(
         "worker", help="drain the Redis stream into PostgreSQL",
@@ -68,54 +89,54 @@ def register(subparsers: Any) -> None:
                     "second signal: cold stop, exit at once with 128 + the signal number "
                     "(unacknowledged entries stay pending).",
     )
-    w.add_argument("--redis-url", default=None, help="Redis holding the stream (default: REDIS_URL)")
+    w.add_argument("--redis-url", default=None,
+                   help=f"Redis holding the stream (default: {ENV_REDIS_URL})")
     w.add_argument("--database-url", default=None,
-                   help="PostgreSQL URL (default: DATABASE_URL)")
+                   help=f"PostgreSQL URL (default: {ENV_DATABASE_URL})")
     w.add_argument("--schema", default=None,
-                   help="PostgreSQL schema holding the table (default: ACTIVITY_LOG_SCHEMA)")
-    w.add_argument("--stream", default=None,
-                   help="stream name (default: ACTIVITY_LOG_STREAM, else activity_log_stream)")
-    w.add_argument("--group", default=DEFAULT_GROUP, help=f"consumer group (default: {DEFAULT_GROUP})")
+                   help=f"PostgreSQL schema holding the table (default: {ENV_SCHEMA})")
+    stream_option(w)
+    group_option(w)
     w.add_argument("--consumer", default=None,
                    help="this worker's name in the group (default: <hostname>-<pid>)")
-    # Numeric defaults live in worker.py (not imported here: it pulls in SQLAlchemy/asyncpg);
-    # an option left out is simply not passed.
-    w.add_argument("--batch-size", type=int, default=None,
-                   help="records per insert transaction (default: 10000)")
-    w.add_argument("--max-wait", type=float, default=None,
-                   help="seconds a read blocks waiting for new entries (default: 0.5)")
-    w.add_argument("--claim-idle", type=float, default=None,
+    w.add_argument("--batch-size", type=int, default=_default("DEFAULT_BATCH_SIZE"),
+                   help="records per insert transaction (default: %(default)s)")
+    w.add_argument("--max-wait", type=float, default=_default("DEFAULT_MAX_WAIT"),
+                   help="seconds a read blocks waiting for new entries (default: %(default)s)")
+    w.add_argument("--claim-idle", type=float, default=_default("DEFAULT_CLAIM_IDLE"),
                    help="seconds before entries left pending by a silent consumer are claimed "
-                        "(default: 60)")
-    w.add_argument("--heartbeat-interval", type=float, default=None,
-                   help="seconds between heartbeats (default: 5)")
-    w.add_argument("--writers", type=int, default=None,
-                   help="batches inserted at once, one PostgreSQL connection each (default: 1)")
-    w.add_argument("--stop-timeout", type=float, default=None,
+                        "(default: %(default)s)")
+    w.add_argument("--heartbeat-interval", type=float,
+                   default=_default("DEFAULT_HEARTBEAT_INTERVAL"),
+                   help="seconds between heartbeats (default: %(default)s)")
+    w.add_argument("--writers", type=int, default=_default("DEFAULT_WRITERS"),
+                   help="batches inserted at once, one PostgreSQL connection each "
+                        "(default: %(default)s)")
+    w.add_argument("--stop-timeout", type=float, default=_default("DEFAULT_STOP_TIMEOUT"),
                    help="seconds a warm stop waits for the batch in hand to be stored before "
-                        "leaving it pending (default: 1.5)")
+                        "leaving it pending (default: %(default)s)")
     w.add_argument("--exit-when-idle", action="store_true",
                    help="exit 0 once the stream has nothing left to read (one-shot drain)")
     w.add_argument("--metrics-port", type=int, default=None,
                    help="serve Prometheus metrics on this port at /metrics (needs the metrics "
                         "extra: pip install 'activity_logging[metrics]'; 0 picks a free port)")
     w.add_argument("--metrics-host", default=_METRICS_HOST,
-                   help=f"address the metrics server listens on (default: {_METRICS_HOST}; "
+                   help="address the metrics server listens on (default: %(default)s; "
                         "0.0.0.0 for every interface)")
     w.set_defaults(func=cmd_worker)
+
+
+def _default(name: str) -> LibraryDefault:
+    return LibraryDefault("worker", name)
 
 
 def cmd_init_db(args: argparse.Namespace) -> int:
     """``init-db``: create the table (and partitions) idempotently."""
     from sqlalchemy.exc import DBAPIError
 
-    from .cli_ops import database_error_line
     from .db import init_db
-    from .urls import redact_url
 
-    url = resolve_database_url(args.database_url, default=DEFAULT_SQLITE_URL)
-    assert url is not None  # a default was given
-    schema = resolve_schema(args.schema)
+    url, schema = database(args)
     if args.months_ahead < 0:
         raise ConfigurationError(f"--months-ahead must be >= 0, got {args.months_ahead}")
     try:
@@ -133,6 +154,7 @@ def cmd_init_db(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+
 def cmd_worker(args: argparse.Namespace) -> int:
     """``worker``: drain until SIGTERM/SIGINT (exit 0), or a second signal (exit 128 + signal)."""
     # A signal that arrives while the heavy modules load is held, not a default kill, and
@@ -147,12 +169,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
     try:
         from .worker import ActivityWorker, tune_gc_for_draining
 
-        options: dict[str, Any] = {
-            name: getattr(args, name)
-            for name in ("batch_size", "max_wait", "claim_idle", "heartbeat_interval",
-                         "writers", "stop_timeout")
-            if getattr(args, name) is not None
-        }
+        options = given(args, _TUNING)
         redis_url = resolve_redis_url(args.redis_url)
         worker = ActivityWorker(
             redis_url, resolve_database_url(args.database_url), stream=args.stream,

@@ -1,12 +1,17 @@
-"""The operations verbs on the embedded SQLite store: output, exit codes, error messages."""
+"""The operations verbs on the embedded SQLite store: output, exit codes, error messages; the
+defaults their help shows; how the CLI modules depend on each other."""
 
 from __future__ import annotations
 
+import argparse
+import ast
 import asyncio
 import csv
+import inspect
 import io
 import json
 import os
+import re
 import subprocess
 import sys
 from datetime import timedelta
@@ -15,8 +20,9 @@ from typing import Any
 
 import pytest
 
-from activity_logging.cli import main
-from activity_logging.cli_ops import parse_when
+from activity_logging import config, db, export, retention, scheduler, status, worker
+from activity_logging.cli import build_parser, main
+from activity_logging.cli_common import MONTHS_AHEAD, parse_when, resolve
 from activity_logging.exceptions import ConfigurationError
 from tests.cli_run import run
 from tests.integration.test_crud_support import BASE, make_rows, reference, seed
@@ -400,3 +406,134 @@ def test_status_never_prints_none(tmp_path: Path, capsys: pytest.CaptureFixture[
     assert code == 1
     assert "init-db" in out
     assert "None" not in out
+
+
+# --- defaults shown in help ---------------------------------------------------------------------
+
+
+def _default_of(func: Any, parameter: str) -> Any:
+    return inspect.signature(func).parameters[parameter].default
+
+
+def _shown(value: Any) -> str:
+    return format(value, "g") if isinstance(value, float) else str(value)
+
+
+#: (verb, option, the default where it is written). Each default is written once, in the
+#: module that uses it; the help shows it from there, or from a copy this test keeps honest.
+HELP_DEFAULTS: list[tuple[str, str, Any]] = [
+    ("init-db", "--months-ahead", _default_of(db.init_db, "months_ahead")),
+    ("worker", "--batch-size", worker.DEFAULT_BATCH_SIZE),
+    ("worker", "--max-wait", worker.DEFAULT_MAX_WAIT),
+    ("worker", "--claim-idle", worker.DEFAULT_CLAIM_IDLE),
+    ("worker", "--heartbeat-interval", worker.DEFAULT_HEARTBEAT_INTERVAL),
+    ("worker", "--writers", worker.DEFAULT_WRITERS),
+    ("worker", "--stop-timeout", worker.DEFAULT_STOP_TIMEOUT),
+    ("worker", "--group", config.DEFAULT_GROUP),
+    ("worker", "--stream", config.DEFAULT_STREAM),
+    ("status", "--max-lag", status.DEFAULT_MAX_LAG),
+    ("status", "--heartbeat-ttl", config.DEFAULT_HEARTBEAT_TTL),
+    ("status", "--group", config.DEFAULT_GROUP),
+    ("export", "--batch-size", export.DEFAULT_BATCH_SIZE),
+    ("cleanup", "--batch-size", retention.DEFAULT_BATCH_SIZE),
+    ("cleanup", "--months-ahead", _default_of(retention.cleanup, "months_ahead")),
+    ("cleanup", "--retention-days", config.resolve_retention_days(None, environ={})),
+    ("scheduler", "--retention-days", config.resolve_retention_days(None, environ={})),
+    ("scheduler", "--cleanup-at", _default_of(scheduler.MaintenanceScheduler, "cleanup_at")),
+    ("scheduler", "--vacuum-day", _default_of(scheduler.MaintenanceScheduler, "vacuum_day")),
+    ("scheduler", "--vacuum-at", _default_of(scheduler.MaintenanceScheduler, "vacuum_at")),
+]
+
+
+def _verb_parser(verb: str) -> argparse.ArgumentParser:
+    parser = build_parser()
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    chosen: argparse.ArgumentParser = sub.choices[verb]
+    return chosen
+
+
+def _option_help(verb: str, option: str) -> str:
+    """The help of ``option`` in ``verb --help``, on one line."""
+    lines = _verb_parser(verb).format_help().splitlines()
+    start = next(i for i, line in enumerate(lines)
+                 if re.match(rf"\s+(-\w, )?{re.escape(option)}\b", line))
+    block = [lines[start]]
+    for line in lines[start + 1:]:
+        if not line.strip() or re.match(r"\s+-", line):
+            break
+        block.append(line)
+    return " ".join(" ".join(block).split())
+
+
+@pytest.mark.parametrize(("verb", "option", "value"), HELP_DEFAULTS,
+                         ids=[f"{v} {o}" for v, o, _ in HELP_DEFAULTS])
+def test_help_shows_the_default_the_library_uses(verb: str, option: str, value: Any) -> None:
+    shown = _option_help(verb, option)
+    assert re.search(rf"\(default: [^)]*\b{re.escape(_shown(value))}\b", shown), shown
+
+
+@pytest.mark.parametrize(("verb", "option", "value"), HELP_DEFAULTS,
+                         ids=[f"{v} {o}" for v, o, _ in HELP_DEFAULTS])
+def test_an_option_left_out_takes_the_library_default(verb: str, option: str, value: Any) -> None:
+    args = build_parser().parse_args([verb])
+    parsed = resolve(getattr(args, option.lstrip("-").replace("-", "_")))
+    # None: the verb passes nothing and the library resolves it (retention days, stream)
+    assert parsed is None or parsed == value
+
+
+def test_the_cli_months_ahead_is_the_library_default() -> None:
+    assert _default_of(db.init_db, "months_ahead") == MONTHS_AHEAD
+    assert _default_of(retention.cleanup, "months_ahead") == MONTHS_AHEAD
+
+
+def test_copies_of_optional_extras_defaults_agree() -> None:
+    metrics = pytest.importorskip("activity_logging.metrics")
+    app = pytest.importorskip("activity_logging.viewer.app")
+    assert _shown(metrics.DEFAULT_METRICS_HOST) in _option_help("worker", "--metrics-host")
+    assert f"(default: {app.DEFAULT_PAGE_SIZE})" in _option_help("serve", "--page-size")
+
+
+def test_worker_passes_on_only_the_options_given() -> None:
+    from activity_logging.cli_common import given
+    from activity_logging.cli_worker import _TUNING
+
+    parser = build_parser()
+    assert given(parser.parse_args(["worker"]), _TUNING) == {}
+    args = parser.parse_args(["worker", "--batch-size", "7", "--stop-timeout", "2.5"])
+    assert given(args, _TUNING) == {"batch_size": 7, "stop_timeout": 2.5}
+
+
+# --- how the CLI modules depend on each other ----------------------------------------------------
+
+PACKAGE = Path(__file__).resolve().parents[2] / "activity_logging"
+SHARED = {"cli_common", "cli_render"}
+
+
+def _cli_imports(path: Path) -> set[str]:
+    found: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ImportFrom) and node.level == 1:
+            names = [node.module] if node.module else [a.name for a in node.names]
+            found |= {n for n in names if n and n.startswith("cli")}
+    return found
+
+
+@pytest.mark.parametrize("path", sorted(PACKAGE.glob("cli_*.py")), ids=lambda p: p.stem)
+def test_cli_modules_import_only_the_shared_cli_modules(path: Path) -> None:
+    allowed = set() if path.stem in SHARED else SHARED
+    assert _cli_imports(path) <= allowed
+
+
+def test_cli_registers_every_verb_module() -> None:
+    verbs = {p.stem for p in PACKAGE.glob("cli_*.py")} - SHARED - {"cli_ops"}
+    assert _cli_imports(PACKAGE / "cli.py") == verbs | {"cli_common"}
+
+
+def test_building_the_parser_imports_no_database_or_redis_client() -> None:
+    code = ("import sys; from activity_logging.cli import build_parser; "
+            "build_parser().format_help(); "
+            "print(sorted({m.split('.')[0] for m in sys.modules} & "
+            "{'sqlalchemy', 'redis', 'asyncpg', 'aiosqlite', 'starlette', 'jinja2'}))")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=120, check=True)
+    assert done.stdout.strip() == "[]"

@@ -1,0 +1,285 @@
+"""What every verb of ``activity-logging`` shares: exit codes, argument helpers, the store
+checks, one-line error reports and the ``verb`` decorator.
+
+Each verb module (``cli_status``, ``cli_query``, ``cli_maintenance``, ``cli_verify``,
+``cli_worker``, ``cli_demo``, ``cli_serve``) imports this module (and ``cli_render``) and
+no other CLI module; ``cli`` imports the verb modules to register them.
+
+Building the parser must stay cheap (``activity-logging --help`` runs no database code), so
+this module imports only the standard library, orjson and the dependency-free ``config``,
+``exceptions`` and ``urls``; SQLAlchemy is imported inside the functions that need it.
+Defaults written in a module that pulls in SQLAlchemy or redis are shown in help through
+``LibraryDefault``, which reads the constant only when the help is printed or the verb runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import functools
+import importlib
+import re
+import signal
+import sys
+from collections.abc import Callable, Coroutine
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any, Final
+
+import orjson
+
+from .config import (
+    DEFAULT_GROUP,
+    DEFAULT_SQLITE_URL,
+    DEFAULT_STREAM,
+    ENV_DATABASE_URL,
+    ENV_REDIS_URL,
+    ENV_SCHEMA,
+    ENV_STREAM,
+    resolve_database_url,
+    resolve_schema,
+)
+from .exceptions import ConfigurationError
+from .urls import is_sqlite
+
+# --- exit codes -------------------------------------------------------------------------------
+
+EXIT_OK: Final = 0
+#: Unhealthy, a loss found, or an operation that failed (one line on stderr says why).
+EXIT_FAILED: Final = 1
+#: Bad arguments (``ConfigurationError``, argparse).
+EXIT_USAGE: Final = 2
+#: Redis or the database could not be reached (``StoreUnavailableError``).
+EXIT_UNAVAILABLE: Final = 3
+#: A command ended by signal N exits with this plus N, as a shell reports it.
+EXIT_SIGNAL_BASE: Final = 128
+EXIT_INTERRUPTED: Final = EXIT_SIGNAL_BASE + signal.SIGINT
+#: stdout's reader went away (``| head``): what a shell reports for a command killed by SIGPIPE.
+EXIT_BROKEN_PIPE: Final = EXIT_SIGNAL_BASE + signal.SIGPIPE
+
+
+# --- defaults that live in other modules -----------------------------------------------------
+
+
+class LibraryDefault:
+    """The default of an option, written once as the constant ``name`` of the library module
+    ``module`` (``LibraryDefault("worker", "DEFAULT_BATCH_SIZE")``) and read from there only
+    when it is needed: when the help shows it (``%(default)s`` calls ``str``) or when the
+    verb runs (``resolve``).
+
+    Used as an option's ``default``, so an option the user left out is this object, not a
+    value: ``resolve`` turns it into the constant, ``given`` leaves it out.
+    """
+
+    __slots__ = ("module", "name")
+
+    def __init__(self, module: str, name: str) -> None:
+        self.module = module
+        self.name = name
+
+    @property
+    def value(self) -> Any:
+        """The constant itself (imports its module)."""
+        return getattr(importlib.import_module(f"activity_logging.{self.module}"), self.name)
+
+    def __str__(self) -> str:
+        value = self.value
+        return format(value, "g") if isinstance(value, float) else str(value)
+
+    def __repr__(self) -> str:
+        return f"LibraryDefault({self.module!r}, {self.name!r})"
+
+
+def resolve(value: Any) -> Any:
+    """An option's value, with a ``LibraryDefault`` replaced by its constant."""
+    return value.value if isinstance(value, LibraryDefault) else value
+
+
+def given(args: argparse.Namespace, names: tuple[str, ...]) -> dict[str, Any]:
+    """The options among ``names`` the user gave (neither None nor a ``LibraryDefault``), to
+    pass as keyword arguments: what is left out takes the callee's own default."""
+    values = {name: getattr(args, name) for name in names}
+    return {name: value for name, value in values.items()
+            if value is not None and not isinstance(value, LibraryDefault)}
+
+
+#: Monthly partitions created ahead, unless ``--months-ahead`` says otherwise: the default of
+#: ``db.init_db`` and of ``retention.cleanup``, which have no constant for it (a unit test
+#: checks that the three agree).
+MONTHS_AHEAD: Final = 3
+
+
+# --- argument types and options ---------------------------------------------------------------
+
+_RELATIVE: Final = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhdw])\s*$")
+_UNITS: Final = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+
+
+def parse_when(text: str, *, now: datetime | None = None) -> datetime:
+    """A CLI time: ISO 8601 (``2026-03-01``, ``2026-03-01T12:00+01:00``; naive = UTC) or an
+    age before now (``90s``, ``15m``, ``24h``, ``7d``, ``2w``). Raises ``ConfigurationError``,
+    also for a time outside what ``datetime`` holds (``99999999999w``)."""
+    match = _RELATIVE.match(text)
+    try:
+        if match:
+            base = now or datetime.now(UTC)
+            return base - timedelta(seconds=float(match.group(1)) * _UNITS[match.group(2)])
+        try:
+            value = datetime.fromisoformat(text.strip())
+        except ValueError:
+            raise ConfigurationError(
+                f"invalid time {text!r}: use ISO 8601 (2026-03-01, 2026-03-01T12:00Z) "
+                "or an age (24h, 7d)"
+            ) from None
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+    except OverflowError:
+        raise ConfigurationError(
+            f"time {text!r} is out of range (years 1 to 9999)") from None
+
+
+def positive_int(text: str) -> int:
+    """argparse type: an integer >= 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
+def positive_float(text: str) -> float:
+    """argparse type: a number > 0."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be > 0, got {value}")
+    return value
+
+
+def database_options(parser: argparse.ArgumentParser, *, url_help: str = "store to use") -> None:
+    """``--database-url`` and ``--schema``."""
+    parser.add_argument("--database-url", default=None,
+                        help=f"{url_help} (default: {ENV_DATABASE_URL}, else {DEFAULT_SQLITE_URL})")
+    parser.add_argument("--schema", default=None,
+                        help=f"PostgreSQL schema holding the table (default: {ENV_SCHEMA})")
+
+
+def redis_options(parser: argparse.ArgumentParser) -> None:
+    """``--redis-url``, ``--stream`` and ``--group``."""
+    parser.add_argument("--redis-url", default=None,
+                        help=f"Redis holding the stream (default: {ENV_REDIS_URL}; none = embedded "
+                        "mode)")
+    stream_option(parser)
+    group_option(parser)
+
+
+def stream_option(parser: argparse.ArgumentParser) -> None:
+    """``--stream``."""
+    parser.add_argument("--stream", default=None,
+                        help=f"stream name (default: {ENV_STREAM}, else {DEFAULT_STREAM})")
+
+
+def group_option(parser: argparse.ArgumentParser) -> None:
+    """``--group``."""
+    parser.add_argument("--group", default=DEFAULT_GROUP, help="consumer group (default: %(default)s)")
+
+
+def database(args: argparse.Namespace) -> tuple[str, str | None]:
+    """The database URL (``--database-url``, ``DATABASE_URL``, else the embedded default) and
+    the schema (``--schema``, ``ACTIVITY_LOG_SCHEMA``) a verb works on."""
+    url = resolve_database_url(args.database_url, default=DEFAULT_SQLITE_URL)
+    assert url is not None  # a default was given
+    return url, resolve_schema(args.schema)
+
+
+# --- the store must be there ------------------------------------------------------------------
+
+
+class MissingStoreError(Exception):
+    """A verb that reads an existing store was pointed at an SQLite file that is not there."""
+
+
+def sqlite_file(url: str) -> Path | None:
+    """The file an SQLite URL opens (relative to the working directory, as SQLite does);
+    None for PostgreSQL, an in-memory database or a ``uri=true`` filename."""
+    from sqlalchemy.engine import make_url  # lazy: SQLAlchemy is not needed to build the parser
+
+    if not is_sqlite(url):
+        return None
+    parsed = make_url(url)
+    name = parsed.database
+    if not name or name == ":memory:" or str(parsed.query.get("uri", "")).lower() in ("true", "1"):
+        return None
+    return Path(name)
+
+
+def require_store(url: str) -> None:
+    """Raise ``MissingStoreError`` when ``url`` is an SQLite file that does not exist.
+
+    Opening it would create an empty file (SQLite does, on connect), and the verb would then
+    report a missing table in a database that was never there: a typo in the path, or a
+    store nothing has written to yet, must be said as such.
+    """
+    path = sqlite_file(url)
+    if path is not None and not path.exists():
+        raise MissingStoreError(
+            f"no database at {url}: {path} does not exist (a typo in --database-url or "
+            f"DATABASE_URL, or nothing logged there yet: `activity-logging demo` makes one)")
+
+
+# --- output and one-line errors ---------------------------------------------------------------
+
+
+def print_json(obj: Any) -> None:
+    """``obj`` as indented JSON on stdout (``default=str`` for datetimes, UUIDs)."""
+    sys.stdout.write(orjson.dumps(obj, default=str, option=orjson.OPT_INDENT_2).decode() + "\n")
+
+
+def database_error_line(exc: BaseException) -> str:
+    """The first line of the driver's (the server's) own message for a database error."""
+    orig = getattr(exc, "orig", None)
+    message = str(orig) if orig is not None else str(exc)
+    return message.splitlines()[0] if message.strip() else type(exc).__name__
+
+
+def report_database_error(command: str, exc: BaseException) -> int:
+    """Print a database error in one line on stderr; returns ``EXIT_FAILED``.
+
+    Only an undefined table (SQLSTATE 42P01, SQLite "no such table") says to run
+    ``init-db``: a missing database, schema or column is reported with the server's message.
+    """
+    from .db import is_missing_table  # lazy: db imports SQLAlchemy
+
+    first = database_error_line(exc)
+    if is_missing_table(exc):
+        print(f"activity-logging {command}: table not found ({first}); "
+              "run `activity-logging init-db` first", file=sys.stderr)
+    else:
+        print(f"activity-logging {command}: database error: {first}", file=sys.stderr)
+    return EXIT_FAILED
+
+
+AsyncVerb = Callable[[argparse.Namespace], Coroutine[Any, Any, int]]
+
+
+def verb(func: AsyncVerb) -> Callable[[argparse.Namespace], int]:
+    """Run an async verb; report database errors and a missing store in one line (exit 1)
+    instead of a traceback. ``ConfigurationError`` and ``StoreUnavailableError`` pass
+    through to ``cli.main`` (exit 2 and 3)."""
+
+    @functools.wraps(func)
+    def run(args: argparse.Namespace) -> int:
+        from sqlalchemy.exc import DBAPIError  # lazy: SQLAlchemy is not needed for --help
+
+        try:
+            return asyncio.run(func(args))
+        except DBAPIError as exc:
+            return report_database_error(args.command, exc)
+        except MissingStoreError as exc:
+            print(f"activity-logging {args.command}: {exc}", file=sys.stderr)
+            return EXIT_FAILED
+
+    return run

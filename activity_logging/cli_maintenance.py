@@ -1,0 +1,197 @@
+"""Retention: ``activity-logging cleanup``, ``vacuum`` and ``scheduler``.
+
+``cleanup`` removes what is older than the retention period (rows, or whole monthly
+partitions), ``vacuum`` reclaims the space, ``scheduler`` runs both on a timetable.
+``retention`` and ``scheduler`` pull in SQLAlchemy: they are imported inside the verbs, so
+building the parser stays cheap. Bad arguments are exit 2, an unreachable database exit 3
+(``cli.main``), other expected database failures one line, exit 1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import sys
+import time
+import zoneinfo
+from typing import TYPE_CHECKING, Any, Final
+
+from .cli_common import (
+    EXIT_FAILED,
+    EXIT_OK,
+    MONTHS_AHEAD,
+    LibraryDefault,
+    database,
+    database_options,
+    positive_int,
+    print_json,
+    redis_options,
+    require_store,
+    resolve,
+    verb,
+)
+from .cli_render import render_cleanup
+from .config import DEFAULT_RETENTION_DAYS, ENV_RETENTION_DAYS, resolve_redis_url, resolve_stream
+from .exceptions import ConfigurationError
+
+if TYPE_CHECKING:
+    from .handler import ActivityHandler
+
+_RETENTION_HELP: Final = (f"keep this many days (default: {ENV_RETENTION_DAYS}, else "
+                          f"{DEFAULT_RETENTION_DAYS})")
+
+
+def register(sub: Any) -> None:
+    """Add ``cleanup``, ``vacuum`` and ``scheduler`` to the ``activity-logging`` parser."""
+    p = sub.add_parser("cleanup", help="remove activities older than the retention period",
+                       description="Delete expired activities in batches (plain table) or drop "
+                       "expired monthly partitions and create the next ones (partitioned).")
+    database_options(p)
+    p.add_argument("--retention-days", type=positive_int, default=None, help=_RETENTION_HELP)
+    p.add_argument("--batch-size", type=positive_int,
+                   default=LibraryDefault("retention", "DEFAULT_BATCH_SIZE"),
+                   help="rows deleted per transaction (default: %(default)s)")
+    p.add_argument("--detach", action="store_true",
+                   help="detach expired partitions (keep them as tables) instead of dropping")
+    p.add_argument("--months-ahead", type=positive_int, default=MONTHS_AHEAD,
+                   help="partitions to keep created ahead (default: %(default)s)")
+    p.add_argument("--dry-run", action="store_true",
+                   help="count the rows and list the partitions a run would remove; change nothing")
+    p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
+                   help="progress line on stderr while deleting (default: when stderr is a terminal)")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.set_defaults(func=cmd_cleanup)
+
+    p = sub.add_parser("vacuum", help="VACUUM (ANALYZE) the activity table",
+                       description="Run VACUUM (ANALYZE) outside a transaction.")
+    database_options(p)
+    p.add_argument("--no-analyze", action="store_true", help="plain VACUUM")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.set_defaults(func=cmd_vacuum)
+
+    p = sub.add_parser("scheduler", help="run cleanup daily and vacuum weekly (long-running)",
+                       description="Run maintenance on a schedule: cleanup daily at --cleanup-at, "
+                       "vacuum weekly on --vacuum-day at --vacuum-at, local time (--tz to set it). "
+                       "Each run is recorded as a system_event activity.")
+    database_options(p)
+    redis_options(p)
+    # The times' defaults are MaintenanceScheduler's (a unit test checks that they agree).
+    p.add_argument("--cleanup-at", default="02:00", help="HH:MM local time (default: %(default)s)")
+    p.add_argument("--vacuum-day", default="sunday", help="weekday (default: %(default)s)")
+    p.add_argument("--vacuum-at", default="03:00", help="HH:MM local time (default: %(default)s)")
+    p.add_argument("--tz", help="IANA time zone for the times above (default: the system's)")
+    p.add_argument("--retention-days", type=positive_int, default=None, help=_RETENTION_HELP)
+    p.add_argument("--detach", action="store_true", help="detach expired partitions")
+    p.add_argument("--once", action="store_true", help="run cleanup then vacuum now, and exit")
+    p.set_defaults(func=cmd_scheduler)
+
+
+# --- cleanup, vacuum --------------------------------------------------------------------------
+
+
+@verb
+async def cmd_cleanup(args: argparse.Namespace) -> int:
+    """Remove activities older than the retention period (``--dry-run``: count them only)."""
+    from .export import ProgressLine
+    from .retention import cleanup, resolve_cleanup_days
+
+    url, schema = database(args)
+    resolve_cleanup_days(args.retention_days)  # a bad value is exit 2, whatever the store
+    require_store(url)
+    show = sys.stderr.isatty() if args.progress is None else args.progress
+    bar = ProgressLine(sys.stderr, enabled=show and not args.dry_run, unit="rows deleted")
+
+    def progress(done: int, total: int | None) -> None:
+        bar.total = total
+        bar.update(done)
+
+    result = await cleanup(url, schema=schema, retention_days=args.retention_days,
+                           batch_size=resolve(args.batch_size), detach=args.detach,
+                           months_ahead=args.months_ahead, dry_run=args.dry_run,
+                           on_progress=progress if bar.enabled else None)
+    if bar.enabled:
+        bar.update(result.deleted_rows, final=True)
+    if args.json:
+        print_json(result.to_dict())
+    else:
+        print(render_cleanup(result, detach=args.detach))
+    return EXIT_OK
+
+
+@verb
+async def cmd_vacuum(args: argparse.Namespace) -> int:
+    """VACUUM (ANALYZE) the table."""
+    from .retention import vacuum
+
+    url, schema = database(args)
+    require_store(url)
+    result = await vacuum(url, schema=schema, analyze=not args.no_analyze)
+    if args.json:
+        print_json(result.to_dict())
+    else:
+        print(f"{result.statement}: done in {result.seconds:.1f} s")
+    return EXIT_OK
+
+
+# --- scheduler --------------------------------------------------------------------------------
+
+
+def cmd_scheduler(args: argparse.Namespace) -> int:
+    """Run maintenance on a schedule until SIGTERM/SIGINT (or once, with ``--once``)."""
+    from .retention import resolve_cleanup_days
+    from .scheduler import MaintenanceScheduler, local_timezone_name
+
+    url, schema = database(args)
+    resolve_cleanup_days(args.retention_days)  # fail now (exit 2), not at 02:00
+    if args.tz:
+        _set_timezone(args.tz)
+    sched = MaintenanceScheduler(
+        url, schema=schema, retention_days=args.retention_days, cleanup_at=args.cleanup_at,
+        vacuum_day=args.vacuum_day, vacuum_at=args.vacuum_at, detach=args.detach,
+    )
+    handler = _attach_activity_handler(args, url, schema)
+    try:
+        if args.once:
+            ok = [sched.run_job(name) for name in ("cleanup", "vacuum")]
+            return EXIT_OK if all(ok) else EXIT_FAILED
+        logging.getLogger("activity_logging.scheduler").info(
+            "scheduler running in time zone %s (TZ=%s)", local_timezone_name(),
+            os.environ.get("TZ", "system default"))
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, lambda _s, _f: sched.stop())
+        sched.run_forever()
+        return EXIT_OK
+    finally:
+        if handler is not None:
+            logging.getLogger("activity").removeHandler(handler)
+            handler.close()
+
+
+def _set_timezone(name: str) -> None:
+    try:
+        zoneinfo.ZoneInfo(name)
+    except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+        raise ConfigurationError(f"unknown time zone {name!r} (use an IANA name, e.g. Europe/Paris)"
+                                 ) from None
+    # `schedule` reads local wall-clock time; this process exists to run the schedule, so
+    # setting its zone is how the configured times get their explicit zone.
+    os.environ["TZ"] = name
+    time.tzset()
+
+
+def _attach_activity_handler(args: argparse.Namespace, url: str, schema: str | None
+                             ) -> ActivityHandler | None:
+    """Ship the scheduler's system_event records, unless the "activity" logger already does."""
+    log = logging.getLogger("activity")
+    if log.handlers:
+        return None
+    from .handler import ActivityHandler  # lazy: only a running scheduler ships records
+
+    handler = ActivityHandler(redis_url=resolve_redis_url(args.redis_url),
+                              stream=resolve_stream(args.stream), database_url=url, schema=schema)
+    log.addHandler(handler)
+    if log.getEffectiveLevel() > logging.INFO:
+        log.setLevel(logging.INFO)
+    return handler
