@@ -20,6 +20,7 @@ import functools
 import importlib
 import re
 import signal
+import sqlite3
 import sys
 from collections.abc import Callable, Coroutine
 from datetime import UTC, datetime, timedelta
@@ -216,18 +217,38 @@ def sqlite_file(url: str) -> Path | None:
     return Path(name)
 
 
-def require_store(url: str) -> None:
-    """Raise ``MissingStoreError`` when ``url`` is an SQLite file that does not exist.
+def probe_sqlite(path: Path, *, create: bool) -> None:
+    """Open the SQLite file ``path`` with the standard library and close it again; raises
+    ``sqlite3.Error`` ("unable to open database file") when SQLite cannot open it.
 
-    Opening it would create an empty file (SQLite does, on connect), and the verb would then
-    report a missing table in a database that was never there: a typo in the path, or a
-    store nothing has written to yet, must be said as such.
+    Every verb checks this before SQLAlchemy opens the file through aiosqlite: when
+    aiosqlite fails to open a file, its thread answers its own stop request only after
+    ``asyncio.run`` has closed the loop, and that late answer is an exception in a thread
+    (a warning, an error under pytest). Opened as aiosqlite would open it (read-write, or
+    read-only when the file is write-protected), so the error is the one it would report;
+    ``create`` makes a missing file, as ``init-db`` does, and otherwise nothing is created.
+    Nothing is read or written.
+    """
+    sqlite3.connect(f"{path.resolve().as_uri()}?mode={'rwc' if create else 'rw'}", uri=True).close()
+
+
+def require_store(url: str) -> None:
+    """Check that the SQLite file of ``url`` (if it names one) exists and opens.
+
+    Raises ``MissingStoreError`` when it does not exist: opening it would create an empty
+    file (SQLite does, on connect), and the verb would then report a missing table in a
+    database that was never there; a typo in the path, or a store nothing has written to
+    yet, must be said as such. Raises ``sqlite3.Error`` when it exists but cannot be opened
+    (a directory, no permission): see ``probe_sqlite``.
     """
     path = sqlite_file(url)
-    if path is not None and not path.exists():
+    if path is None:
+        return
+    if not path.exists():
         raise MissingStoreError(
             f"no database at {url}: {path} does not exist (a typo in --database-url or "
             f"DATABASE_URL, or nothing logged there yet: `activity-logging demo` makes one)")
+    probe_sqlite(path, create=False)
 
 
 # --- output and one-line errors ---------------------------------------------------------------
@@ -276,7 +297,7 @@ def verb(func: AsyncVerb) -> Callable[[argparse.Namespace], int]:
 
         try:
             return asyncio.run(func(args))
-        except DBAPIError as exc:
+        except (DBAPIError, sqlite3.Error) as exc:
             return report_database_error(args.command, exc)
         except MissingStoreError as exc:
             print(f"activity-logging {args.command}: {exc}", file=sys.stderr)

@@ -17,6 +17,7 @@ import argparse
 import asyncio
 import logging
 import signal
+import sqlite3
 import sys
 from collections.abc import Callable
 from types import FrameType
@@ -33,6 +34,8 @@ from .cli_common import (
     database_error_line,
     given,
     group_option,
+    probe_sqlite,
+    sqlite_file,
     stream_option,
 )
 from .config import (
@@ -140,9 +143,12 @@ def cmd_init_db(args: argparse.Namespace) -> int:
     if args.months_ahead < 0:
         raise ConfigurationError(f"--months-ahead must be >= 0, got {args.months_ahead}")
     try:
+        path = sqlite_file(url)
+        if path is not None and not args.partitioned:  # init_db refuses partitioned SQLite itself
+            probe_sqlite(path, create=True)
         asyncio.run(init_db(url, schema=schema, partitioned=args.partitioned,
                             months_ahead=args.months_ahead))
-    except DBAPIError as exc:
+    except (DBAPIError, sqlite3.Error) as exc:
         print(f"activity-logging init-db: database error at {redact_url(url)}: "
               f"{database_error_line(exc)}", file=sys.stderr)
         return EXIT_FAILED

@@ -1,5 +1,10 @@
-"""Review regressions: CLI failure paths report one line (never a traceback) with the right
-exit code; the middleware and cursor parsers reject or normalise crafted input."""
+"""Failure paths of the CLI and of the parsers under it: each reports one line (never a
+traceback) with the right exit code, and crafted input (scoped IPv6 peers, cursors, huge
+ages and retention periods) is rejected or normalised.
+
+The middleware and cursor cases are here because the CLI's ``--cursor`` and the viewer
+pass that input on unchanged; their own modules' tests cover the rest.
+"""
 
 from __future__ import annotations
 
@@ -14,10 +19,11 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import aiosqlite
 import orjson
 import pytest
 
-from activity_logging.cli_ops import parse_when
+from activity_logging.cli_common import parse_when
 from activity_logging.crud import ActivityCursor
 from activity_logging.exceptions import ConfigurationError, StoreUnavailableError
 from activity_logging.export import export_activities
@@ -28,9 +34,7 @@ from tests.cli_run import run
 ROOT = Path(__file__).resolve().parents[2]
 
 
-
-
-# --- 1. scoped IPv6 peers ----------------------------------------------------------------------
+# --- scoped IPv6 peers ----------------------------------------------------------------------
 
 
 @pytest.mark.parametrize("text", ["fe80::1%eth0", "[fe80::1%eth0]:5678", "fe80::1%25"])
@@ -44,7 +48,7 @@ def test_scoped_ipv6_peer_gives_an_inet_safe_address() -> None:
     assert parse_forwarded_for("fe80::1%eth0", None, ()) == "fe80::1"
 
 
-# --- 2. crafted cursors --------------------------------------------------------------------------
+# --- crafted cursors --------------------------------------------------------------------------
 
 
 def _cursor(value: Any) -> str:
@@ -65,7 +69,7 @@ def test_well_formed_cursor_still_round_trips() -> None:
     assert ActivityCursor.decode(cursor.encode()) == cursor
 
 
-# --- 3. init-db expected failures ----------------------------------------------------------------
+# --- unopenable SQLite files ----------------------------------------------------------------
 
 
 def test_init_db_unopenable_sqlite_is_one_line_exit_1(capsys: pytest.CaptureFixture[str]) -> None:
@@ -76,7 +80,50 @@ def test_init_db_unopenable_sqlite_is_one_line_exit_1(capsys: pytest.CaptureFixt
     assert len(err.strip().splitlines()) == 1
 
 
-# --- 4. output write errors, broken pipes -------------------------------------------------------
+@pytest.fixture
+def aiosqlite_opens(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The files SQLAlchemy asks aiosqlite to open, recorded as it does."""
+    opened: list[str] = []
+    real = aiosqlite.connect
+
+    def connect(database: Any, *args: Any, **kwargs: Any) -> aiosqlite.Connection:
+        opened.append(str(database))
+        return real(database, *args, **kwargs)
+
+    monkeypatch.setattr(aiosqlite, "connect", connect)
+    return opened
+
+
+@pytest.mark.parametrize("verb", ["init-db", "query", "status", "verify", "vacuum"])
+def test_unopenable_sqlite_is_refused_before_aiosqlite_opens_it(
+    verb: str, tmp_path: Path, aiosqlite_opens: list[str], capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # aiosqlite, failing to open a file, answers its own stop request from its thread after
+    # asyncio.run has closed the loop: an exception in a thread, after the verb returned.
+    monkeypatch.delenv("REDIS_URL", raising=False)
+    target = tmp_path / "missing-dir" / "x.db" if verb == "init-db" else tmp_path  # a directory
+    code, out, err = run([verb, "--database-url", f"sqlite:///{target}"], capsys)
+    assert code == 1
+    assert err == f"activity-logging {verb}: database error" + (
+        f" at sqlite:///{target}" if verb == "init-db" else "") + ": unable to open database file\n"
+    assert out == ""
+    assert aiosqlite_opens == []
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_init_db_still_creates_a_new_sqlite_file(tmp_path: Path,
+                                                 capsys: pytest.CaptureFixture[str]) -> None:
+    target = tmp_path / "new.db"
+    code, out, _ = run(["init-db", "--database-url", f"sqlite:///{target}"], capsys)
+    assert code == 0
+    assert out == f"activity_logs ready in sqlite:///{target}\n"
+    code, out, _ = run(["query", "--database-url", f"sqlite:///{target}", "--format", "jsonl"],
+                       capsys)
+    assert (code, out) == (0, "")
+
+
+# --- output write errors, broken pipes -------------------------------------------------------
 
 
 class _FullDisk:
@@ -122,7 +169,7 @@ def test_closed_stdout_is_quiet(verb: list[str], db: str, rows: list[dict[str, A
     assert "cannot reach" not in err
 
 
-# --- 5. huge ages and retention periods ------------------------------------------------------------
+# --- huge ages and retention periods ------------------------------------------------------------
 
 
 @pytest.mark.parametrize("text", ["99999999999w", "9" * 40 + "s", "0001-01-01T00:00+01:00"])
@@ -156,7 +203,7 @@ def test_retention_days_at_the_maximum_still_works(db: str, rows: list[dict[str,
     assert result.retention_days == MAX_RETENTION_DAYS
 
 
-# --- 7. demo against an unopenable store ------------------------------------------------------------
+# --- demo against an unopenable store ------------------------------------------------------------
 
 
 def test_demo_unopenable_sqlite_is_one_line_exit_1(capsys: pytest.CaptureFixture[str]) -> None:
