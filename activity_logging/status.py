@@ -26,8 +26,12 @@ or not yet delivered) is exactly how far behind the worker is, whatever the traf
   counts them among the newest rows (the last hour, at most ``GAP_MAX_ROWS``), which also
   counts what a restart took once the producers log again.
 
-SQLAlchemy and redis are imported inside the functions that talk to the stores: the
-constants here (``DEFAULT_MAX_LAG``) are read by modules that must stay light.
+Four modules, one job each: this one (``PipelineStatus``, the database half and
+``gather_status``, which runs the rest in order), ``status_redis`` (reading Redis),
+``status_findings`` (what the Redis readings mean) and ``status_render`` (the text
+report); the public names are importable from here. SQLAlchemy and redis are imported
+inside the functions that talk to the stores: the constants here (``DEFAULT_MAX_LAG``)
+are read by modules that must stay light.
 """
 
 from __future__ import annotations
@@ -37,7 +41,9 @@ from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any, Final
 
 from .config import DEFAULT_GROUP, DEFAULT_HEARTBEAT_TTL, DEFAULT_STREAM, dead_stream_for
-from .status_redis import ConsumerInfo, WorkerInfo, entry_ms, format_age, gather_redis, plural
+from .status_findings import judge_redis
+from .status_redis import ConsumerInfo, WorkerInfo, entry_ms, gather_redis, plural
+from .status_render import render_status, window_text
 from .urls import redact_url
 
 if TYPE_CHECKING:
@@ -280,17 +286,9 @@ def _sequence_problem(status: PipelineStatus) -> None:
         hints.append("dead-lettered records are counted here too")
     status.problems.append(
         f"{plural(gaps.missing, 'record', 'records')} missing in transit from "
-        f"{plural(gaps.gap_producers, 'producer', 'producers')} in {_window_text(gaps)}"
+        f"{plural(gaps.gap_producers, 'producer', 'producers')} in {window_text(gaps)}"
         + (f" ({'; '.join(hints)})" if hints else "") + ": run `activity-logging verify`"
     )
-
-
-def _window_text(gaps: SequenceGaps) -> str:
-    if gaps.capped:
-        return f"the newest {gaps.rows} rows ({format_age(gaps.window_seconds)})"
-    if gaps.window_seconds == 3600:
-        return "the last hour"
-    return f"the last {format_age(gaps.window_seconds)}"
 
 
 def _summarize_loss(status: PipelineStatus) -> None:
@@ -326,89 +324,11 @@ async def gather_status(
         dead_stream=dead_stream_for(stream),
     )
     if redis_url:
-        await gather_redis(status, redis_url, heartbeat_ttl=heartbeat_ttl, max_lag=max_lag)
+        await gather_redis(status, redis_url, heartbeat_ttl=heartbeat_ttl)
+        judge_redis(status, heartbeat_ttl=heartbeat_ttl, max_lag=max_lag)
     await gather_database(status, database_url, schema=schema, gap_settle=gap_settle)
     _summarize_loss(status)
     return status
-
-
-# --- rendering ---------------------------------------------------------------------------------
-
-
-def _or_dash(value: Any) -> str:
-    return "-" if value is None else str(value)
-
-
-def _redis_lines(status: PipelineStatus) -> list[str]:
-    server = ""
-    if status.redis_run_id and status.redis_uptime_seconds is not None:
-        server = (f"  (run_id {status.redis_run_id[:12]}, "
-                  f"up {format_age(float(status.redis_uptime_seconds))})")
-    lines = [
-        f"redis:            {status.redis_url}{server}",
-        f"stream:           {status.stream}  length {status.stream_length}, "
-        f"entries added {_or_dash(status.entries_added)}",
-        f"group:            {status.group}  "
-        + ("missing" if not status.group_exists else
-           f"undelivered {status.undelivered}, pending {status.pending}, "
-           f"entries read {_or_dash(status.entries_read)}"),
-        f"oldest waiting:   {format_age(status.oldest_waiting_seconds)}",
-        f"dead letters:     {status.dead_letters}  ({status.dead_stream})",
-        f"workers:          {status.live_workers} live of {len(status.workers)} seen",
-    ]
-    for w in status.workers:
-        recreated = w.counters.get("group_recreated")
-        lines.append(f"  {w.consumer:<32} {'live ' if w.live else 'STALE'} host {w.host} "
-                     f"pid {w.pid} beat {format_age(w.age_seconds)} ago"
-                     + (f", recreated the group {recreated}x"
-                        if isinstance(recreated, int) and recreated else ""))
-    for c in status.consumers:
-        lines.append(
-            f"  consumer {c.name:<23} pending {c.pending:<8} idle {format_age(c.idle_seconds)}")
-    return lines
-
-
-def _loss_line(status: PipelineStatus) -> str:
-    if status.lost_in_transit is None:
-        return "lost in transit:  -"
-    if not status.lost_in_transit:
-        return "lost in transit:  none found"
-    source = ("sequence gaps in recent rows" if status.lost_in_transit_unit == "records"
-              else "removed from the stream unread")
-    return f"lost in transit:  {status.lost_in_transit} {status.lost_in_transit_unit} ({source})"
-
-
-def _sequence_line(status: PipelineStatus) -> str:
-    gaps = status.recent_sequence
-    if gaps is None:
-        return "sequence check:   -"
-    return (f"sequence check:   {gaps.rows} rows in {_window_text(gaps)}, "
-            f"{plural(gaps.producers, 'producer', 'producers')} compared, "
-            f"{gaps.missing} missing")
-
-
-def render_status(status: PipelineStatus) -> str:
-    """A human-readable report, one fact per line, problems and warnings last."""
-    lines = [f"pipeline: {'HEALTHY' if status.healthy else 'UNHEALTHY'}  "
-             f"(checked {status.checked_at.isoformat(timespec='seconds')})"]
-    if status.redis_url:
-        lines += _redis_lines(status)
-    else:
-        lines.append("redis:            not configured (embedded mode: handler writes directly)")
-    newest = "none"
-    if status.newest_activity is not None:
-        newest = (f"{status.newest_activity.isoformat(timespec='seconds')} "
-                  f"({format_age(status.newest_activity_age_seconds)} ago)")
-    lines += [
-        f"database:         {status.database_url}",
-        f"newest activity:  {newest}",
-        f"rows last 24 h:   {_or_dash(status.rows_last_24h)}",
-        _sequence_line(status),
-        _loss_line(status),
-    ]
-    lines += [f"PROBLEM: {p}" for p in status.problems]
-    lines += [f"warning: {w}" for w in status.warnings]
-    return "\n".join(lines)
 
 
 __all__ = [

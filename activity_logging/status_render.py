@@ -1,0 +1,102 @@
+"""The text report of ``activity-logging status``: one fact per line, problems and warnings last.
+
+Pure: renders a ``status.PipelineStatus`` that ``status.gather_status`` filled.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from .status_redis import format_age, plural
+
+if TYPE_CHECKING:
+    from .status import PipelineStatus, SequenceGaps
+
+
+def window_text(gaps: SequenceGaps) -> str:
+    """The rows the sequence check read, for people: ``"the last hour"``,
+    ``"the newest 100000 rows (12.0 min)"``."""
+    if gaps.capped:
+        return f"the newest {gaps.rows} rows ({format_age(gaps.window_seconds)})"
+    if gaps.window_seconds == 3600:
+        return "the last hour"
+    return f"the last {format_age(gaps.window_seconds)}"
+
+
+def _or_dash(value: Any) -> str:
+    return "-" if value is None else str(value)
+
+
+def _redis_lines(status: PipelineStatus) -> list[str]:
+    server = ""
+    if status.redis_run_id and status.redis_uptime_seconds is not None:
+        server = (f"  (run_id {status.redis_run_id[:12]}, "
+                  f"up {format_age(float(status.redis_uptime_seconds))})")
+    lines = [
+        f"redis:            {status.redis_url}{server}",
+        f"stream:           {status.stream}  length {status.stream_length}, "
+        f"entries added {_or_dash(status.entries_added)}",
+        f"group:            {status.group}  "
+        + ("missing" if not status.group_exists else
+           f"undelivered {status.undelivered}, pending {status.pending}, "
+           f"entries read {_or_dash(status.entries_read)}"),
+        f"oldest waiting:   {format_age(status.oldest_waiting_seconds)}",
+        f"dead letters:     {status.dead_letters}  ({status.dead_stream})",
+        f"workers:          {status.live_workers} live of {len(status.workers)} seen",
+    ]
+    for w in status.workers:
+        recreated = w.counters.get("group_recreated")
+        lines.append(f"  {w.consumer:<32} {'live ' if w.live else 'STALE'} host {w.host} "
+                     f"pid {w.pid} beat {format_age(w.age_seconds)} ago"
+                     + (f", recreated the group {recreated}x"
+                        if isinstance(recreated, int) and recreated else ""))
+    for c in status.consumers:
+        lines.append(
+            f"  consumer {c.name:<23} pending {c.pending:<8} idle {format_age(c.idle_seconds)}")
+    return lines
+
+
+def _loss_line(status: PipelineStatus) -> str:
+    if status.lost_in_transit is None:
+        return "lost in transit:  -"
+    if not status.lost_in_transit:
+        return "lost in transit:  none found"
+    source = ("sequence gaps in recent rows" if status.lost_in_transit_unit == "records"
+              else "removed from the stream unread")
+    return f"lost in transit:  {status.lost_in_transit} {status.lost_in_transit_unit} ({source})"
+
+
+def _sequence_line(status: PipelineStatus) -> str:
+    gaps = status.recent_sequence
+    if gaps is None:
+        return "sequence check:   -"
+    return (f"sequence check:   {gaps.rows} rows in {window_text(gaps)}, "
+            f"{plural(gaps.producers, 'producer', 'producers')} compared, "
+            f"{gaps.missing} missing")
+
+
+def render_status(status: PipelineStatus) -> str:
+    """A human-readable report, one fact per line, problems and warnings last."""
+    lines = [f"pipeline: {'HEALTHY' if status.healthy else 'UNHEALTHY'}  "
+             f"(checked {status.checked_at.isoformat(timespec='seconds')})"]
+    if status.redis_url:
+        lines += _redis_lines(status)
+    else:
+        lines.append("redis:            not configured (embedded mode: handler writes directly)")
+    newest = "none"
+    if status.newest_activity is not None:
+        newest = (f"{status.newest_activity.isoformat(timespec='seconds')} "
+                  f"({format_age(status.newest_activity_age_seconds)} ago)")
+    lines += [
+        f"database:         {status.database_url}",
+        f"newest activity:  {newest}",
+        f"rows last 24 h:   {_or_dash(status.rows_last_24h)}",
+        _sequence_line(status),
+        _loss_line(status),
+    ]
+    lines += [f"PROBLEM: {p}" for p in status.problems]
+    lines += [f"warning: {w}" for w in status.warnings]
+    return "\n".join(lines)
+
+
+__all__ = ["render_status", "window_text"]
