@@ -2,6 +2,7 @@
 
 Exit 0 healthy, 1 unhealthy, 3 Redis or the database unreachable; a missing table is a
 problem in the report (exit 1), a missing SQLite file one line on stderr (exit 1).
+``status`` is imported here at once: it loads SQLAlchemy and redis only when it reads.
 """
 
 from __future__ import annotations
@@ -12,17 +13,16 @@ from typing import Any
 from .cli_common import (
     EXIT_FAILED,
     EXIT_OK,
-    LibraryDefault,
     database,
     database_options,
     positive_float,
     print_json,
     redis_options,
     require_store,
-    resolve,
     verb,
 )
 from .config import DEFAULT_HEARTBEAT_TTL, resolve_redis_url, resolve_stream
+from .status import DEFAULT_MAX_LAG, gather_status, render_status
 
 
 def register(sub: Any) -> None:
@@ -33,10 +33,9 @@ def register(sub: Any) -> None:
         "(no live worker, dead letters, records waiting longer than --max-lag), 3 unreachable.")
     database_options(p)
     redis_options(p)
-    p.add_argument("--max-lag", type=positive_float,
-                   default=LibraryDefault("status", "DEFAULT_MAX_LAG"),
+    p.add_argument("--max-lag", type=positive_float, default=DEFAULT_MAX_LAG,
                    help="seconds a record may wait in the stream before unhealthy "
-                   "(default: %(default)s)")
+                   f"(default: {DEFAULT_MAX_LAG:g})")
     p.add_argument("--heartbeat-ttl", type=positive_float, default=DEFAULT_HEARTBEAT_TTL,
                    help="heartbeat age in seconds that still counts as live "
                    f"(default: {DEFAULT_HEARTBEAT_TTL:g})")
@@ -47,13 +46,11 @@ def register(sub: Any) -> None:
 @verb
 async def cmd_status(args: argparse.Namespace) -> int:
     """Exit 0 when healthy, 1 when not, 3 when Redis or the database is unreachable."""
-    from .status import gather_status, render_status  # lazy: reading pulls in SQLAlchemy, redis
-
     url, schema = database(args)
     require_store(url)
     status = await gather_status(
         url, resolve_redis_url(args.redis_url), schema=schema, stream=resolve_stream(args.stream),
-        group=args.group, max_lag=resolve(args.max_lag), heartbeat_ttl=args.heartbeat_ttl,
+        group=args.group, max_lag=args.max_lag, heartbeat_ttl=args.heartbeat_ttl,
     )
     if args.json:
         print_json(status.to_dict())
