@@ -37,7 +37,7 @@ _EXPORTS: dict[str, str] = {
     "changes_between": "changes",
     "flush_handlers": "handler",
     "get_context": "context",
-    "level_to_severity": "record",
+    "level_to_severity": "levels",
     "log_activity": "decorators",
     "log_agent_activity": "helpers",
     "log_call_activity": "helpers",
@@ -45,7 +45,7 @@ _EXPORTS: dict[str, str] = {
     "log_system_event": "helpers",
     "log_user_activity": "helpers",
     "reset_context": "context",
-    "severity_to_level": "record",
+    "severity_to_level": "levels",
 }
 
 #: Exported names bound to an object of another name in their module (the design's names).
@@ -109,8 +109,8 @@ if TYPE_CHECKING:
         log_system_event,
         log_user_activity,
     )
+    from .levels import level_to_severity, severity_to_level
     from .middleware import ActivityContextMiddleware
-    from .record import level_to_severity, severity_to_level
     from .scheduler import MaintenanceScheduler as CleanupTasks
     from .worker import ActivityWorker
     from .worker import ActivityWorker as ActivityLogWorker

@@ -6,7 +6,7 @@ value made JSON-safe. ``change_items(changes)`` reads a stored ``changes`` value
 ``(field, old, new)`` triples for display (``query --show-changes``, the viewer).
 
 What a producer passes as ``changes`` is normalised on the way in, in
-``record.build_activity`` (so every producer and both stores agree):
+``rows.build_activity`` (so every producer and both stores agree):
 
 * a mapping whose value under a field is a list (or tuple) of exactly two items, the
   seed's ``{"status": [None, "ringing"]}``, becomes ``{"status": {"old": None, "new":
@@ -27,7 +27,8 @@ from typing import Any, Final
 import orjson
 
 from ._internal import reporter
-from .record import _default, sanitize
+from .encoding import default as _default
+from .encoding import sanitize
 
 __all__ = ["change_items", "changes_between", "format_change_value", "format_changes"]
 

@@ -35,7 +35,7 @@ class ActivityType(enum.StrEnum):
 
 
 class Severity(enum.StrEnum):
-    """Stored severities; each maps onto a ``logging`` level (``record.severity_to_level``)."""
+    """Stored severities; each maps onto a ``logging`` level (``levels.severity_to_level``)."""
 
     DEBUG = "debug"
     INFO = "info"

@@ -20,7 +20,7 @@ from ._internal import reporter
 from .constants import DEFAULT_LOGGER_NAME
 from .context import get_context
 from .helpers import _UNSET, emit_activity
-from .record import severity_to_level
+from .levels import severity_to_level
 
 __all__ = ["log_activity"]
 

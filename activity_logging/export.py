@@ -33,9 +33,6 @@ from .schema import COLUMNS
 EXPORT_FORMATS: Final = ("jsonl", "csv")
 DEFAULT_BATCH_SIZE: Final = 5_000
 _JSON_COLUMNS: Final = frozenset({"changes", "metadata"})
-#: ``schema.COLUMNS`` as plain ``str``: orjson refuses a ``str`` subclass (SQLAlchemy's
-#: ``quoted_name``, what a Column's name is) as a key.
-_KEYS: Final = tuple(str(name) for name in COLUMNS)
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,7 +51,7 @@ def _json_default(value: Any) -> str:
 
 def encode_jsonl(rows: Sequence[Sequence[Any]]) -> bytes:
     """Rows in ``schema.COLUMNS`` order → JSON lines (ids and times as strings, UTC)."""
-    cols = _KEYS
+    cols = COLUMNS
     dumps = orjson.dumps
     return b"".join(
         dumps(dict(zip(cols, row, strict=True)), default=_json_default,

@@ -12,7 +12,7 @@ from typing import Any
 
 from pythonjsonlogger.json import JsonFormatter
 
-from .record import activity_from_record
+from .rows import activity_from_record
 
 
 class ActivityJsonFormatter(JsonFormatter):

@@ -27,24 +27,13 @@ from typing import Any, Final
 
 from . import config
 from ._internal import is_refused_logger, reporter
-from .context import current_context
 from .exceptions import ConfigurationError, EntryFormatError
-from .record import (
-    DEFAULT_REDACT_KEYS,
-    MAX_MESSAGE_CHARS,
-    QueuedRecord,
-    Redactor,
-    WireEncoder,
-    exception_text,
-    limit_extras,
-    message_of,
-    snapshot_extras,
-)
-from .sinks import Entry, Sink, make_sink
+from .redact import DEFAULT_REDACT_KEYS, Redactor
+from .sinks import Sink, make_sink
+from .snapshot import QueuedRecord, Snapshotter, queued_size
 from .spool import ReplayResult, Spool, SpoolReplayError
+from .wire import Batch, Entry, WireEncoder
 
-_STANDARD_COUNT: Final = len(vars(logging.LogRecord("n", logging.INFO, "p", 1, "m", None, None)))
-_RECORD_OVERHEAD: Final = 200  # bytes a queued record costs beyond its message and extra (estimate)
 _MAX_ENTRIES_PER_SEND: Final = 8
 _REFUSED_CACHE_LIMIT: Final = 10_000
 
@@ -53,7 +42,6 @@ _COUNTERS: Final = (
     "refused", "listener_errors", "send_failures", "send_timeouts", "reconnects",
     "spooled", "spool_replayed", "spool_adopted", "spool_adopted_damaged", "spool_write_failures",
     "dropped_spool_full", "dropped_unencodable", "lost", "lost_spool_damaged", "unconfirmed",
-    "truncated_at_call", "redacted_at_call",
 )
 # Outcomes of accepted records other than "sent" and "spooled": with the gauges they balance
 # ``enqueued`` (see ``ActivityHandler.stats``).
@@ -61,7 +49,7 @@ _LOSS_OUTCOMES: Final = (
     "dropped_spool_full", "dropped_unencodable", "lost", "lost_spool_damaged", "unconfirmed",
 )
 _FLUSH_THEN_CLOSE_WINDOW: Final = 1.0  # a close this soon after a timed-out flush shares its budget
-_Held = tuple[Entry, int, bool]  # (entry, records, maybe stored)
+_Held = tuple[Batch, int, bool]  # (batch, records, maybe stored)
 
 
 class _ReplayStopped(Exception):
@@ -73,18 +61,6 @@ _FAILED: Final = 1
 _UNCONFIRMED: Final = 2
 
 _live_handlers: weakref.WeakSet[ActivityHandler] = weakref.WeakSet()
-
-
-def _queued_bytes(items: list[QueuedRecord]) -> int:
-    """The byte estimate ``emit`` added for these records (see ``queue_max_bytes``)."""
-    total = _RECORD_OVERHEAD * len(items)
-    for item in items:
-        total += len(item[3])
-        if item[4] is not None:
-            total += len(item[4])
-        if item[5] is not None:
-            total += len(item[5])
-    return total
 
 
 class _BoundedQueueView:
@@ -297,10 +273,9 @@ class ActivityHandler(logging.handlers.QueueHandler):
         self._queue_view = _BoundedQueueView(self)
         self.producer_id = uuid.uuid4().hex[:16]
         self._redactor = Redactor(self.redact_keys)
-        self._extras_limit = self.max_record_bytes - 1024
-        self._encoder = WireEncoder(
-            self.producer_id, max_record_bytes=self.max_record_bytes, redactor=self._redactor
-        )
+        self._snapshot = Snapshotter(max_record_bytes=self.max_record_bytes,
+                                     redactor=self._redactor, context=self.context_filter)
+        self._encoder = WireEncoder(self.producer_id)
         self._sink: Sink = make_sink(self.redis_url, self.stream, self.database_url or "", self.schema,
                                      socket_timeout=self._send_timeout)
         self._spool = (
@@ -351,26 +326,9 @@ class ActivityHandler(logging.handlers.QueueHandler):
                     or self._bytes_in - self._bytes_out >= self.queue_max_bytes):
                 counts["dropped_queue_full"] += 1
                 return
-            msg = record.msg
-            if record.args or type(msg) is not str:
-                msg = message_of(record)
-            elif len(msg) > MAX_MESSAGE_CHARS:
-                msg = msg[:MAX_MESSAGE_CHARS]
-            attrs = record.__dict__
-            ctx = current_context() if self.context_filter else None
-            extras = snapshot_extras(attrs, ctx) if ctx or len(attrs) > _STANDARD_COUNT else None
-            size = _RECORD_OVERHEAD + len(msg)
-            if extras is not None:
-                if len(extras) > self._extras_limit:  # cut now: the queue holds bounded records
-                    extras, redacted = limit_extras(extras, self.max_record_bytes, self._redactor)
-                    counts["truncated_at_call"] += 1
-                    counts["redacted_at_call"] += redacted
-                size += len(extras)
-            exc = exception_text(record) if record.exc_info or record.exc_text else None
-            if exc is not None:
-                size += len(exc)
-            dq.append((record.created, record.levelno, name, msg, extras, exc))
-            self._bytes_in += size
+            item = self._snapshot.take(record)
+            dq.append(item)
+            self._bytes_in += queued_size(item)
             counts["enqueued"] += 1
             if self._waiting and len(dq) >= self._wake_at:
                 self._wake.set()
@@ -463,50 +421,53 @@ class ActivityHandler(logging.handlers.QueueHandler):
             return True
         if len(dq) < self.batch_size and not self._urgent and not self._stop_requested:
             self._linger()
-        entries: list[tuple[Entry, int]] = []
-        while dq and len(entries) < _MAX_ENTRIES_PER_SEND:
-            encoded = self._encode(self._take(self.batch_size))
-            if encoded is not None:
-                entries.append(encoded)
+        batches: list[Batch] = []
+        while dq and len(batches) < _MAX_ENTRIES_PER_SEND:
+            stamped = self._stamp(self._take(self.batch_size))
+            if stamped is not None:
+                batches.append(stamped)
             if len(dq) < self.batch_size:
                 break
-        if not entries:
+        if not batches:
             return True
         now = time.monotonic()
         if self._stop_requested and now >= self._replay_until:
             # closing, and a send started now could outlast the budget: spool, else count
-            self._held.extend((e, n, False) for e, n in entries)
+            self._held.extend((b, b.n, False) for b in batches)
             self._give_up()
             return True
         if self._down_until > now and self._spool is not None:
-            self._to_spool([(e, n, False) for e, n in entries])
+            self._to_spool([(b, b.n, False) for b in batches])
             return True
-        outcome = self._deliver([e for e, _ in entries])
+        outcome = self._deliver(batches)
         if outcome == _SENT:
-            self._account(sum(n for _, n in entries), "sent", batches=len(entries))
+            self._account(sum(b.n for b in batches), "sent", batches=len(batches))
         elif self._spool is not None:  # resent from the spool later: the ids make that safe
-            self._to_spool([(e, n, outcome == _UNCONFIRMED) for e, n in entries])
+            self._to_spool([(b, b.n, outcome == _UNCONFIRMED) for b in batches])
         else:
-            self._held = [(e, n, outcome == _UNCONFIRMED) for e, n in entries]
+            self._held = [(b, b.n, outcome == _UNCONFIRMED) for b in batches]
         return True
 
-    def _encode(self, batch: list[QueuedRecord]) -> tuple[Entry, int] | None:
-        """One entry for ``batch``; records that cannot be encoded are counted, alone."""
+    def _stamp(self, items: list[QueuedRecord]) -> Batch | None:
+        """One batch for ``items``, secrets redacted; records that cannot be stamped are
+        counted, alone."""
         encoder = self._encoder
         before = encoder.unencodable
         try:
-            entry = encoder.encode_batch(batch)
+            for i, raw in self._redactor.redact_extras([item[4] for item in items]).items():
+                created, levelno, name, msg, _, exc = items[i]
+                items[i] = (created, levelno, name, msg, raw, exc)
+            batch = encoder.stamp(items)
         except Exception as exc:  # a bug: never seen, but it must not stop the listener
             self._counts["listener_errors"] += 1
-            self._account(len(batch), "dropped_unencodable")
-            reporter.report("encode", f"could not encode a batch of {len(batch)} records", exc)
+            self._account(len(items), "dropped_unencodable")
+            reporter.report("encode", f"could not stamp a batch of {len(items)} records", exc)
             return None
         dropped = encoder.unencodable - before
         if dropped:
             self._account(dropped, "dropped_unencodable")
             reporter.report("encode", f"{dropped} record(s) could not be encoded and were dropped")
-        n = len(batch) - dropped
-        return (entry, n) if n else None
+        return batch if batch.n else None
 
     def _take(self, limit: int) -> list[QueuedRecord]:
         dq = self._dq
@@ -514,7 +475,7 @@ class ActivityHandler(logging.handlers.QueueHandler):
         n = min(limit, len(dq))
         self._in_flight += n
         items = [popleft() for _ in range(n)]
-        self._bytes_out += _queued_bytes(items)
+        self._bytes_out += sum(map(queued_size, items))
         return items
 
     def _idle_wait(self) -> None:
@@ -538,10 +499,10 @@ class ActivityHandler(logging.handlers.QueueHandler):
         self._wake.clear()
         self._wake.wait(seconds)
 
-    def _deliver(self, entries: list[Entry]) -> int:
-        """Send ``entries``; ``_SENT``, ``_FAILED`` or ``_UNCONFIRMED`` (no answer: maybe stored)."""
+    def _deliver(self, batches: list[Batch]) -> int:
+        """Send ``batches``; ``_SENT``, ``_FAILED`` or ``_UNCONFIRMED`` (no answer: maybe stored)."""
         try:
-            self._sink.send(entries)
+            self._sink.send(batches)
         except Exception as exc:
             unconfirmed = self._unconfirmed(exc)
             self._counts["send_timeouts" if unconfirmed else "send_failures"] += 1
@@ -572,9 +533,9 @@ class ActivityHandler(logging.handlers.QueueHandler):
         closing, is left in hand for ``_give_up`` to count after every other entry was tried."""
         assert self._spool is not None
         failed: list[_Held] = []
-        for i, (entry, n, maybe) in enumerate(entries):
+        for i, (batch, n, maybe) in enumerate(entries):
             try:
-                ok = self._spool.append(entry)
+                ok = self._spool.append(batch.entry())
             except EntryFormatError as exc:  # a frame it can never take (a huge header)
                 reporter.report("spool", "an entry cannot be spooled and was dropped", exc)
                 self._account(n, "dropped_unencodable")
@@ -587,7 +548,7 @@ class ActivityHandler(logging.handlers.QueueHandler):
                     if not self._down_until:
                         self._down_until = time.monotonic() + self._backoff
                     return
-                failed.append((entry, n, maybe))  # closing: a smaller one may still fit
+                failed.append((batch, n, maybe))  # closing: a smaller one may still fit
                 continue
             self._account(n, "spooled" if ok else "dropped_spool_full")
         self._held = failed + self._held
@@ -603,7 +564,7 @@ class ActivityHandler(logging.handlers.QueueHandler):
             if (not closing and self._stop_requested) or (
                     closing and time.monotonic() >= self._replay_until):
                 raise _ReplayStopped
-            sink_send(entries)
+            sink_send([Batch.from_entry(entry, 0) for entry in entries])
 
         try:
             result = self._spool.replay(send, orphans=orphans)
@@ -639,17 +600,16 @@ class ActivityHandler(logging.handlers.QueueHandler):
         never ``lost`` (``verify`` tells which)."""
         items, self._held = self._held, []
         while self._dq:
-            encoded = self._encode(self._take(self.batch_size))
-            if encoded is not None:
-                items.append((encoded[0], encoded[1], False))
+            stamped = self._stamp(self._take(self.batch_size))
+            if stamped is not None:
+                items.append((stamped, stamped.n, False))
         if self._spool is not None and items:
             self._to_spool(items)
             items, self._held = self._held, []  # whatever the spool could not take
-        self._count_undelivered([(e, n) for e, n, maybe in items if maybe], "unconfirmed")
-        self._count_undelivered([(e, n) for e, n, maybe in items if not maybe], "lost")
+        self._count_undelivered(sum(n for _, n, maybe in items if maybe), "unconfirmed")
+        self._count_undelivered(sum(n for _, n, maybe in items if not maybe), "lost")
 
-    def _count_undelivered(self, entries: list[tuple[Entry, int]], outcome: str) -> None:
-        n = sum(k for _, k in entries)
+    def _count_undelivered(self, n: int, outcome: str) -> None:
         if n:
             reporter.report(outcome, f"closing with the sink unreachable: {n} records {outcome}")
             self._account(n, outcome)
@@ -822,14 +782,14 @@ class ActivityHandler(logging.handlers.QueueHandler):
         self._stop_requested = True
         if time.monotonic() < deadline and self._down_until <= time.monotonic():
             while self._dq:
-                encoded = self._encode(self._take(self.batch_size))
-                if encoded is None:
+                stamped = self._stamp(self._take(self.batch_size))
+                if stamped is None:
                     continue
-                outcome = self._deliver([encoded[0]])
+                outcome = self._deliver([stamped])
                 if outcome == _SENT:
-                    self._account(encoded[1], "sent", batches=1)
+                    self._account(stamped.n, "sent", batches=1)
                 else:
-                    self._held.append((encoded[0], encoded[1], outcome == _UNCONFIRMED))
+                    self._held.append((stamped, stamped.n, outcome == _UNCONFIRMED))
                     break
         self._give_up()
 
@@ -855,8 +815,8 @@ class ActivityHandler(logging.handlers.QueueHandler):
         snapshot["queue_size"] = self.queue_size
         snapshot["in_hand"] = self._in_flight
         snapshot["errors"] = snapshot["dropped_emit_error"]  # the name before 0.2
-        snapshot["truncated"] = self._encoder.truncated + snapshot.pop("truncated_at_call")
-        snapshot["redacted"] = self._encoder.redacted + snapshot.pop("redacted_at_call")
+        snapshot["truncated"] = self._snapshot.truncated
+        snapshot["redacted"] = self._redactor.redacted
         snapshot["queue_bytes"] = max(0, self._bytes_in - self._bytes_out)
         snapshot["rejected"] = int(getattr(self._sink, "rejected", 0))
         snapshot["sanitized"] = self._encoder.sanitized

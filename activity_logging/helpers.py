@@ -38,7 +38,8 @@ from typing import Any, Final
 from ._internal import reporter
 from .constants import ACTOR_AGENT, ACTOR_SYSTEM, ACTOR_USER, DEFAULT_LOGGER_NAME
 from .context import CONTEXT_FIELDS
-from .record import RESERVED_EXTRA_KEYS, severity_to_level
+from .levels import severity_to_level
+from .snapshot import RESERVED_EXTRA_KEYS
 
 __all__ = [
     "ActivityLogger",

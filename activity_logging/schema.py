@@ -110,8 +110,9 @@ def make_table(metadata: MetaData, name: str = DEFAULT_TABLE, schema: str | None
 
 activity_logs: Final = make_table(metadata_obj)
 
-#: The columns of ``activity_logs``, in table order.
-COLUMNS: Final[tuple[str, ...]] = tuple(c.name for c in activity_logs.columns)
+#: The columns of ``activity_logs``, in table order, as plain ``str`` (a Column's name is
+#: SQLAlchemy's ``quoted_name``, which orjson refuses as a key).
+COLUMNS: Final[tuple[str, ...]] = tuple(str(c.name) for c in activity_logs.columns)
 
 #: Maximum characters stored per text column (from each column's ``info["max_chars"]``).
 TEXT_LIMITS: Final[Mapping[str, int]] = {

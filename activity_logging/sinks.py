@@ -1,8 +1,10 @@
-"""Where the handler's listener ships encoded entries: a Redis Stream, or a store directly.
+"""Where the handler's listener ships batches: a Redis Stream, or a store directly.
 
-A sink's ``send(entries)`` either delivers every entry or raises; the listener then backs
+A sink's ``send(batches)`` either delivers every batch or raises; the listener then backs
 off, holds or spools, and sends again. Re-sending is safe: each record keeps its id, and the
-stores insert with ``ON CONFLICT (id) DO NOTHING``. Sinks connect lazily, on first send.
+stores insert with ``ON CONFLICT (id) DO NOTHING``. The Redis sink is the edge where records
+are encoded (``Batch.entry``, once per batch); the store sink never encodes: it builds rows
+from the stamped records (``rows.rows_from_batch``). Sinks connect lazily, on first send.
 """
 
 from __future__ import annotations
@@ -15,16 +17,15 @@ from collections.abc import Coroutine
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 from ._internal import reporter
-from .exceptions import EntryFormatError
-from .record import build_activity, decode_entry
 from .urls import is_sqlite
+from .wire import Batch
 
 if TYPE_CHECKING:
     import redis
 
+    from .rows import Row
     from .store import Store
 
-Entry = dict[str, Any]
 _T = TypeVar("_T")
 
 
@@ -39,7 +40,7 @@ class Sink(Protocol):
 
     def prepare(self) -> None: ...
 
-    def send(self, entries: list[Entry]) -> None: ...
+    def send(self, batches: list[Batch]) -> None: ...
 
     def unconfirmed(self, exc: BaseException) -> bool:
         """True when ``send`` failed with ``exc`` after the entries may have been delivered
@@ -52,38 +53,6 @@ class Sink(Protocol):
         ...
 
     def close(self) -> None: ...
-
-
-def entries_to_rows(entries: list[Entry]) -> tuple[list[dict[str, Any]], int]:
-    """Decode entries and build one ``activity_logs`` row per record.
-
-    Returns (rows, rejected): a record that cannot become a row (e.g. a timestamp outside
-    what the database can store) is left out and counted, never allowed to block the others.
-    """
-    rows: list[dict[str, Any]] = []
-    rejected = 0
-    for entry in entries:
-        try:
-            meta, records = decode_entry(entry)
-        except EntryFormatError as exc:
-            rejected += _record_count(entry)
-            reporter.report("reject", "an entry could not be decoded and was dropped", exc)
-            continue
-        for rec in records:
-            try:
-                rows.append(build_activity(rec, meta))
-            except EntryFormatError as exc:
-                rejected += 1
-                reporter.report("reject", "a record could not become a row and was dropped", exc)
-    return rows, rejected
-
-
-def _record_count(entry: Entry) -> int:
-    raw: Any = entry.get("n") or 1
-    try:
-        return max(1, int(raw))
-    except (TypeError, ValueError):
-        return 1
 
 
 class RedisStreamSink:
@@ -120,15 +89,15 @@ class RedisStreamSink:
         """A timeout: the XADD may have been written and executed, only the answer is missing."""
         return isinstance(exc, self._timeout_error | TimeoutError)
 
-    def send(self, entries: list[Entry]) -> None:
+    def send(self, batches: list[Batch]) -> None:
         client = self._connect()
         try:
-            if len(entries) == 1:
-                client.xadd(self.stream, entries[0])  # type: ignore[arg-type]
+            if len(batches) == 1:
+                client.xadd(self.stream, batches[0].entry())  # type: ignore[arg-type]
                 return
             pipe = client.pipeline(transaction=False)
-            for entry in entries:
-                pipe.xadd(self.stream, entry)  # type: ignore[arg-type]
+            for batch in batches:
+                pipe.xadd(self.stream, batch.entry())  # type: ignore[arg-type]
             pipe.execute()
         except Exception:
             self._drop_client()
@@ -201,29 +170,35 @@ class StoreSink:
         A local file costs nothing to open, and opening it early surfaces a bad path at once.
         PostgreSQL connects on the first send (a handler built while it is down works).
         """
-        from .store import make_store
+        # imported now, with SQLAlchemy and the driver, never at a first send during shutdown
+        from . import rows, store
 
-        self._store = make_store(self.url, schema=self.schema, create=self._sqlite)
+        self._rows_from_batch = rows.rows_from_batch
+        self._store_rows = store.store_rows
+        self._store = store.make_store(self.url, schema=self.schema, create=self._sqlite)
         self._loop = _LoopThread(f"activity-store-{id(self):x}")
         if self._sqlite:
             self._loop.run(self._store.connect(), self.timeout)
             self._connected = True
 
-    def send(self, entries: list[Entry]) -> None:
-        from .store import store_rows
-
+    def send(self, batches: list[Batch]) -> None:
         if self._store is None or self._loop is None:
             self.prepare()
         assert self._store is not None
         assert self._loop is not None
-        rows, rejected = entries_to_rows(entries)
+        rows: list[Row] = []
+        rejected = 0
+        for batch in batches:
+            batch_rows, batch_rejected = self._rows_from_batch(batch)
+            rows += batch_rows
+            rejected += batch_rejected
         self._connected_for_send = False
         try:
             if not self._connected:  # failing here is a plain failure: nothing was sent
                 self._loop.run(self._store.connect(), self.timeout)
                 self._connected = True
             self._connected_for_send = True
-            stored = self._loop.run(store_rows(self._store, rows), self.timeout)
+            stored = self._loop.run(self._store_rows(self._store, rows), self.timeout)
         except Exception:
             self._store.abort()  # reconnect on the next send
             self._connected = False

@@ -17,8 +17,9 @@ from typing import TYPE_CHECKING, Any, Final
 import orjson
 
 from .config import DEFAULT_TABLE
-from .db import connect_pg, create_partitions, ensure_partitions, is_partitioned, quote_identifier
+from .db import connect_pg, quote_identifier
 from .exceptions import ConfigurationError
+from .partitions import create_partitions, ensure_partitions, is_partitioned
 from .schema import COLUMNS
 from .urls import asyncpg_dsn, redact_url
 
@@ -176,7 +177,7 @@ class PostgresStore:
             self._known_months |= months
 
     async def insert_activities(self, rows: Sequence[Mapping[str, Any]]) -> int:
-        """Insert ``rows`` (``record.build_activity`` dicts) in one transaction.
+        """Insert ``rows`` (``rows.build_activity`` dicts) in one transaction.
 
         Returns how many rows were newly inserted; the rest were already stored (same id)
         and were skipped. All or nothing: on any error nothing is committed. Raises the

@@ -2,7 +2,7 @@
 
 One stream entry carries a whole batch of records (see docs/entry-format.md). The worker
 reads entries through a consumer group, turns their records into rows, inserts them in
-bulk with ``ON CONFLICT DO NOTHING`` (``db.PostgresStore``), and only after the transaction
+bulk with ``ON CONFLICT DO NOTHING`` (``store.store_rows``), and only after the transaction
 commits acknowledges (``XACK``) and deletes (``XDEL``) the entries. So:
 
 * a crash at any point leaves the entries pending; another worker claims them
@@ -39,6 +39,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import OutOfMemoryError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from ._internal import Backoff, as_text
 from .config import (
     DEFAULT_GROUP,
     DEFAULT_HEARTBEAT_TTL,
@@ -52,12 +53,10 @@ from .config import (
     resolve_stream,
 )
 from .exceptions import ConfigurationError, StoreUnavailableError
-from .record import build_activity, decode_entry
-from .store_pg import PostgresStore, is_data_error
-from .store_sqlite import SQLiteStore
+from .rows import build_activity
+from .store import Store, make_store, store_rows
 from .urls import is_sqlite, redact_url
-
-Store = PostgresStore | SQLiteStore  # the worker's writers: same duck-typed interface
+from .wire import decode_entry
 
 logger: Final = logging.getLogger("activity_logging.worker")
 
@@ -158,10 +157,6 @@ def _reraise_if_cancelled() -> None:
         raise asyncio.CancelledError
 
 
-def _text(value: Any) -> str:
-    return value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
-
-
 class ActivityWorker:
     """Drains activity records from a Redis Stream into PostgreSQL.
 
@@ -247,17 +242,12 @@ class ActivityWorker:
         self.stop_timeout = stop_timeout
         self.counters = WorkerCounters()
         self.on_batch = on_batch
-        store_class: type[PostgresStore] | type[SQLiteStore] = (
-            SQLiteStore if is_sqlite(resolved_db) else PostgresStore
-        )
-        if store_class is SQLiteStore:
+        if is_sqlite(resolved_db):
             writers = 1  # one writer: SQLite serialises writes anyway
-        self.store: Store = store_class(self.database_url, schema=self.schema, table=table)
         # More than one connection lets PostgreSQL commit one batch while the next is copied.
-        self.stores: list[Store] = [self.store] + [
-            store_class(self.database_url, schema=self.schema, table=table)
-            for _ in range(writers - 1)
-        ]
+        self.stores: list[Store] = [make_store(self.database_url, schema=self.schema, table=table)
+                                    for _ in range(writers)]
+        self.store: Store = self.stores[0]
         self._redis: aioredis.Redis | None = None
         self._stopping = asyncio.Event()
         self._forced = asyncio.Event()
@@ -636,14 +626,14 @@ class ActivityWorker:
                 batch.fields.append({})
                 counters.entries_vanished += 1
                 logger.warning("entry %s was deleted from the stream while pending: its records "
-                               "are lost in transit", _text(entry_id))
+                               "are lost in transit", as_text(entry_id))
                 continue
             batch.fields.append(fields)
             try:
                 meta, wires = decode_entry(fields)
             except Exception as exc:
                 # Decoding is a pure function of the bytes: a retry cannot succeed.
-                raw = {_text(k): _text(v) for k, v in fields.items()}
+                raw = {as_text(k): as_text(v) for k, v in fields.items()}
                 batch.rejects.append(
                     _Reject(index, orjson.dumps(raw), f"{type(exc).__name__}: {exc}", 1)
                 )
@@ -687,69 +677,35 @@ class ActivityWorker:
             logger.warning("on_batch hook failed: %s: %s", type(exc).__name__, exc)
 
     async def _store_batch(self, batch: _Batch, store: Store) -> None:
-        backoff = BACKOFF_INITIAL
+        backoff = Backoff(BACKOFF_INITIAL, BACKOFF_MAX)
         while True:
             try:
-                inserted, rejects = await self._insert_isolating(batch, 0, len(batch.rows), store)
+                stored = await store_rows(store, batch.rows, attempts=self.max_attempts)
             except Exception as exc:
                 _reraise_if_cancelled()
                 if isinstance(exc, ConfigurationError):
                     logger.error("%s", exc)
                 self.counters.retried += 1
+                delay = backoff.next()
                 logger.warning(
                     "insert of %d rows failed (%s: %s); retrying in %.1fs, entries stay pending",
-                    len(batch.rows), type(exc).__name__, exc, backoff,
+                    len(batch.rows), type(exc).__name__, exc, delay,
                 )
                 await store.close()
                 # A warm stop still tries to commit the batch in hand, until its deadline.
-                await self._pause(backoff)
-                backoff = min(backoff * 2, BACKOFF_MAX)
+                await self._pause(delay)
                 continue
-            self.counters.inserted += inserted
-            self.counters.duplicates_skipped += len(batch.rows) - inserted - len(rejects)
-            batch.rejects.extend(rejects)
+            self.counters.inserted += stored.inserted
+            self.counters.duplicates_skipped += stored.duplicates
+            for refused in stored.rejected:
+                row = batch.rows[refused.index]
+                logger.error("record %s rejected %d times (%s): dead-lettering it",
+                             row["id"], refused.attempts, refused.error)
+                ref = batch.refs[refused.index]
+                batch.rejects.append(_Reject(
+                    ref[0], self._wire_record(batch, ref),
+                    f"{type(refused.error).__name__}: {refused.error}", refused.attempts))
             return
-
-    async def _insert_isolating(
-        self, batch: _Batch, lo: int, hi: int, store: Store | None = None
-    ) -> tuple[int, list[_Reject]]:
-        """Insert ``batch.rows[lo:hi]``; on a data error split in halves to isolate bad rows.
-
-        Returns (rows inserted, rejected rows). Transient errors propagate so the caller
-        retries the whole batch (what was committed meanwhile is skipped by ON CONFLICT).
-        """
-        if lo >= hi:
-            return 0, []
-        rows = batch.rows
-        store = store or self.store
-        try:
-            return await store.insert_activities(rows[lo:hi]), []
-        except Exception as exc:
-            if not is_data_error(exc):
-                raise
-            error = exc
-        if hi - lo > 1:
-            mid = (lo + hi) // 2
-            left, left_rejects = await self._insert_isolating(batch, lo, mid, store)
-            right, right_rejects = await self._insert_isolating(batch, mid, hi, store)
-            return left + right, left_rejects + right_rejects
-        attempts = 1
-        while attempts < self.max_attempts:
-            attempts += 1
-            await asyncio.sleep(0.05 * attempts)
-            try:
-                return await store.insert_activities(rows[lo:hi]), []
-            except Exception as exc:
-                if not is_data_error(exc):
-                    raise
-                error = exc
-        row = rows[lo]
-        logger.error(
-            "record %s rejected %d times (%s): dead-lettering it", row["id"], attempts, error
-        )
-        ref = batch.refs[lo]
-        return 0, [_Reject(ref[0], self._wire_record(batch, ref),
-                           f"{type(error).__name__}: {error}", attempts)]
 
     @staticmethod
     def _wire_record(batch: _Batch, ref: tuple[int, int]) -> bytes:
@@ -809,7 +765,7 @@ class ActivityWorker:
         """Run ``action`` until it succeeds (True), retrying unreachable-service errors with
         backoff. A stop ends the retries (False), unless ``past_stop``: work that a warm stop
         still finishes, retried until the stop deadline cancels it."""
-        backoff = BACKOFF_INITIAL
+        backoff = Backoff(BACKOFF_INITIAL, BACKOFF_MAX)
         while True:
             if self._stopping.is_set() and not past_stop:
                 logger.info("stop requested: no longer trying to %s", what)
@@ -820,12 +776,12 @@ class ActivityWorker:
             except (*_REDIS_TRANSIENT, StoreUnavailableError) as exc:
                 _reraise_if_cancelled()
                 self.counters.retried += 1
-                logger.warning("could not %s (%s); retrying in %.1fs", what, exc, backoff)
+                delay = backoff.next()
+                logger.warning("could not %s (%s); retrying in %.1fs", what, exc, delay)
                 if past_stop:
-                    await self._pause(backoff)
+                    await self._pause(delay)
                 else:
-                    await self._sleep(backoff)
-                backoff = min(backoff * 2, BACKOFF_MAX)
+                    await self._sleep(delay)
 
     # --- heartbeat -------------------------------------------------------------------------
 
@@ -859,7 +815,7 @@ class ActivityWorker:
     async def _update_lag(self) -> None:
         for info in await self._r.xinfo_groups(self.stream):
             name = info.get("name")
-            if _text(name) == self.group:
+            if as_text(name) == self.group:
                 lag = info.get("lag")
                 self.counters.lag = int(lag) if lag is not None else None
                 self.counters.pending = int(info.get("pending", 0))
@@ -868,10 +824,7 @@ class ActivityWorker:
 
 async def _bounded_close(store: Store) -> None:
     """Close ``store`` within ``SETTLE_TIMEOUT`` s, else abort its connection; never raises."""
-    conn = getattr(store, "conn", None)
     try:
         await asyncio.wait_for(store.close(), SETTLE_TIMEOUT)
     except Exception:
-        if conn is not None:
-            with contextlib.suppress(Exception):
-                conn.terminate()
+        store.abort()

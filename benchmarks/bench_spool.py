@@ -25,7 +25,7 @@ import orjson
 
 import activity_logging
 from activity_logging import spool as current
-from activity_logging.record import WireEncoder
+from activity_logging.wire import WireEncoder
 
 
 def load_baseline(rev: str) -> types.ModuleType:

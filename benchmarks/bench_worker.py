@@ -31,14 +31,14 @@ import redis
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from activity_logging import db, record
+from activity_logging import db, schema, snapshot, wire
 from activity_logging.worker import ActivityWorker, tune_gc_for_draining
 
 PG_URL = os.environ.get("TEST_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/test")
 REDIS_URL = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
 
 
-def sample_queued(i: int = 0) -> record.QueuedRecord:
+def sample_queued(i: int = 0) -> snapshot.QueuedRecord:
     """A realistic record: 8 extra fields, a changes dict, an IP."""
     rec = logging.LogRecord("activity", logging.INFO, __file__, 1, "call_created", None, None)
     rec.__dict__.update(
@@ -46,18 +46,18 @@ def sample_queued(i: int = 0) -> record.QueuedRecord:
         changes={"status": {"old": None, "new": "ringing"}}, ip_address="10.1.2.3", request_id=f"req-{i}",
         campaign="spring",
     )
-    return record.queued_from_record(rec)
+    return snapshot.queued_from_record(rec)
 
 
 def make_rows(n: int) -> list[dict[str, Any]]:
-    enc = record.WireEncoder("bench")
+    enc = wire.WireEncoder("bench")
     rows: list[dict[str, Any]] = []
     chunk = 1000
     for start in range(0, n, chunk):
-        meta, wires = record.decode_entry(
+        meta, wires = wire.decode_entry(
             enc.encode_batch([sample_queued(i) for i in range(start, min(n, start + chunk))])
         )
-        rows.extend(record.build_activity(w, meta) for w in wires)
+        rows.extend(rows.build_activity(w, meta) for w in wires)
     return rows
 
 
@@ -80,7 +80,7 @@ async def drop_schema(name: str) -> None:
 
 # --- insert strategies ------------------------------------------------------------------------
 
-COLS = ", ".join(f'"{c}"' for c in record.ACTIVITY_COLUMNS)
+COLS = ", ".join(f'"{c}"' for c in schema.COLUMNS)
 
 
 async def strategy_store(schema: str, batches: list[list[dict[str, Any]]]) -> None:
@@ -115,11 +115,11 @@ async def strategy_unnest(schema: str, batches: list[list[dict[str, Any]]]) -> N
         "WHERE attrelid = 'activity_logs'::regclass AND attnum > 0 AND NOT attisdropped"
     )
     kinds = {r["attname"]: r["t"] for r in types}
-    params = ", ".join(f"${i + 1}::{kinds[c]}[]" for i, c in enumerate(record.ACTIVITY_COLUMNS))
+    params = ", ".join(f"${i + 1}::{kinds[c]}[]" for i, c in enumerate(schema.COLUMNS))
     sql = f"INSERT INTO activity_logs ({COLS}) SELECT * FROM unnest({params}) ON CONFLICT DO NOTHING"
     try:
         for rows in batches:
-            columns = [[r[c] for r in rows] for c in record.ACTIVITY_COLUMNS]
+            columns = [[r[c] for r in rows] for c in schema.COLUMNS]
             await conn.execute(sql, *columns)
     finally:
         await conn.close()
@@ -129,7 +129,7 @@ async def strategy_executemany(schema: str, batches: list[list[dict[str, Any]]])
     """asyncpg executemany of a single-row INSERT ... ON CONFLICT DO NOTHING, one transaction per batch."""
     conn = await db.connect_pg(PG_URL, schema=schema)
     await db.set_fast_codecs(conn)
-    params = ", ".join(f"${i + 1}" for i in range(len(record.ACTIVITY_COLUMNS)))
+    params = ", ".join(f"${i + 1}" for i in range(len(schema.COLUMNS)))
     sql = f"INSERT INTO activity_logs ({COLS}) VALUES ({params}) ON CONFLICT DO NOTHING"
     try:
         for rows in batches:
@@ -203,7 +203,7 @@ async def bench_inserts(n: int, batch: int, repeat: int) -> None:
 
 def fill_stream(client: redis.Redis, stream: str, records: int, per_entry: int) -> int:
     """XADD ``records`` records in entries of ``per_entry``; returns the number of entries."""
-    enc = record.WireEncoder("bench-producer")
+    enc = wire.WireEncoder("bench-producer")
     items = [sample_queued(i) for i in range(min(per_entry, 1000))]
     entries = 0
     pipe = client.pipeline(transaction=False)

@@ -9,7 +9,7 @@ from typing import Any
 from starlette.exceptions import StarletteDeprecationWarning
 
 from activity_logging.context import ContextFilter
-from activity_logging.record import activity_from_record
+from activity_logging.rows import activity_from_record
 
 with warnings.catch_warnings():
     # Starlette 1.x wants httpx2 for its TestClient; httpx is what this project ships with.

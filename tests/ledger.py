@@ -19,7 +19,8 @@ from typing import Any
 import redis
 
 from activity_logging import db
-from activity_logging.record import build_activity, decode_entry
+from activity_logging.rows import build_activity
+from activity_logging.wire import decode_entry
 
 
 @dataclass

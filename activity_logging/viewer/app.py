@@ -42,7 +42,7 @@ from ..config import DEFAULT_SQLITE_URL, resolve_database_url, resolve_schema
 from ..crud import ActivitySummary, Order
 from ..exceptions import ConfigurationError, StoreUnavailableError
 from ..export import EXPORT_FORMATS
-from ..record import SEVERITIES
+from ..levels import SEVERITIES
 from . import present, svg
 from .security import AuthorizeMiddleware, SecurityHeadersMiddleware, check_authorize
 from .store import DEFAULT_STATEMENT_TIMEOUT, ViewerStore, sqlite_file

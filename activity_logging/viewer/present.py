@@ -18,7 +18,7 @@ import orjson
 from ..cli_ops import parse_when
 from ..crud import ActivityFilter
 from ..exceptions import ConfigurationError
-from ..record import SEVERITIES
+from ..levels import SEVERITIES
 
 #: Query parameters a listing understands (the names of ``ActivityFilter`` and the CLI flags).
 FILTER_PARAMS: Final = (

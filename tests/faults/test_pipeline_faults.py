@@ -48,7 +48,7 @@ import orjson
 import pytest
 import redis
 
-from activity_logging import db, record, spool
+from activity_logging import db, snapshot, spool, wire
 from activity_logging.config import DEFAULT_GROUP, dead_stream_for, heartbeat_key
 from tests.faults.test_handler_lifecycle import PRELUDE, ROOT
 from tests.faults.test_worker_faults import Workers, distinct_rows, wait_for
@@ -573,12 +573,12 @@ def injected_entries(tag: str) -> tuple[dict[str, Any], dict[str, Any], dict[str
     """(a good entry of 20 records ``<tag>-x-0..19``; an entry whose ``d`` is not JSON; an
     entry of 3 records, ``<tag>-x-20`` with a timestamp no database column can hold, and two
     good ones; how many records they offer)."""
-    encoder = record.WireEncoder("injector-00000001")
+    encoder = wire.WireEncoder("injector-00000001")
 
-    def queued(n: int) -> record.QueuedRecord:
+    def queued(n: int) -> snapshot.QueuedRecord:
         rec = logging.LogRecord("activity", logging.INFO, __file__, 1, "injected", None, None)
         rec.__dict__.update(actor_id="injector", target_type="call", target_id=f"{tag}-x-{n}")
-        return record.queued_from_record(rec)
+        return snapshot.queued_from_record(rec)
 
     good = dict(encoder.encode_batch([queued(n) for n in range(20)]))
     undecodable = {"v": "1", "n": "1", "p": "injector-00000001", "h": "fault", "pid": "1",

@@ -22,9 +22,10 @@ from typing import Any
 
 import pytest
 
-from activity_logging.record import build_activity, decode_entry
+from activity_logging.rows import build_activity
 from activity_logging.spool import DAMAGED_DIR, ReplayResult, Spool
 from activity_logging.spool_frames import encode_frame
+from activity_logging.wire import decode_entry
 from tests.ledger import ledger_of
 
 pytestmark = pytest.mark.fault
@@ -34,7 +35,7 @@ ROOT = Path(__file__).resolve().parents[2]
 CHILD_PRELUDE = textwrap.dedent("""
     import json, os, resource, signal, sys, time
     import orjson
-    from activity_logging.record import WireEncoder
+    from activity_logging.wire import WireEncoder
     from activity_logging.spool import Spool
 
     directory, tag = sys.argv[1], sys.argv[2]

@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 import redis
 
-from activity_logging import db, record
+from activity_logging import db, snapshot, wire
 from tests.integration.test_worker_pg import counts
 from tests.servers import TcpProxy
 from tests.services import address_of, url_via
@@ -29,11 +29,11 @@ ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 
 
 def fill(redis_url: str, stream: str, entries: int, per_entry: int) -> int:
-    enc = record.WireEncoder("fault-producer")
+    enc = wire.WireEncoder("fault-producer")
     rec = logging.LogRecord("activity", logging.INFO, __file__, 1, "call_created", None, None)
     rec.__dict__.update(actor_id="a", target_type="call", changes={"s": [None, "r"]},
                         ip_address="10.0.0.1")
-    item = record.queued_from_record(rec)
+    item = snapshot.queued_from_record(rec)
     client = redis.Redis.from_url(redis_url)
     pipe = client.pipeline(transaction=False)
     for _ in range(entries):
@@ -169,7 +169,7 @@ def test_sigterm_finishes_commits_and_acknowledges_the_batch_in_hand(
     client = redis.Redis.from_url(redis_url)
     assert client.xpending(workers.stream, "activity_log_workers")["pending"] == 0
     # Warm stop: what it held is stored; what it never read is still in the stream.
-    remaining = sum(len(record.decode_entry(f)[1]) for _, f in client.xrange(workers.stream))
+    remaining = sum(len(wire.decode_entry(f)[1]) for _, f in client.xrange(workers.stream))
     rows, distinct = distinct_rows(pg_url, pg_schema)
     assert rows == distinct and rows + remaining == n
     assert rows > 1000

@@ -24,7 +24,7 @@ import asyncpg
 import pytest
 import redis
 
-from activity_logging import db, record
+from activity_logging import db, snapshot, wire
 from activity_logging.cli_worker import EXIT_COLD_STOP_BASE
 from activity_logging.config import heartbeat_key
 from tests.faults.test_worker_faults import Workers, wait_for
@@ -42,7 +42,7 @@ class Offer:
 
     def __init__(self, redis_url: str, stream: str, tag: str) -> None:
         self.redis_url, self.stream, self.tag = redis_url, stream, tag
-        self.encoder = record.WireEncoder(f"{tag}-producer")
+        self.encoder = wire.WireEncoder(f"{tag}-producer")
         self.offered = 0
 
     def entries(self, entries: int, per_entry: int = 20) -> None:
@@ -57,7 +57,7 @@ class Offer:
                     rec.__dict__.update(actor_id="a", target_type="call",
                                         target_id=f"{self.tag}-{self.offered}")
                     self.offered += 1
-                    items.append(record.queued_from_record(rec))
+                    items.append(snapshot.queued_from_record(rec))
                 entry: Any = self.encoder.encode_batch(items)  # redis-py types its fields narrowly
                 pipe.xadd(self.stream, entry)
             pipe.execute()

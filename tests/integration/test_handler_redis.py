@@ -12,7 +12,8 @@ import pytest
 import redis
 
 from activity_logging.handler import ActivityHandler
-from activity_logging.record import build_activity, decode_entry
+from activity_logging.rows import build_activity
+from activity_logging.wire import decode_entry
 
 pytestmark = pytest.mark.integration
 

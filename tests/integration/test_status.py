@@ -18,8 +18,9 @@ import redis
 from activity_logging.cli import main
 from activity_logging.config import DEFAULT_HEARTBEAT_TTL, dead_stream_for, heartbeat_key
 from activity_logging.db import create_async_engine_for
-from activity_logging.record import WireEncoder, queued_from_record
+from activity_logging.snapshot import queued_from_record
 from activity_logging.status import gather_status, recent_sequence_gaps, render_status
+from activity_logging.wire import WireEncoder
 from tests.integration.test_crud_support import make_rows, seed
 from tests.servers import private_redis
 

@@ -13,7 +13,7 @@ import orjson
 import pytest
 import redis
 
-from activity_logging import db, record, store_pg
+from activity_logging import db, partitions, rows, snapshot, store_pg, wire
 from activity_logging.config import dead_stream_for, heartbeat_key
 from activity_logging.exceptions import StoreUnavailableError
 from activity_logging.worker import ActivityWorker
@@ -21,17 +21,17 @@ from activity_logging.worker import ActivityWorker
 pytestmark = [pytest.mark.integration, pytest.mark.anyio]
 
 
-def queued(i: int, **extra: Any) -> record.QueuedRecord:
+def queued(i: int, **extra: Any) -> snapshot.QueuedRecord:
     rec = logging.LogRecord("activity", logging.INFO, __file__, 1, "call_created", None, None)
     rec.created = 1_790_000_000.123456 + i  # fixed, so the stored timestamp can be checked
     rec.__dict__.update({"actor_id": f"agent-{i}", "target_type": "call", "target_id": f"c{i}",
                          "changes": {"status": [None, "ringing"], "n": i},
                          "ip_address": "2001:db8::1" if i % 2 else "10.0.0.7", **extra})
-    return record.queued_from_record(rec)
+    return snapshot.queued_from_record(rec)
 
 
-def entries(count: int, per_entry: int, encoder: record.WireEncoder | None = None) -> list[dict[str, Any]]:
-    enc = encoder or record.WireEncoder("test-producer")
+def entries(count: int, per_entry: int, encoder: wire.WireEncoder | None = None) -> list[dict[str, Any]]:
+    enc = encoder or wire.WireEncoder("test-producer")
     return [enc.encode_batch([queued(e * per_entry + j) for j in range(per_entry)])
             for e in range(count)]
 
@@ -171,12 +171,12 @@ async def test_poison_record_is_isolated_and_dead_lettered(
 ) -> None:
     await db.init_db(pg_url, schema=pg_schema)
     good = entries(5, 40)
-    enc = record.WireEncoder("poison-producer")
+    enc = wire.WireEncoder("poison-producer")
     mixed = enc.encode_batch([queued(1000 + i) for i in range(10)])
-    wire = orjson.loads(mixed["d"])
-    wire[4]["seq"] = 2**63  # valid JSON, valid row for build_activity, rejected by bigint
-    poison_id = wire[4]["id"]
-    mixed["d"] = orjson.dumps(wire)
+    records = orjson.loads(mixed["d"])
+    records[4]["seq"] = 2**63  # valid JSON, valid row for build_activity, rejected by bigint
+    poison_id = records[4]["id"]
+    mixed["d"] = orjson.dumps(records)
     xadd_all(redis_url, redis_stream, [*good[:2], mixed, *good[2:],
                                        {"v": "99", "n": "1", "d": b"[]"}])
     worker = worker_for(redis_url, pg_url, redis_stream, pg_schema, writers=2)
@@ -242,7 +242,7 @@ async def test_vanished_group_is_recreated(
     try:
         await wait_until(lambda: worker.stats()["acked"] >= 3)
         client.xgroup_destroy(redis_stream, "activity_log_workers")  # as after a restart
-        xadd_all(redis_url, redis_stream, entries(3, 10, record.WireEncoder("second")))
+        xadd_all(redis_url, redis_stream, entries(3, 10, wire.WireEncoder("second")))
         await wait_until(lambda: worker.stats()["acked"] >= 6)
     finally:
         worker.request_stop()
@@ -278,26 +278,26 @@ async def test_partitioned_table_takes_rows_from_any_month(
     await db.init_db(pg_url, schema=pg_schema, partitioned=True, months_ahead=2)
     conn = await db.connect_pg(pg_url, schema=pg_schema)
     try:
-        assert await db.is_partitioned(conn)
+        assert await partitions.is_partitioned(conn)
         now = datetime.now(UTC)
         names = {r["relname"] for r in await conn.fetch(
             "SELECT c.relname FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid "
             "WHERE i.inhparent = 'activity_logs'::regclass")}
-        assert db.partition_name("activity_logs", now.year, now.month) in names
+        assert partitions.partition_name("activity_logs", now.year, now.month) in names
         assert len(names) == 3
-        assert await db.ensure_partitions(conn, months_ahead=2) == []  # idempotent
-        later = await db.ensure_partitions(conn, months_ahead=4)
+        assert await partitions.ensure_partitions(conn, months_ahead=2) == []  # idempotent
+        later = await partitions.ensure_partitions(conn, months_ahead=4)
         assert len(later) == 2
     finally:
         await conn.close()
     store = store_pg.PostgresStore(pg_url, schema=pg_schema)
     await store.connect()
     try:
-        rows = [record.build_activity(w, m) for m, ws in
-                [record.decode_entry(e) for e in entries(1, 3)] for w in ws]
-        rows[0]["timestamp"] = datetime(2019, 12, 31, 23, 59, tzinfo=UTC)  # a long-gone month
-        assert await store.insert_activities(rows) == 3
-        assert await store.insert_activities(rows) == 0
+        built = [rows.build_activity(w, m) for m, ws in
+                 [wire.decode_entry(e) for e in entries(1, 3)] for w in ws]
+        built[0]["timestamp"] = datetime(2019, 12, 31, 23, 59, tzinfo=UTC)  # a long-gone month
+        assert await store.insert_activities(built) == 3
+        assert await store.insert_activities(built) == 0
     finally:
         await store.close()
     await db.init_db(pg_url, schema=pg_schema, partitioned=True)  # re-running is harmless
@@ -356,7 +356,7 @@ async def test_worker_fills_a_partitioned_table_creating_past_months(
     conn = await db.connect_pg(pg_url, schema=pg_schema)
     try:
         month = datetime.fromtimestamp(1_790_000_000, UTC)
-        name = db.partition_name("activity_logs", month.year, month.month)
+        name = partitions.partition_name("activity_logs", month.year, month.month)
         assert await conn.fetchval("SELECT count(*) FROM " + name) == 100
     finally:
         await conn.close()

@@ -22,7 +22,7 @@ from pydantic import BaseModel
 import activity_logging
 from activity_logging import ActivityHandler, changes_between
 from activity_logging.changes import change_items, format_changes
-from activity_logging.record import activity_from_record, build_activity
+from activity_logging.rows import activity_from_record, build_activity
 
 
 class Status(enum.Enum):

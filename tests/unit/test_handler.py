@@ -15,8 +15,9 @@ import pytest
 
 from activity_logging.exceptions import ConfigurationError
 from activity_logging.handler import ActivityHandler
-from activity_logging.record import build_activity, decode_entry
-from activity_logging.sinks import Entry, RedisStreamSink
+from activity_logging.rows import build_activity
+from activity_logging.sinks import RedisStreamSink
+from activity_logging.wire import Batch, Entry, decode_entry
 
 
 class RecordingSink:
@@ -33,11 +34,11 @@ class RecordingSink:
     def prepare(self) -> None:
         pass
 
-    def send(self, entries: list[Entry]) -> None:
+    def send(self, entries: list[Batch]) -> None:
         self.gate.wait(10)
         if self.fail:
             raise ConnectionError("sink down")
-        self.entries.extend(entries)
+        self.entries.extend(batch.entry() for batch in entries)
 
     def close(self) -> None:
         self.closed = True
@@ -476,7 +477,7 @@ def test_flush_then_close_share_one_close_timeout(logger: logging.Logger) -> Non
 
 def test_a_send_that_timed_out_is_unconfirmed_not_lost(logger: logging.Logger) -> None:
     class Hanging(RecordingSink):
-        def send(self, entries: list[Entry]) -> None:
+        def send(self, entries: list[Batch]) -> None:
             raise TimeoutError("no answer")  # like a blackholed network: the XADD may have run
 
         def unconfirmed(self, exc: BaseException) -> bool:
@@ -551,7 +552,7 @@ def test_close_against_a_slow_sink_spools_what_it_cannot_send_in_time(
     """Redis answers, but slowly: close must not return with records still queued or in a
     send that outlives it (they died uncounted at exit); they are spooled instead."""
     class Slow(RecordingSink):
-        def send(self, entries: list[Entry]) -> None:
+        def send(self, entries: list[Batch]) -> None:
             threading.Event().wait(0.2)
             super().send(entries)
 
@@ -571,10 +572,10 @@ def test_a_record_emitted_while_close_runs_is_shipped_not_stranded(
 ) -> None:
     """A caller past the closed check, preempted inside emit, while close() runs to the end:
     close waits for it (the handler lock) and ships its record."""
-    import activity_logging.handler as handler_module
+    import activity_logging.snapshot as snapshot_module
 
     entered = threading.Event()
-    real = handler_module.current_context
+    real = snapshot_module.current_context
 
     def slow_context() -> Any:
         if threading.current_thread().name == "late-caller":
@@ -583,7 +584,7 @@ def test_a_record_emitted_while_close_runs_is_shipped_not_stranded(
         return real()
 
     handler, sink = attach(logger)
-    monkeypatch.setattr(handler_module, "current_context", slow_context)
+    monkeypatch.setattr(snapshot_module, "current_context", slow_context)
     caller = threading.Thread(target=logger.info, args=("late",), name="late-caller")
     caller.start()
     assert entered.wait(5)

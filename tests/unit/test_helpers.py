@@ -27,7 +27,7 @@ from activity_logging import (
     log_system_event,
     log_user_activity,
 )
-from activity_logging.record import RESERVED_EXTRA_KEYS
+from activity_logging.snapshot import RESERVED_EXTRA_KEYS
 from tests.capture import Capture, TestClient
 
 

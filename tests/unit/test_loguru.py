@@ -16,8 +16,11 @@ import pytest
 from loguru import logger
 
 from activity_logging import activity_context
-from activity_logging.record import ACTIVITY_COLUMNS, snapshot_extras
+from activity_logging.schema import COLUMNS as ACTIVITY_COLUMNS
+from activity_logging.snapshot import Snapshotter
 from tests.sqlite_rows import Store
+
+snapshot_extras = Snapshotter().extras
 
 # The sink options docs/web.md shows: a callable format is not followed by loguru's
 # "\n{exception}", so the message stays the activity type.
@@ -139,7 +142,7 @@ def test_no_changes_is_stored_as_no_value(store: Store, changes: Any) -> None:
     assert row["changes_sql_type"] == "null"  # SQL NULL, not the JSON text 'null' or '{}'
 
 
-# --- snapshot_extras: the mapping itself -------------------------------------------------
+# --- Snapshotter.extras: the mapping itself -------------------------------------------------
 
 
 def _record_attrs(**extra: Any) -> dict[str, Any]:

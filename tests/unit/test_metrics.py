@@ -274,7 +274,8 @@ async def test_the_drain_observes_one_batch_latency_per_batch(
     import redis.asyncio as aioredis
 
     from activity_logging import db
-    from activity_logging.record import WireEncoder, queued_from_record
+    from activity_logging.snapshot import queued_from_record
+    from activity_logging.wire import WireEncoder
 
     server = fakeredis.FakeServer()
     monkeypatch.setattr(aioredis.Redis, "from_url",
@@ -307,7 +308,8 @@ async def test_a_failing_batch_hook_never_stops_the_drain(
     import redis.asyncio as aioredis
 
     from activity_logging import db
-    from activity_logging.record import WireEncoder, queued_from_record
+    from activity_logging.snapshot import queued_from_record
+    from activity_logging.wire import WireEncoder
 
     server = fakeredis.FakeServer()
     monkeypatch.setattr(aioredis.Redis, "from_url",

@@ -12,21 +12,12 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from activity_logging.encoding import MAX_VALUE_BYTES
 from activity_logging.exceptions import EntryFormatError
-from activity_logging.record import (
-    MAX_RECORD_BYTES,
-    MAX_VALUE_BYTES,
-    REDACTED,
-    IdFactory,
-    Redactor,
-    WireEncoder,
-    activity_from_record,
-    build_activity,
-    decode_entry,
-    level_to_severity,
-    queued_from_record,
-    severity_to_level,
-)
+from activity_logging.levels import level_to_severity, severity_to_level
+from activity_logging.rows import activity_from_record, build_activity
+from activity_logging.snapshot import MAX_RECORD_BYTES, Snapshotter, queued_from_record
+from activity_logging.wire import IdFactory, WireEncoder, decode_entry
 
 
 def make_record(msg: str = "call_created", level: int = logging.INFO, args: Any = None, /,
@@ -35,9 +26,11 @@ def make_record(msg: str = "call_created", level: int = logging.INFO, args: Any 
     return logger.makeRecord("activity", level, __file__, 1, msg, args, None, extra=extra)
 
 
-def roundtrip(*records: logging.LogRecord, encoder: WireEncoder | None = None) -> list[dict[str, Any]]:
+def roundtrip(*records: logging.LogRecord, encoder: WireEncoder | None = None,
+              snap: Snapshotter | None = None) -> list[dict[str, Any]]:
     enc = encoder or WireEncoder("producer-1")
-    entry = enc.encode_batch([queued_from_record(r) for r in records])
+    take = snap.take if snap is not None else queued_from_record
+    entry = enc.encode_batch([take(r) for r in records])
     meta, wire = decode_entry(entry)
     return [build_activity(w, meta) for w in wire]
 
@@ -142,29 +135,12 @@ def test_oversized_container_is_cut_with_a_marker() -> None:
 
 
 def test_oversized_record_is_truncated_and_counted() -> None:
-    enc = WireEncoder("p", max_record_bytes=4096)
+    snap = Snapshotter(max_record_bytes=4096, context=False)
     rec = make_record(actor_id="a1", **{f"k{i}": "v" * 1000 for i in range(20)})
-    (row,) = roundtrip(rec, encoder=enc)
-    assert enc.truncated == 1
+    (row,) = roundtrip(rec, snap=snap)
+    assert snap.truncated == 1
     assert row["actor_id"] == "a1"
     assert row["metadata"]["_truncated"]["original_bytes"] > 4096
-
-
-def test_secrets_are_redacted_at_any_depth_and_counted() -> None:
-    enc = WireEncoder("p")
-    rec = make_record(password="hunter2", changes={"user": {"api_key": "k", "name": "n"}},
-                      Authorization="Bearer x")
-    (row,) = roundtrip(rec, encoder=enc)
-    assert row["metadata"]["password"] == REDACTED
-    assert row["metadata"]["Authorization"] == REDACTED
-    assert row["changes"] == {"user": {"api_key": REDACTED, "name": "n"}}
-    assert enc.redacted == 3
-
-
-def test_redaction_can_be_configured_off() -> None:
-    enc = WireEncoder("p", redactor=Redactor(""))
-    (row,) = roundtrip(make_record(password="p"), encoder=enc)
-    assert row["metadata"]["password"] == "p"
 
 
 def test_invalid_ip_is_kept_in_metadata_not_the_inet_column() -> None:

@@ -30,7 +30,7 @@ from starlette.routing import Mount
 
 from activity_logging.crud import activity_log_crud
 from activity_logging.exceptions import ConfigurationError
-from activity_logging.record import ACTIVITY_COLUMNS
+from activity_logging.schema import COLUMNS as ACTIVITY_COLUMNS
 from activity_logging.viewer import TokenAuthorizer, create_viewer_app
 from activity_logging.viewer.app import environment
 from activity_logging.viewer.present import normalize_changes, parse_filters

@@ -8,7 +8,7 @@ from typing import Any
 import orjson
 import pytest
 
-from activity_logging import record
+from activity_logging import snapshot, wire
 from activity_logging.exceptions import ConfigurationError
 from activity_logging.worker import ActivityWorker, _Batch
 
@@ -48,7 +48,7 @@ def test_environment_supplies_urls_and_dead_stream_follows_stream(
 
 def _entry(n: int, producer: str = "p") -> dict[str, Any]:
     rec = logging.LogRecord("a", logging.INFO, "p", 1, "call_created", None, None)
-    return record.WireEncoder(producer).encode_batch([record.queued_from_record(rec)] * n)
+    return wire.WireEncoder(producer).encode_batch([snapshot.queued_from_record(rec)] * n)
 
 
 def test_entries_are_decoded_and_bad_ones_set_aside() -> None:
@@ -68,53 +68,49 @@ def test_entries_are_decoded_and_bad_ones_set_aside() -> None:
 
 
 class FakeStore:
-    """Stores rows by id; rejects (like a data error) any row whose actor_id is 'poison'."""
+    """Stores rows by id; refuses (like a data error) any row whose actor_id is 'poison'."""
 
     def __init__(self) -> None:
         self.rows: dict[Any, dict[str, Any]] = {}
-        self.calls = 0
 
     async def insert_activities(self, rows: list[dict[str, Any]]) -> int:
-        self.calls += 1
         if any(r["actor_id"] == "poison" for r in rows):
             raise OverflowError("value out of int64 range")
         new = [r for r in rows if r["id"] not in self.rows]
         self.rows.update((r["id"], r) for r in new)
         return len(new)
 
+    def is_data_error(self, exc: BaseException) -> bool:
+        return isinstance(exc, OverflowError)
+
+    async def ensure_partitions(self, months_ahead: int = 3) -> list[str]:
+        return []
+
+    async def close(self) -> None:
+        pass
+
+    def abort(self) -> None:
+        pass
+
 
 @pytest.mark.anyio
 @pytest.mark.parametrize("poison_at", [[], [0], [17], [5, 6, 63], list(range(0, 64, 9))])
-async def test_poison_records_are_isolated_and_the_rest_stored(poison_at: list[int]) -> None:
+async def test_refused_records_are_dead_lettered_as_sent_and_the_rest_stored(
+    poison_at: list[int],
+) -> None:
     worker = make_worker(max_attempts=3)
     store = FakeStore()
-    worker.store = store  # type: ignore[assignment]
     batch = _Batch()
     worker._add_entries(batch, [(f"{i}-0".encode(), _entry(16, f"p{i}")) for i in range(4)])
     for index in poison_at:
         batch.rows[index]["actor_id"] = "poison"
-    inserted, rejects = await worker._insert_isolating(batch, 0, len(batch.rows))
-    assert inserted == 64 - len(poison_at) == len(store.rows)
-    assert all(r.attempts == 3 and "OverflowError" in r.error for r in rejects)
+    await worker._store_batch(batch, store)
+    assert worker.stats()["inserted"] == 64 - len(poison_at) == len(store.rows)
+    assert all(r.attempts == 3 and "OverflowError" in r.error for r in batch.rejects)
     # The dead-lettered records are the poisoned ones, as the producer sent them.
-    assert sorted(orjson.loads(r.record)["id"] for r in rejects) == sorted(
+    assert sorted(orjson.loads(r.record)["id"] for r in batch.rejects) == sorted(
         str(batch.rows[i]["id"]) for i in poison_at)
-    assert all(r.entry == batch.refs[i][0] for r, i in zip(rejects, poison_at, strict=True))
-
-
-@pytest.mark.anyio
-async def test_a_database_error_is_not_mistaken_for_a_bad_record() -> None:
-    worker = make_worker()
-
-    class DownStore:
-        async def insert_activities(self, rows: list[dict[str, Any]]) -> int:
-            raise ConnectionResetError("server closed the connection")
-
-    worker.store = DownStore()  # type: ignore[assignment]
-    batch = _Batch()
-    worker._add_entries(batch, [(b"1-0", _entry(8))])
-    with pytest.raises(ConnectionResetError):
-        await worker._insert_isolating(batch, 0, len(batch.rows))
+    assert all(r.entry == batch.refs[i][0] for r, i in zip(batch.rejects, poison_at, strict=True))
 
 
 def test_worker_command_refuses_bad_settings_with_exit_2(monkeypatch: pytest.MonkeyPatch) -> None:

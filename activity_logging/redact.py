@@ -1,0 +1,186 @@
+"""Secrets out of the record: values under secret-looking keys become ``[REDACTED]``.
+
+Runs in the handler's listener on each batch of snapshotted extras (``redact_extras``),
+before they are stamped, so the Redis path and the embedded one store the same. A record
+is decided on its own bytes: a cheap scan finds the records whose extras mention a secret
+word anywhere, and only those are decoded and walked key by key; so the result never
+depends on what else shares its batch. Keys are matched, at any depth, as case-insensitive
+substrings (``"token"`` matches ``"access_token"``). What this does not cover (free text
+in messages) is listed in docs/security.md.
+"""
+
+from __future__ import annotations
+
+import datetime
+import decimal
+import uuid
+from bisect import bisect_right
+from collections.abc import Iterable, Sequence
+from typing import Any, Final
+
+import orjson
+
+_SECRET_WORDS: Final = (
+    "password", "passwd", "secret", "token", "api_key", "apikey", "api-key", "authorization",
+    "cookie", "private_key", "credit_card", "card_number", "cvv",
+)
+DEFAULT_REDACT_KEYS: Final = ",".join(_SECRET_WORDS)
+REDACTED: Final = "[REDACTED]"
+#: Deeper structures are not walked: the encoded bytes are checked instead (``Snapshotter``).
+MAX_DEPTH: Final = 32
+_CACHE_LIMIT: Final = 10_000
+#: Values that orjson encodes as scalars: no keys can hide in them.
+_SCALARS: Final = frozenset({
+    str, int, float, bool, type(None), bytes, datetime.datetime, datetime.date, datetime.time,
+    uuid.UUID, decimal.Decimal,
+})
+
+
+class Redactor:
+    """Finds and replaces the values of secret keys in decoded or not-yet-encoded extras.
+
+    ``keys``: comma-separated words, or an iterable of them. Thread-safe (its only state is
+    a cache of key verdicts, where a race costs a recomputation).
+    """
+
+    def __init__(self, keys: str | Iterable[str] = DEFAULT_REDACT_KEYS) -> None:
+        words = [k.strip().lower() for k in (keys.split(",") if isinstance(keys, str) else keys)]
+        self.words: tuple[str, ...] = tuple(w for w in words if w)
+        self._cache: dict[Any, bool] = {}
+        # keys known not to be secret: a record whose keys are all in it is checked in C
+        self._clean: set[Any] = set()
+        self._needles: tuple[bytes, ...] = tuple(w.encode() for w in self.words)
+        self.redacted = 0
+
+    def secret_key(self, key: Any) -> bool:
+        """True when ``key`` names a secret (cached per key)."""
+        found = self._cache.get(key)
+        if found is None:
+            lowered = str(key).lower()
+            found = any(w in lowered for w in self.words)
+            if len(self._cache) < _CACHE_LIMIT:
+                self._cache[key] = found
+                if not found:
+                    self._clean.add(key)
+        return found
+
+    def find(self, obj: dict[Any, Any], depth: int = 0) -> bool | None:
+        """Does ``obj`` hold a secret key with a value? True, False, or None: cannot tell.
+
+        None when it holds an object whose encoding may contain keys (a dataclass, a
+        Mapping that is not a dict, anything orjson or its fallback turns into a mapping),
+        or is nested past ``MAX_DEPTH``: the caller then checks the decoded JSON instead.
+        The common case, known keys and scalar values, is two checks done in C.
+        """
+        if not self.words:
+            return False
+        if depth > MAX_DEPTH:
+            return None
+        if not obj.keys() <= self._clean:
+            for key, value in obj.items():
+                if value is not None and key not in self._clean and self.secret_key(key):
+                    return True
+        if _SCALARS.issuperset(map(type, obj.values())):
+            return False
+        unsure = False
+        for value in obj.values():
+            kind = type(value)
+            if kind in _SCALARS:
+                continue
+            if kind is dict:
+                found = self.find(value, depth + 1)
+            elif kind is list or kind is tuple:
+                found = self._find_in(value, depth + 1)
+            else:
+                found = None
+            if found:
+                return True
+            unsure = unsure or found is None
+        return None if unsure else False
+
+    def _find_in(self, items: list[Any] | tuple[Any, ...], depth: int) -> bool | None:
+        if depth > MAX_DEPTH:
+            return None
+        if _SCALARS.issuperset(map(type, items)):
+            return False
+        unsure = False
+        for value in items:
+            kind = type(value)
+            if kind in _SCALARS:
+                continue
+            if kind is dict:
+                found = self.find(value, depth)
+            elif kind is list or kind is tuple:
+                found = self._find_in(value, depth + 1)
+            else:
+                found = None
+            if found:
+                return True
+            unsure = unsure or found is None
+        return None if unsure else False
+
+    def redact(self, obj: Any) -> tuple[Any, int]:
+        """A copy of ``obj`` with secret values replaced, and how many were replaced.
+
+        Walks dicts and lists (and tuples, as lists); other values are returned as they are.
+        """
+        if isinstance(obj, dict):
+            out: dict[Any, Any] = {}
+            count = 0
+            for key, value in obj.items():
+                if value is not None and self.secret_key(key):
+                    out[key] = REDACTED
+                    count += 1
+                else:
+                    out[key], n = self.redact(value)
+                    count += n
+            return out, count
+        if isinstance(obj, list | tuple):
+            items = [self.redact(v) for v in obj]
+            return [v for v, _ in items], sum(n for _, n in items)
+        return obj, 0
+
+    def mentions(self, raw: bytes) -> bool:
+        """True when JSON bytes mention a secret word anywhere (false positives allowed;
+        no false negatives for keys: a key holding the word holds its bytes)."""
+        low = raw.lower()
+        return any(word in low for word in self._needles)
+
+    def redact_extras(self, extras: Sequence[bytes | None]) -> dict[int, bytes]:
+        """The extras (JSON bytes, one per record) that had secrets, redacted, by position.
+
+        One lower-cased copy of the batch is searched once per secret word; a record hit
+        anywhere is decoded and checked key by key, and re-encoded only if it had a secret
+        key with a value. Counts the values replaced in ``redacted``. Never raises: bytes that
+        do not decode are left as they are (they were made by orjson, so this cannot happen).
+        """
+        if not self._needles:
+            return {}
+        offsets: list[int] = []
+        pos = 0
+        for raw in extras:
+            offsets.append(pos)
+            pos += (len(raw) if raw is not None else 0) + 1
+        low = b"\x00".join(raw or b"" for raw in extras).lower()
+        hit: set[int] = set()
+        for word in self._needles:
+            i = low.find(word)
+            while i != -1:
+                index = bisect_right(offsets, i) - 1
+                hit.add(index)
+                i = low.find(word, offsets[index + 1] if index + 1 < len(offsets) else len(low))
+        out: dict[int, bytes] = {}
+        for index in hit:
+            raw = extras[index]
+            if raw is None:
+                continue
+            try:
+                decoded = orjson.loads(raw)
+            except orjson.JSONDecodeError:
+                continue
+            if isinstance(decoded, dict) and self.find(decoded) is not False:
+                redacted, count = self.redact(decoded)
+                if count:
+                    self.redacted += count
+                    out[index] = orjson.dumps(redacted)
+        return out

@@ -1,0 +1,92 @@
+"""Redaction: secret keys at any depth, decided per record whatever shares its batch."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import orjson
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from activity_logging.redact import REDACTED, Redactor
+from activity_logging.snapshot import Snapshotter
+
+
+def extras_of(**extra: Any) -> bytes:
+    record = logging.getLogger("activity").makeRecord(
+        "activity", logging.INFO, __file__, 1, "m", None, None, extra=extra)
+    raw = Snapshotter(context=False).take(record)[4]
+    assert raw is not None
+    return raw
+
+
+def redacted(redactor: Redactor, *raws: bytes) -> list[Any]:
+    fixes = redactor.redact_extras(list(raws))
+    return [orjson.loads(fixes.get(i, raw)) for i, raw in enumerate(raws)]
+
+
+def test_secrets_are_redacted_at_any_depth_and_counted() -> None:
+    redactor = Redactor()
+    raw = extras_of(password="hunter2", changes={"user": {"api_key": "k", "name": "n"}},
+                    Authorization="Bearer x", headers=[{"cookie": "c"}], who=None)
+    (out,) = redacted(redactor, raw)
+    assert out["password"] == out["Authorization"] == REDACTED
+    assert out["changes"] == {"user": {"api_key": REDACTED, "name": "n"}}
+    assert out["headers"] == [{"cookie": REDACTED}]
+    assert redactor.redacted == 4
+
+
+def test_a_secret_word_in_a_value_alone_changes_nothing() -> None:
+    redactor = Redactor()
+    raw = extras_of(description="user asked for a password reset")
+    assert redactor.redact_extras([raw]) == {}
+    assert redactor.redacted == 0
+
+
+def test_keys_with_quotes_are_redacted_alone_and_in_company() -> None:
+    """A key holding an escaped quote was redacted or not depending on the batch."""
+    odd = extras_of(**{'password"': "p1", 'my "token" here': "t1"})
+    plain = extras_of(actor_id="a1")
+    secret = extras_of(secret="s")
+    for batch in ([odd], [plain, odd], [secret, odd, plain]):
+        out = redacted(Redactor(), *batch)[batch.index(odd)]
+        assert out == {'password"': REDACTED, 'my "token" here': REDACTED}
+
+
+def test_redaction_can_be_configured_off() -> None:
+    redactor = Redactor("")
+    raw = extras_of(password="p")
+    assert redactor.redact_extras([raw]) == {}
+
+
+def test_none_values_and_missing_extras_are_left_alone() -> None:
+    redactor = Redactor()
+    raw = extras_of(token=None)
+    assert redactor.redact_extras([None, raw, None]) == {}
+
+
+_keys = st.sampled_from(["password", "Password", "my_token", "name", "actor_id", 'x"y', "cvv",
+                         "ok", "Authorization", "card_number_2", "note"])
+_values: st.SearchStrategy[Any] = st.recursive(
+    st.none() | st.booleans() | st.integers(-(2**63), 2**63 - 1) | st.text(max_size=20)
+    | st.sampled_from(["password", "token here", '"secret": 1']),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(_keys, inner, max_size=3),
+    max_leaves=12,
+)
+_extras = st.dictionaries(_keys, _values, min_size=1, max_size=5)
+
+
+@settings(max_examples=150, deadline=None)
+@given(_extras, st.lists(_extras, max_size=4), st.integers(min_value=0, max_value=4))
+def test_a_record_is_redacted_the_same_whatever_else_is_in_its_batch(
+    extra: dict[str, Any], others: list[dict[str, Any]], at: int
+) -> None:
+    mine = orjson.dumps(extra)
+    batch = [orjson.dumps(o) for o in others]
+    at = min(at, len(batch))
+    batch.insert(at, mine)
+    alone = redacted(Redactor(), mine)[0]
+    assert redacted(Redactor(), *batch)[at] == alone
+    expected, _ = Redactor().redact(extra)
+    assert alone == expected  # and it is exactly the key-by-key walk
