@@ -115,12 +115,16 @@ def run(args: argparse.Namespace) -> int:
         log.removeHandler(handler)
         handler.close()
     try:
-        total, by_type, by_sev, latest = asyncio.run(_summary(url, args.latest))
+        summary = asyncio.run(_summary(url, args.latest))
     except Exception as exc:
         return _cannot_read(url, exc)
-
     print(f"Logged {logged} activities through ActivityHandler -> {url}")
     print(f"Handler: sent={stats['sent']} dropped={stats['dropped_queue_full']} lost={stats['lost']}")
+    _print_summary(*summary)
+    return EXIT_OK if stats["sent"] == logged else EXIT_FAILED
+
+
+def _print_summary(total: int, by_type: list[Any], by_sev: list[Any], latest: list[Any]) -> None:
     print(f"Rows now in activity_logs: {total}\n")
     print("By activity type:")
     for name, n in by_type:
@@ -134,7 +138,6 @@ def run(args: argparse.Namespace) -> int:
     for ts, sev, kind, actor, target, ip, desc in latest:
         print(f"  {ts.strftime('%Y-%m-%d %H:%M:%S.%f')[:-3]:<25}{sev:<9}{kind:<22}{actor or '':<12}"
               f"{target or '':<12}{ip or '':<13}{(desc or '')[:50]}")
-    return EXIT_OK if stats["sent"] == logged else EXIT_FAILED
 
 
 async def _summary(url: str, latest: int) -> tuple[int, list[Any], list[Any], list[Any]]:
