@@ -423,9 +423,9 @@ class ActivityHandler(logging.handlers.QueueHandler):
             self._linger()
         batches: list[Batch] = []
         while dq and len(batches) < _MAX_ENTRIES_PER_SEND:
-            stamped = self._stamp(self._take(self.batch_size))
-            if stamped is not None:
-                batches.append(stamped)
+            made = self._batch(self._take(self.batch_size))
+            if made is not None:
+                batches.append(made)
             if len(dq) < self.batch_size:
                 break
         if not batches:
@@ -448,16 +448,15 @@ class ActivityHandler(logging.handlers.QueueHandler):
             self._held = [(b, b.n, outcome == _UNCONFIRMED) for b in batches]
         return True
 
-    def _stamp(self, items: list[QueuedRecord]) -> Batch | None:
-        """One batch for ``items``, secrets redacted; records that cannot be stamped are
+    def _batch(self, items: list[QueuedRecord]) -> Batch | None:
+        """One batch for ``items``, secrets redacted; records that cannot be encoded are
         counted, alone."""
         encoder = self._encoder
         before = encoder.unencodable
         try:
-            for i, raw in self._redactor.redact_extras([item[4] for item in items]).items():
-                created, levelno, name, msg, _, exc = items[i]
-                items[i] = (created, levelno, name, msg, raw, exc)
-            batch = encoder.stamp(items)
+            for i, body in self._redactor.redact_records(items).items():
+                items[i] = body
+            batch = encoder.batch(items)
         except Exception as exc:  # a bug: never seen, but it must not stop the listener
             self._counts["listener_errors"] += 1
             self._account(len(items), "dropped_unencodable")
@@ -600,9 +599,9 @@ class ActivityHandler(logging.handlers.QueueHandler):
         never ``lost`` (``verify`` tells which)."""
         items, self._held = self._held, []
         while self._dq:
-            stamped = self._stamp(self._take(self.batch_size))
-            if stamped is not None:
-                items.append((stamped, stamped.n, False))
+            made = self._batch(self._take(self.batch_size))
+            if made is not None:
+                items.append((made, made.n, False))
         if self._spool is not None and items:
             self._to_spool(items)
             items, self._held = self._held, []  # whatever the spool could not take
@@ -782,14 +781,14 @@ class ActivityHandler(logging.handlers.QueueHandler):
         self._stop_requested = True
         if time.monotonic() < deadline and self._down_until <= time.monotonic():
             while self._dq:
-                stamped = self._stamp(self._take(self.batch_size))
-                if stamped is None:
+                made = self._batch(self._take(self.batch_size))
+                if made is None:
                     continue
-                outcome = self._deliver([stamped])
+                outcome = self._deliver([made])
                 if outcome == _SENT:
-                    self._account(stamped.n, "sent", batches=1)
+                    self._account(made.n, "sent", batches=1)
                 else:
-                    self._held.append((stamped, stamped.n, outcome == _UNCONFIRMED))
+                    self._held.append((made, made.n, outcome == _UNCONFIRMED))
                     break
         self._give_up()
 
@@ -819,7 +818,7 @@ class ActivityHandler(logging.handlers.QueueHandler):
         snapshot["redacted"] = self._redactor.redacted
         snapshot["queue_bytes"] = max(0, self._bytes_in - self._bytes_out)
         snapshot["rejected"] = int(getattr(self._sink, "rejected", 0))
-        snapshot["sanitized"] = self._encoder.sanitized
+        snapshot["sanitized"] = self._snapshot.sanitized
         spool = self._spool
         snapshot["spool_bytes"] = spool.size_bytes if spool is not None else 0
         snapshot["spool_pending"] = spool.pending_records if spool is not None else 0

@@ -1,7 +1,7 @@
 """Secrets out of the record: values under secret-looking keys become ``[REDACTED]``.
 
-Runs in the handler's listener on each batch of snapshotted extras (``redact_extras``),
-before they are stamped, so the Redis path and the embedded one store the same. A record
+Runs in the handler's listener on each batch of snapshotted records (``redact_records``),
+before they are batched, so the Redis path and the embedded one store the same. A record
 is decided on its own bytes: a cheap scan finds the records whose extras mention a secret
 word anywhere, and only those are decoded and walked key by key; so the result never
 depends on what else shares its batch. Keys are matched, at any depth, as case-insensitive
@@ -36,6 +36,26 @@ _SCALARS: Final = frozenset({
 })
 
 
+def search_terms(words: Sequence[str], shortest: int = 3) -> list[str]:
+    """Few substrings such that every word contains one: what the byte scan looks for.
+
+    Each search is a pass over the batch, so fewer is faster: greedily the substring (at
+    least ``shortest`` characters, else the whole word) shared by the most words not yet
+    covered, the longest on a tie. The defaults' 13 words need 8 (``key`` covers
+    ``api_key``, ``apikey``, ``api-key`` and ``private_key``). A shorter term finds more
+    records that merely mention it; those are decoded and walked, never redacted wrongly.
+    """
+    left = list(dict.fromkeys(words))
+    terms: list[str] = []
+    while left:
+        candidates = {w[i:j] for w in left for i in range(len(w))
+                      for j in range(i + min(shortest, len(w)), len(w) + 1)}
+        best = max(sorted(candidates), key=lambda c: (sum(c in w for w in left), len(c)))
+        terms.append(best)
+        left = [w for w in left if best not in w]
+    return terms
+
+
 class Redactor:
     """Finds and replaces the values of secret keys in decoded or not-yet-encoded extras.
 
@@ -49,7 +69,7 @@ class Redactor:
         self._cache: dict[Any, bool] = {}
         # keys known not to be secret: a record whose keys are all in it is checked in C
         self._clean: set[Any] = set()
-        self._needles: tuple[bytes, ...] = tuple(w.encode() for w in self.words)
+        self._needles: tuple[bytes, ...] = tuple(n.encode() for n in search_terms(self.words))
         self.redacted = 0
 
     def secret_key(self, key: Any) -> bool:
@@ -146,22 +166,24 @@ class Redactor:
         low = raw.lower()
         return any(word in low for word in self._needles)
 
-    def redact_extras(self, extras: Sequence[bytes | None]) -> dict[int, bytes]:
-        """The extras (JSON bytes, one per record) that had secrets, redacted, by position.
+    def redact_records(self, bodies: Sequence[bytes]) -> dict[int, bytes]:
+        """The record bodies (JSON objects, extras under ``x``) that held secrets, redacted,
+        by position.
 
-        One lower-cased copy of the batch is searched once per secret word; a record hit
-        anywhere is decoded and checked key by key, and re-encoded only if it had a secret
-        key with a value. Counts the values replaced in ``redacted``. Never raises: bytes that
-        do not decode are left as they are (they were made by orjson, so this cannot happen).
+        One lower-cased copy of the batch is searched once per search term
+        (``search_terms``); a record hit anywhere is decoded and its extras checked key by
+        key, and it is re-encoded only if they had a secret key with a value. Counts the
+        values replaced in ``redacted``. Never raises: bytes that do not decode are left as
+        they are (they were made by orjson, so this does not happen).
         """
         if not self._needles:
             return {}
         offsets: list[int] = []
         pos = 0
-        for raw in extras:
+        for body in bodies:
             offsets.append(pos)
-            pos += (len(raw) if raw is not None else 0) + 1
-        low = b"\x00".join(raw or b"" for raw in extras).lower()
+            pos += len(body) + 1
+        low = b"\x00".join(bodies).lower()
         hit: set[int] = set()
         for word in self._needles:
             i = low.find(word)
@@ -171,16 +193,14 @@ class Redactor:
                 i = low.find(word, offsets[index + 1] if index + 1 < len(offsets) else len(low))
         out: dict[int, bytes] = {}
         for index in hit:
-            raw = extras[index]
-            if raw is None:
-                continue
             try:
-                decoded = orjson.loads(raw)
+                decoded = orjson.loads(bodies[index])
             except orjson.JSONDecodeError:
                 continue
-            if isinstance(decoded, dict) and self.find(decoded) is not False:
-                redacted, count = self.redact(decoded)
+            extras = decoded.get("x") if isinstance(decoded, dict) else None
+            if isinstance(extras, dict) and self.find(extras) is not False:
+                decoded["x"], count = self.redact(extras)
                 if count:
                     self.redacted += count
-                    out[index] = orjson.dumps(redacted)
+                    out[index] = orjson.dumps(decoded)
         return out

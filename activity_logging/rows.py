@@ -1,8 +1,8 @@
 """Rows of ``activity_logs``: the one builder, from a wire record, used by every writer.
 
 The worker builds rows from the records it decoded from stream entries; the handler's
-direct mode from the wire records of a ``wire.Batch`` it stamped, decoding only each
-record's extras (no entry is encoded at all on that path). Either way ``build_activity``
+direct mode from the records of a ``wire.Batch`` it made, each decoded once (no entry
+is made at all on that path). Either way ``build_activity``
 maps a record onto the columns (``schema.COLUMNS``), bounding, cleaning and normalising:
 this module is where a value from a producer becomes a stored value. Pure: no I/O.
 """
@@ -96,9 +96,7 @@ def _entry_columns(meta: Mapping[str, Any]) -> _EntryColumns:
     return columns
 
 
-def build_activity(
-    wire: Mapping[str, Any], meta: Mapping[str, Any], extras: dict[str, Any] | None = None
-) -> dict[str, Any]:
+def build_activity(wire: Mapping[str, Any], meta: Mapping[str, Any]) -> dict[str, Any]:
     """Map one wire record (plus its entry's metadata) onto the columns of ``activity_logs``.
 
     The worker's hot path (measured in benchmarks/bench_worker.py): per-entry values are
@@ -107,9 +105,7 @@ def build_activity(
     "maybe", so hand-made metadata is always cleaned). ``changes`` is normalised to the one
     shape, ``{"field": {"old": ..., "new": ...}}`` (``[old, new]`` pairs rewritten, a scalar
     wrapped as ``{"value": ...}``, empty as None; rules in ``changes.py``). Does not modify
-    ``wire``; ``extras``, when given, is the record's decoded ``x`` and is consumed (the
-    embedded path passes the snapshot it decoded). Raises ``EntryFormatError`` when the
-    record lacks its id or timestamp.
+    ``wire``. Raises ``EntryFormatError`` when the record lacks its id or timestamp.
     """
     try:
         record_id = uuid.UUID(wire["id"])
@@ -124,9 +120,8 @@ def build_activity(
     if not -32768 <= level <= 32767:
         level = max(-32768, min(32767, level))
     msg = _text(wire.get("msg"), _DESCRIPTION_LIMIT, nul) or ""
-    if extras is None:
-        x = wire.get("x")
-        extras = x.copy() if type(x) is dict else {}
+    x = wire.get("x")
+    extras: dict[str, Any] = x.copy() if type(x) is dict else {}
     pop = extras.pop
     activity_type = pop("activity_type", None)
     description = pop("description", None)
@@ -194,32 +189,22 @@ def build_activity(
 def rows_from_batch(batch: Batch) -> tuple[list[Row], int]:
     """The rows of a batch, and how many records could not become rows (each reported).
 
-    A stamped batch is read from its wire records (each record's extras decoded once); a
-    batch read back from the spool is decoded from its entry.
+    A batch the listener made is read record by record (each decoded once, no entry made); a batch
+    read back from the spool is decoded from its entry.
     """
-    if batch.wires is None or batch.raws is None:
+    if batch.records is None:
         return rows_from_entries([batch.entry()])
-    meta = dict(batch.header())
-    meta["_nul"] = _has_nul(batch)
+    meta = batch.header()
+    meta["_nul"] = any(b"\\u0000" in record for record in batch.records)
     rows: list[Row] = []
     rejected = 0
-    for wire, raw in zip(batch.wires, batch.raws, strict=True):
+    for record in batch.records:
         try:
-            extras = orjson.loads(raw) if raw is not None else {}
-            rows.append(build_activity(wire, meta, extras if type(extras) is dict else {}))
+            rows.append(build_activity(orjson.loads(record), meta))
         except (EntryFormatError, orjson.JSONDecodeError) as exc:
             rejected += 1
             reporter.report("reject", "a record could not become a row and was dropped", exc)
     return rows, rejected
-
-
-def _has_nul(batch: Batch) -> bool:
-    """Whether any text of the batch holds a NUL (escaped, in the extras bytes)."""
-    assert batch.wires is not None
-    assert batch.raws is not None
-    return (any(raw is not None and b"\\u0000" in raw for raw in batch.raws)
-            or any("\x00" in wire["msg"] or "\x00" in wire["lg"] or "\x00" in wire.get("exc", "")
-                   for wire in batch.wires))
 
 
 def rows_from_entries(entries: Sequence[Entry]) -> tuple[list[Row], int]:
@@ -260,14 +245,13 @@ def activity_from_record(
     """The row a handler with default settings would store for ``record`` (``seq`` its number).
 
     The formatter's and the tests' way to see a row without a store; the same snapshot,
-    stamp and build as the pipeline.
+    batch and build as the pipeline.
     """
-    from .snapshot import queued_from_record
+    from .snapshot import Snapshotter
     from .wire import WireEncoder
 
-    encoder = WireEncoder(producer_id)
-    encoder.seq = seq - 1 if seq > 0 else 0
-    rows, _ = rows_from_batch(encoder.stamp([queued_from_record(record)]))
+    taken = Snapshotter(context=False, seq=max(0, seq - 1)).take(record)
+    rows, _ = rows_from_batch(WireEncoder(producer_id).batch([taken]))
     if not rows:
         raise EntryFormatError("the record cannot become a row")
     return rows[0]

@@ -4,7 +4,7 @@ A sink's ``send(batches)`` either delivers every batch or raises; the listener t
 off, holds or spools, and sends again. Re-sending is safe: each record keeps its id, and the
 stores insert with ``ON CONFLICT (id) DO NOTHING``. The Redis sink is the edge where records
 are encoded (``Batch.entry``, once per batch); the store sink never encodes: it builds rows
-from the stamped records (``rows.rows_from_batch``). Sinks connect lazily, on first send.
+from the batch's records (``rows.rows_from_batch``). Sinks connect lazily, on first send.
 """
 
 from __future__ import annotations

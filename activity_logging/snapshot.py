@@ -1,11 +1,14 @@
 """The caller's side: a ``LogRecord`` snapshotted into the tuple the listener ships.
 
 Runs in the application's thread, inside ``ActivityHandler.emit``, so it is kept small:
-the message formatted only when it has arguments, the keys of ``extra`` (plus the request
-context) encoded at once by orjson so a dict mutated after the call cannot change the audit
-record, secrets redacted and oversized extras cut before they are queued. Pure: no I/O.
-The bytes made here are the ones that travel: the listener wraps them unchanged
-(``orjson.Fragment``) into the stream entry, and the embedded path decodes them once.
+the message formatted only when it has arguments, and the record (its id, time, level,
+logger, message, the keys of ``extra`` plus the request context, the exception text)
+encoded at once by orjson, in one call, so a dict mutated after the call cannot change the audit
+record; oversized extras are cut before they are queued. Pure: no I/O.
+Each record gets its id and producer sequence number here too, in queue order (``emit``
+runs under the handler's lock). The bytes made here are the ones that travel: the
+listener joins a batch of them into one stream entry, and the embedded path decodes each
+record once to build its row.
 """
 
 from __future__ import annotations
@@ -19,7 +22,8 @@ import orjson
 
 from .config import HANDLER_TUNABLES
 from .context import current_context
-from .encoding import MAX_VALUE_BYTES, MAX_VALUE_CHARS, dumps
+from .encoding import MAX_VALUE_BYTES, MAX_VALUE_CHARS, OPTS, default, dumps, sanitize
+from .ids import IdFactory
 from .redact import Redactor
 
 #: Attributes every ``LogRecord`` has; anything else on a record came from ``extra`` or a filter.
@@ -38,8 +42,12 @@ MAX_RECORD_BYTES: Final = int(HANDLER_TUNABLES["max_record_bytes"][1])  # the ha
 #: ``queue_max_bytes``).
 RECORD_OVERHEAD: Final = 200
 
-#: What the caller enqueues: (created, levelno, logger name, message, extras as JSON, exception text).
-QueuedRecord = tuple[float, int, str, str, bytes | None, str | None]
+#: What the caller enqueues: the record's JSON object as docs/entry-format.md defines it,
+#: id and ``seq`` included. ``b""`` marks a record that cannot be encoded (its ``created``
+#: is NaN or infinite): it takes no sequence number, and the listener counts it and leaves
+#: it out.
+QueuedRecord = bytes
+UNENCODABLE: Final = b""
 
 #: Extras keys kept when a record must be cut to its activity fields.
 _KEPT_WHEN_TRUNCATED: Final = frozenset({
@@ -52,18 +60,25 @@ class Snapshotter:
     """Makes the ``QueuedRecord`` of a ``LogRecord``: the one snapshot function.
 
     ``ActivityHandler.emit`` calls ``take`` for every record, and tests build records the
-    same way (``queued_from_record``). Counts the extras it cut to ``max_record_bytes`` in
-    ``truncated`` (and the secrets those held in the redactor's ``redacted``). Not thread-safe
-    on its own: the handler calls it under its lock (``logging.Handler.handle``).
+    same way (``queued_from_record``). It gives each record its id (made from the record's
+    own ``created``, ``ids.IdFactory``) and its producer sequence number (``seq``, the last
+    one given; the first record gets ``seq + 1``), in the order the records are queued.
+    Counts the extras it cut to ``max_record_bytes`` in
+    ``truncated`` (and the secrets those held in the redactor's ``redacted``) and the records
+    holding a value orjson refused, encoded from a sanitised copy, in ``sanitized``. Not
+    thread-safe on its own: the handler calls it under its lock (``logging.Handler.handle``).
     """
 
     def __init__(self, *, max_record_bytes: int = MAX_RECORD_BYTES,
-                 redactor: Redactor | None = None, context: bool = True) -> None:
+                 redactor: Redactor | None = None, context: bool = True, seq: int = 0) -> None:
         self.max_record_bytes = max_record_bytes
         self.extras_limit = max_record_bytes - 1024
         self.redactor = redactor if redactor is not None else Redactor()
         self.context = context
+        self.ids = IdFactory()
+        self.seq = seq
         self.truncated = 0
+        self.sanitized = 0
 
     def take(self, record: logging.LogRecord) -> QueuedRecord:
         """Snapshot ``record`` now. Never raises for any value the record holds."""
@@ -72,20 +87,51 @@ class Snapshotter:
             msg = message_of(record)
         elif len(msg) > MAX_MESSAGE_CHARS:
             msg = msg[:MAX_MESSAGE_CHARS]
+        try:
+            ts_us = int(record.created * 1_000_000)
+        except (ValueError, OverflowError, TypeError):  # NaN, an infinity, not a number
+            return UNENCODABLE
+        self.seq = seq = self.seq + 1
+        body: dict[str, Any] = {"id": self.ids.make(ts_us, seq), "ts": ts_us, "lv": record.levelno,
+                                "lg": record.name, "msg": msg, "seq": seq}
         attrs = record.__dict__
         ctx = current_context() if self.context else None
-        extras = self.extras(attrs, ctx) if ctx or len(attrs) > STANDARD_COUNT else None
-        exc = exception_text(record) if record.exc_info or record.exc_text else None
-        return (record.created, record.levelno, record.name, msg, extras, exc)
+        if ctx or len(attrs) > STANDARD_COUNT:
+            extras = self.extras(attrs, ctx)
+            if extras is not None:
+                body["x"] = extras
+        if record.exc_info or record.exc_text:
+            exc = exception_text(record)
+            if exc is not None:
+                body["exc"] = exc
+        try:
+            encoded = orjson.dumps(body, default=default)
+        except Exception:  # a value orjson refuses (a lone surrogate, a huge int, a cycle)
+            self.sanitized += 1
+            encoded = orjson.dumps(sanitize(body), default=default, option=OPTS)
+        if len(encoded) > self.extras_limit and "x" in body:  # cut now: the queue holds bounded records
+            encoded = self._cut(body, encoded)
+        return encoded
 
-    def extras(self, attrs: dict[str, Any], context: Mapping[str, Any] | None = None) -> bytes | None:
-        """The non-standard attributes of a record (its ``extra``) as JSON bytes, or None.
+    def _cut(self, body: dict[str, Any], encoded: bytes) -> bytes:
+        """``encoded`` again with its extras cut to ``max_record_bytes`` when they are too big
+        (a long message or exception text is bounded on its own, not here)."""
+        raw = dumps(body["x"])
+        if len(raw) <= self.extras_limit:
+            return encoded
+        self.truncated += 1
+        body["x"] = orjson.Fragment(limit_extras(raw, self.max_record_bytes, self.redactor))
+        return dumps(body)
+
+    def extras(self, attrs: dict[str, Any], context: Mapping[str, Any] | None = None
+               ) -> dict[str, Any] | None:
+        """The non-standard attributes of a record (its ``extra``), or None when there are none.
 
         ``LogRecord.__init__`` sets the standard attributes first and ``makeRecord`` adds
         ``extra`` after them, so only the tail of ``__dict__`` is taken. An attribute named
         ``extra`` holding a dict is unpacked (``unpack_nested_extra``: loguru's standard sink).
-        ``context`` (the request context) fills keys ``extra`` did not set. Secrets are
-        redacted before encoding; extras over the size limit are cut (``limit_extras``).
+        ``context`` (the request context) fills keys ``extra`` did not set. A new dict; its
+        values are the caller's, encoded (frozen) by ``take`` before it returns.
         """
         snap = dict(islice(attrs.items(), STANDARD_COUNT, None))
         if snap and not snap.keys().isdisjoint(STANDARD_RECORD_ATTRS):  # e.g. "message" from a formatter
@@ -97,20 +143,13 @@ class Snapshotter:
             for key, value in context.items():
                 if key not in snap:
                     snap[key] = value
-        if not snap:
-            return None
-        raw = dumps(snap)
-        if len(raw) > self.extras_limit:  # cut now: the queue holds bounded records
-            raw = limit_extras(raw, self.max_record_bytes, self.redactor)
-            self.truncated += 1
-        return raw
+        return snap or None
 
 
 def queued_size(item: QueuedRecord) -> int:
-    """What one queued record counts against ``queue_max_bytes`` (an estimate)."""
-    extras, exc = item[4], item[5]
-    return (RECORD_OVERHEAD + len(item[3]) + (len(extras) if extras is not None else 0)
-            + (len(exc) if exc is not None else 0))
+    """What one queued record counts against ``queue_max_bytes``: its encoded bytes and an
+    estimate of what holding it costs beyond them."""
+    return RECORD_OVERHEAD + len(item)
 
 
 _DEFAULT: Final = Snapshotter(context=False)
@@ -174,7 +213,8 @@ def limit_extras(raw: bytes, max_record_bytes: int, redactor: Redactor) -> bytes
     Secrets are redacted first (a preview must not carry them; counted in the redactor's
     ``redacted``), then long strings are cut to ``MAX_VALUE_CHARS``, containers over
     ``MAX_VALUE_BYTES`` become ``{"_truncated": true, "bytes": N, "preview": "..."}``, and if
-    that is still too large only the activity fields survive, beside ``{"_truncated": {"original_bytes": N, "keys": [...]}}``.
+    that is still too large only the activity fields survive, beside
+    ``{"_truncated": {"original_bytes": N, "keys": [...]}}``.
     Returns the new bytes.
     """
     try:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import shutil
 import statistics
 import subprocess
@@ -21,10 +22,9 @@ import types
 from pathlib import Path
 from typing import Any
 
-import orjson
-
 import activity_logging
 from activity_logging import spool as current
+from activity_logging.snapshot import queued_from_record
 from activity_logging.wire import WireEncoder
 
 
@@ -40,10 +40,13 @@ def load_baseline(rev: str) -> types.ModuleType:
 
 def typical_entry() -> dict[str, Any]:
     encoder = WireEncoder("bench")
-    items = [(time.time(), 20, "activity", "call_created",
-              orjson.dumps({"actor_id": f"agent-{i}", "target_type": "call", "target_id": f"call-{i}",
-                            "changes": {"status": {"old": "ringing", "new": "answered"}}}), None)
-             for i in range(500)]
+    items = []
+    for i in range(500):
+        record = logging.LogRecord("activity", logging.INFO, __file__, 1, "call_created", None, None)
+        record.__dict__.update({"actor_id": f"agent-{i}", "target_type": "call",
+                                "target_id": f"call-{i}",
+                                "changes": {"status": {"old": "ringing", "new": "answered"}}})
+        items.append(queued_from_record(record))
     return dict(encoder.encode_batch(items))
 
 

@@ -204,12 +204,11 @@ async def bench_inserts(n: int, batch: int, repeat: int) -> None:
 def fill_stream(client: redis.Redis, stream: str, records: int, per_entry: int) -> int:
     """XADD ``records`` records in entries of ``per_entry``; returns the number of entries."""
     enc = wire.WireEncoder("bench-producer")
-    items = [sample_queued(i) for i in range(min(per_entry, 1000))]
     entries = 0
     pipe = client.pipeline(transaction=False)
     for start in range(0, records, per_entry):
         size = min(per_entry, records - start)
-        pipe.xadd(stream, enc.encode_batch([items[j % len(items)] for j in range(size)]))
+        pipe.xadd(stream, enc.encode_batch([sample_queued(start + j) for j in range(size)]))
         entries += 1
         if entries % 1000 == 0:
             pipe.execute()

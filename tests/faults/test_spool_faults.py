@@ -35,11 +35,14 @@ ROOT = Path(__file__).resolve().parents[2]
 CHILD_PRELUDE = textwrap.dedent("""
     import json, os, resource, signal, sys, time
     import orjson
+    import logging
+    from activity_logging.snapshot import Snapshotter
     from activity_logging.wire import WireEncoder
     from activity_logging.spool import Spool
 
     directory, tag = sys.argv[1], sys.argv[2]
     encoder = WireEncoder("child")
+    snap = Snapshotter(context=False)
     spool = Spool(directory, "child", 1 << 30)
     offered = 0
 
@@ -47,8 +50,9 @@ CHILD_PRELUDE = textwrap.dedent("""
         global offered
         items = []
         for _ in range(per_entry):
-            extra = orjson.dumps({"target_id": f"{tag}-{offered}", "pad": "x" * pad})
-            items.append((time.time(), 20, "activity", "spooled", extra, None))
+            record = logging.LogRecord("activity", 20, __file__, 1, "spooled", None, None)
+            record.__dict__.update(target_id=f"{tag}-{offered}", pad="x" * pad)
+            items.append(snap.take(record))
             offered += 1
         return encoder.encode_batch(items)
 

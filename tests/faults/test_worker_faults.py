@@ -33,11 +33,10 @@ def fill(redis_url: str, stream: str, entries: int, per_entry: int) -> int:
     rec = logging.LogRecord("activity", logging.INFO, __file__, 1, "call_created", None, None)
     rec.__dict__.update(actor_id="a", target_type="call", changes={"s": [None, "r"]},
                         ip_address="10.0.0.1")
-    item = snapshot.queued_from_record(rec)
     client = redis.Redis.from_url(redis_url)
     pipe = client.pipeline(transaction=False)
     for _ in range(entries):
-        pipe.xadd(stream, enc.encode_batch([item] * per_entry))
+        pipe.xadd(stream, enc.encode_batch([snapshot.queued_from_record(rec) for _ in range(per_entry)]))
     pipe.execute()
     client.close()
     return entries * per_entry

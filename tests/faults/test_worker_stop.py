@@ -43,6 +43,7 @@ class Offer:
     def __init__(self, redis_url: str, stream: str, tag: str) -> None:
         self.redis_url, self.stream, self.tag = redis_url, stream, tag
         self.encoder = wire.WireEncoder(f"{tag}-producer")
+        self.snapshot = snapshot.Snapshotter(context=False)  # this producer's own seq
         self.offered = 0
 
     def entries(self, entries: int, per_entry: int = 20) -> None:
@@ -57,7 +58,7 @@ class Offer:
                     rec.__dict__.update(actor_id="a", target_type="call",
                                         target_id=f"{self.tag}-{self.offered}")
                     self.offered += 1
-                    items.append(snapshot.queued_from_record(rec))
+                    items.append(self.snapshot.take(rec))
                 entry: Any = self.encoder.encode_batch(items)  # redis-py types its fields narrowly
                 pipe.xadd(self.stream, entry)
             pipe.execute()

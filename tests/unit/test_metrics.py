@@ -318,7 +318,7 @@ async def test_a_failing_batch_hook_never_stops_the_drain(
     await db.init_db(url)
     rec = logging.LogRecord("activity", logging.INFO, __file__, 1, "call_created", None, None)
     feeder = fakeredis.FakeRedis(server=server)
-    feeder.xadd("s", WireEncoder("p").encode_batch([queued_from_record(rec)] * 5))
+    feeder.xadd("s", WireEncoder("p").encode_batch([queued_from_record(rec) for _ in range(5)]))
     feeder.close()
 
     def broken(seconds: float) -> None:

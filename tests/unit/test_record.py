@@ -14,10 +14,11 @@ from hypothesis import strategies as st
 
 from activity_logging.encoding import MAX_VALUE_BYTES
 from activity_logging.exceptions import EntryFormatError
+from activity_logging.ids import IdFactory
 from activity_logging.levels import level_to_severity, severity_to_level
 from activity_logging.rows import activity_from_record, build_activity
 from activity_logging.snapshot import MAX_RECORD_BYTES, Snapshotter, queued_from_record
-from activity_logging.wire import IdFactory, WireEncoder, decode_entry
+from activity_logging.wire import WireEncoder, decode_entry
 
 
 def make_record(msg: str = "call_created", level: int = logging.INFO, args: Any = None, /,
@@ -29,7 +30,7 @@ def make_record(msg: str = "call_created", level: int = logging.INFO, args: Any 
 def roundtrip(*records: logging.LogRecord, encoder: WireEncoder | None = None,
               snap: Snapshotter | None = None) -> list[dict[str, Any]]:
     enc = encoder or WireEncoder("producer-1")
-    take = snap.take if snap is not None else queued_from_record
+    take = (snap if snap is not None else Snapshotter(context=False)).take  # a fresh producer
     entry = enc.encode_batch([take(r) for r in records])
     meta, wire = decode_entry(entry)
     return [build_activity(w, meta) for w in wire]

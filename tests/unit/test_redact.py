@@ -13,22 +13,21 @@ from activity_logging.redact import REDACTED, Redactor
 from activity_logging.snapshot import Snapshotter
 
 
-def extras_of(**extra: Any) -> bytes:
+def body_of(**extra: Any) -> bytes:
     record = logging.getLogger("activity").makeRecord(
         "activity", logging.INFO, __file__, 1, "m", None, None, extra=extra)
-    raw = Snapshotter(context=False).take(record)[4]
-    assert raw is not None
-    return raw
+    return Snapshotter(context=False).take(record)
 
 
-def redacted(redactor: Redactor, *raws: bytes) -> list[Any]:
-    fixes = redactor.redact_extras(list(raws))
-    return [orjson.loads(fixes.get(i, raw)) for i, raw in enumerate(raws)]
+def redacted(redactor: Redactor, *bodies: bytes) -> list[Any]:
+    """The extras of each record body after the batch was redacted."""
+    fixes = redactor.redact_records(list(bodies))
+    return [orjson.loads(fixes.get(i, body)).get("x") for i, body in enumerate(bodies)]
 
 
 def test_secrets_are_redacted_at_any_depth_and_counted() -> None:
     redactor = Redactor()
-    raw = extras_of(password="hunter2", changes={"user": {"api_key": "k", "name": "n"}},
+    raw = body_of(password="hunter2", changes={"user": {"api_key": "k", "name": "n"}},
                     Authorization="Bearer x", headers=[{"cookie": "c"}], who=None)
     (out,) = redacted(redactor, raw)
     assert out["password"] == out["Authorization"] == REDACTED
@@ -39,16 +38,16 @@ def test_secrets_are_redacted_at_any_depth_and_counted() -> None:
 
 def test_a_secret_word_in_a_value_alone_changes_nothing() -> None:
     redactor = Redactor()
-    raw = extras_of(description="user asked for a password reset")
-    assert redactor.redact_extras([raw]) == {}
+    raw = body_of(description="user asked for a password reset")
+    assert redactor.redact_records([raw]) == {}
     assert redactor.redacted == 0
 
 
 def test_keys_with_quotes_are_redacted_alone_and_in_company() -> None:
     """A key holding an escaped quote was redacted or not depending on the batch."""
-    odd = extras_of(**{'password"': "p1", 'my "token" here': "t1"})
-    plain = extras_of(actor_id="a1")
-    secret = extras_of(secret="s")
+    odd = body_of(**{'password"': "p1", 'my "token" here': "t1"})
+    plain = body_of(actor_id="a1")
+    secret = body_of(secret="s")
     for batch in ([odd], [plain, odd], [secret, odd, plain]):
         out = redacted(Redactor(), *batch)[batch.index(odd)]
         assert out == {'password"': REDACTED, 'my "token" here': REDACTED}
@@ -56,14 +55,15 @@ def test_keys_with_quotes_are_redacted_alone_and_in_company() -> None:
 
 def test_redaction_can_be_configured_off() -> None:
     redactor = Redactor("")
-    raw = extras_of(password="p")
-    assert redactor.redact_extras([raw]) == {}
+    raw = body_of(password="p")
+    assert redactor.redact_records([raw]) == {}
 
 
 def test_none_values_and_missing_extras_are_left_alone() -> None:
     redactor = Redactor()
-    raw = extras_of(token=None)
-    assert redactor.redact_extras([None, raw, None]) == {}
+    raw = body_of(token=None)
+    bare = body_of()
+    assert redactor.redact_records([bare, raw, bare]) == {}
 
 
 _keys = st.sampled_from(["password", "Password", "my_token", "name", "actor_id", 'x"y', "cvv",
@@ -82,8 +82,8 @@ _extras = st.dictionaries(_keys, _values, min_size=1, max_size=5)
 def test_a_record_is_redacted_the_same_whatever_else_is_in_its_batch(
     extra: dict[str, Any], others: list[dict[str, Any]], at: int
 ) -> None:
-    mine = orjson.dumps(extra)
-    batch = [orjson.dumps(o) for o in others]
+    mine = orjson.dumps({"ts": 1, "x": extra})
+    batch = [orjson.dumps({"ts": 1, "x": o}) for o in others]
     at = min(at, len(batch))
     batch.insert(at, mine)
     alone = redacted(Redactor(), mine)[0]

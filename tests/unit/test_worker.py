@@ -48,7 +48,7 @@ def test_environment_supplies_urls_and_dead_stream_follows_stream(
 
 def _entry(n: int, producer: str = "p") -> dict[str, Any]:
     rec = logging.LogRecord("a", logging.INFO, "p", 1, "call_created", None, None)
-    return wire.WireEncoder(producer).encode_batch([snapshot.queued_from_record(rec)] * n)
+    return wire.WireEncoder(producer).encode_batch([snapshot.queued_from_record(rec) for _ in range(n)])
 
 
 def test_entries_are_decoded_and_bad_ones_set_aside() -> None:
