@@ -35,7 +35,7 @@ _EXPORTS: dict[str, str] = {
     "activity_logger": "helpers",
     "bind_context": "context",
     "changes_between": "changes",
-    "flush_handlers": "handler",
+    "flush_handlers": "handler_lifecycle",
     "get_context": "context",
     "level_to_severity": "levels",
     "log_activity": "decorators",
@@ -99,7 +99,8 @@ if TYPE_CHECKING:
     from .decorators import log_activity
     from .exceptions import ActivityLoggingError, ConfigurationError
     from .formatter import ActivityJsonFormatter
-    from .handler import ActivityHandler, flush_handlers
+    from .handler import ActivityHandler
+    from .handler_lifecycle import flush_handlers
     from .helpers import ActivityLogger as AsyncActivityLogger
     from .helpers import (
         activity_logger,

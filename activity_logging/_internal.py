@@ -92,3 +92,10 @@ class Backoff:
     def reset(self) -> None:
         """After a success: the next failure waits ``initial`` again."""
         self.delay = self.initial
+
+
+def database_error_line(exc: BaseException) -> str:
+    """The first line of the driver's (the server's) own message for a database error."""
+    orig = getattr(exc, "orig", None)
+    message = str(orig) if orig is not None else str(exc)
+    return message.splitlines()[0] if message.strip() else type(exc).__name__

@@ -18,17 +18,16 @@ import argparse
 import asyncio
 import functools
 import importlib
-import re
 import signal
 import sqlite3
 import sys
 from collections.abc import Callable, Coroutine
-from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, Final
 
 import orjson
 
+from ._internal import database_error_line
 from .config import (
     DEFAULT_GROUP,
     DEFAULT_SQLITE_URL,
@@ -40,8 +39,7 @@ from .config import (
     resolve_database_url,
     resolve_schema,
 )
-from .exceptions import ConfigurationError
-from .urls import is_sqlite
+from .urls import sqlite_file
 
 # --- exit codes -------------------------------------------------------------------------------
 
@@ -112,32 +110,6 @@ MONTHS_AHEAD: Final = 3
 
 # --- argument types and options ---------------------------------------------------------------
 
-_RELATIVE: Final = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhdw])\s*$")
-_UNITS: Final = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
-
-
-def parse_when(text: str, *, now: datetime | None = None) -> datetime:
-    """A CLI time: ISO 8601 (``2026-03-01``, ``2026-03-01T12:00+01:00``; naive = UTC) or an
-    age before now (``90s``, ``15m``, ``24h``, ``7d``, ``2w``). Raises ``ConfigurationError``,
-    also for a time outside what ``datetime`` holds (``99999999999w``)."""
-    match = _RELATIVE.match(text)
-    try:
-        if match:
-            base = now or datetime.now(UTC)
-            return base - timedelta(seconds=float(match.group(1)) * _UNITS[match.group(2)])
-        try:
-            value = datetime.fromisoformat(text.strip())
-        except ValueError:
-            raise ConfigurationError(
-                f"invalid time {text!r}: use ISO 8601 (2026-03-01, 2026-03-01T12:00Z) "
-                "or an age (24h, 7d)"
-            ) from None
-        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
-    except OverflowError:
-        raise ConfigurationError(
-            f"time {text!r} is out of range (years 1 to 9999)") from None
-
-
 def positive_int(text: str) -> int:
     """argparse type: an integer >= 1."""
     try:
@@ -203,20 +175,6 @@ class MissingStoreError(Exception):
     """A verb that reads an existing store was pointed at an SQLite file that is not there."""
 
 
-def sqlite_file(url: str) -> Path | None:
-    """The file an SQLite URL opens (relative to the working directory, as SQLite does);
-    None for PostgreSQL, an in-memory database or a ``uri=true`` filename."""
-    from sqlalchemy.engine import make_url  # lazy: SQLAlchemy is not needed to build the parser
-
-    if not is_sqlite(url):
-        return None
-    parsed = make_url(url)
-    name = parsed.database
-    if not name or name == ":memory:" or str(parsed.query.get("uri", "")).lower() in ("true", "1"):
-        return None
-    return Path(name)
-
-
 def probe_sqlite(path: Path, *, create: bool) -> None:
     """Open the SQLite file ``path`` with the standard library and close it again; raises
     ``sqlite3.Error`` ("unable to open database file") when SQLite cannot open it.
@@ -257,13 +215,6 @@ def require_store(url: str) -> None:
 def print_json(obj: Any) -> None:
     """``obj`` as indented JSON on stdout (``default=str`` for datetimes, UUIDs)."""
     sys.stdout.write(orjson.dumps(obj, default=str, option=orjson.OPT_INDENT_2).decode() + "\n")
-
-
-def database_error_line(exc: BaseException) -> str:
-    """The first line of the driver's (the server's) own message for a database error."""
-    orig = getattr(exc, "orig", None)
-    message = str(orig) if orig is not None else str(exc)
-    return message.splitlines()[0] if message.strip() else type(exc).__name__
 
 
 def report_database_error(command: str, exc: BaseException) -> int:

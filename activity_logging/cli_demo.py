@@ -15,7 +15,8 @@ import random
 import sys
 from typing import Any
 
-from .cli_common import EXIT_FAILED, EXIT_OK, database_error_line
+from ._internal import database_error_line
+from .cli_common import EXIT_FAILED, EXIT_OK
 from .config import DEFAULT_SQLITE_URL, ENV_DATABASE_URL, resolve_database_url
 from .context import activity_context
 from .exceptions import ActivityLoggingError, ConfigurationError

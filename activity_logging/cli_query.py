@@ -20,7 +20,6 @@ from .cli_common import (
     LibraryDefault,
     database,
     database_options,
-    parse_when,
     positive_int,
     print_json,
     require_store,
@@ -29,6 +28,7 @@ from .cli_common import (
 )
 from .cli_render import render_summary, render_table
 from .exceptions import ConfigurationError
+from .when import parse_when
 
 if TYPE_CHECKING:
     from .crud import ActivityFilter, ActivityPage, ActivitySummary

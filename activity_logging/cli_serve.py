@@ -121,8 +121,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
             "pip install 'activity_logging[viewer]'") from None
     from sqlalchemy.exc import DBAPIError
 
+    from .urls import sqlite_file
     from .viewer import TokenAuthorizer, create_viewer_app
-    from .viewer.store import sqlite_file
 
     if not 0 <= args.port <= 65535:
         raise ConfigurationError(f"--port must be from 0 to 65535, got {args.port}")

@@ -13,13 +13,13 @@ from .cli_common import (
     EXIT_OK,
     database,
     database_options,
-    parse_when,
     positive_int,
     print_json,
     require_store,
     verb,
 )
 from .cli_render import render_sequence_report
+from .when import parse_when
 
 
 def register(sub: Any) -> None:

@@ -24,6 +24,7 @@ from types import FrameType
 from typing import TYPE_CHECKING, Any, Final
 
 from . import _startup
+from ._internal import database_error_line
 from .cli_common import (
     EXIT_FAILED,
     EXIT_OK,
@@ -31,11 +32,9 @@ from .cli_common import (
     MONTHS_AHEAD,
     LibraryDefault,
     database,
-    database_error_line,
     given,
     group_option,
     probe_sqlite,
-    sqlite_file,
     stream_option,
 )
 from .config import (
@@ -47,7 +46,7 @@ from .config import (
     resolve_redis_url,
 )
 from .exceptions import ConfigurationError
-from .urls import redact_url
+from .urls import redact_url, sqlite_file
 
 if TYPE_CHECKING:
     from .worker import ActivityWorker

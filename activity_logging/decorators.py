@@ -8,10 +8,8 @@ what FastAPI reads for dependency injection; the return value is passed through 
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import inspect
-import ipaddress
 import logging
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, Final, ParamSpec, TypeVar, cast, overload
@@ -21,6 +19,7 @@ from .constants import DEFAULT_LOGGER_NAME
 from .context import get_context
 from .helpers import _UNSET, emit_activity
 from .levels import severity_to_level
+from .request_context import MAX_USER_AGENT_CHARS, canonical_ip
 
 __all__ = ["log_activity"]
 
@@ -50,13 +49,14 @@ def _request_fields(request: Any) -> dict[str, Any]:
     host = getattr(client, "host", None)
     if isinstance(host, str):
         # a test client or a unix socket is not an address the store accepts: leave it out
-        with contextlib.suppress(ValueError):
-            fields["ip_address"] = str(ipaddress.ip_address(host))
+        address = canonical_ip(host)
+        if address is not None:
+            fields["ip_address"] = address
     headers = getattr(request, "headers", None)
     if headers is not None:
         agent = headers.get("user-agent")
         if agent:
-            fields["user_agent"] = str(agent)[:512]
+            fields["user_agent"] = str(agent)[:MAX_USER_AGENT_CHARS]
     method = getattr(request, "method", None)
     if isinstance(method, str):
         fields["http_method"] = method

@@ -12,10 +12,8 @@ sink is counted in ``stats()``.
 
 from __future__ import annotations
 
-import atexit
 import logging
 import logging.handlers
-import os
 import queue as queue_mod
 import sys
 import threading
@@ -26,15 +24,21 @@ from collections import deque
 from typing import Any, Final
 
 from . import config
-from ._internal import is_refused_logger, reporter
-from .exceptions import ConfigurationError, EntryFormatError
+from ._internal import Backoff, is_refused_logger, reporter
+from .exceptions import ConfigurationError
+from .handler_lifecycle import (
+    arguments_dropped_by_dictconfig,
+    holds_logging_lock,
+    install_multiprocessing_exit_hook,
+    live_handlers,
+)
+from .listener import Held, ListenerLoop
 from .redact import DEFAULT_REDACT_KEYS, Redactor
 from .sinks import Sink, make_sink
 from .snapshot import QueuedRecord, Snapshotter, queued_size
-from .spool import ReplayResult, Spool, SpoolReplayError
-from .wire import Batch, Entry, WireEncoder
+from .spool import Spool
+from .wire import WireEncoder
 
-_MAX_ENTRIES_PER_SEND: Final = 8
 _REFUSED_CACHE_LIMIT: Final = 10_000
 
 _COUNTERS: Final = (
@@ -49,20 +53,6 @@ _LOSS_OUTCOMES: Final = (
     "dropped_spool_full", "dropped_unencodable", "lost", "lost_spool_damaged", "unconfirmed",
 )
 _FLUSH_THEN_CLOSE_WINDOW: Final = 1.0  # a close this soon after a timed-out flush shares its budget
-_Held = tuple[Batch, int, bool]  # (batch, records, maybe stored)
-
-
-class _ReplayStopped(Exception):
-    """A spool replay interrupted on purpose: a close began, or its budget ran out."""
-
-
-_SENT: Final = 0
-_FAILED: Final = 1
-_UNCONFIRMED: Final = 2
-
-_live_handlers: weakref.WeakSet[ActivityHandler] = weakref.WeakSet()
-
-
 class _BoundedQueueView:
     """The ``QueueHandler.queue`` face of the handler's bounded deque (for code that expects one)."""
 
@@ -111,7 +101,7 @@ class ActivityListener:
             handler._stop_listener()
 
 
-class ActivityHandler(logging.handlers.QueueHandler):
+class ActivityHandler(ListenerLoop, logging.handlers.QueueHandler):
     """Ships log records as activities: bounded queue → listener thread → Redis Stream or store.
 
     Every argument is a plain value so ``logging.config.dictConfig`` can build it (``'()'`` or
@@ -183,7 +173,7 @@ class ActivityHandler(logging.handlers.QueueHandler):
         **unknown: Any,
     ) -> None:
         if queue is not None and sys.version_info[:2] == (3, 12):
-            dropped = _arguments_dropped_by_dictconfig()
+            dropped = arguments_dropped_by_dictconfig()
             if dropped:  # built as klass(queue) by a 3.12 dictConfig: build as configured
                 ActivityHandler.__init__(self, **dropped)
                 return
@@ -238,8 +228,8 @@ class ActivityHandler(logging.handlers.QueueHandler):
         self._send_timeout = min(5.0, max(0.25, self.close_timeout / 2))
         self._flush_timed_out: tuple[float, float] | None = None  # (started, ended) of a bare flush
         self._init_runtime()
-        _live_handlers.add(self)
-        _install_multiprocessing_exit_hook()
+        live_handlers.add(self)
+        install_multiprocessing_exit_hook()
         self._start_listener()
 
     # --- QueueHandler compatibility ----------------------------------------------------
@@ -295,14 +285,14 @@ class ActivityHandler(logging.handlers.QueueHandler):
         self._replay_until = 0.0
         # entries in hand after a failed send, each with whether a send of it got no answer
         # (it may be stored: counted "unconfirmed", never "lost", if it is given up)
-        self._held: list[_Held] = []
+        self._held: list[Held] = []
         self._in_flight = 0  # taken from the queue, not yet sent/spooled/lost: counts against queue_size
         # bytes of queued records: added by callers (under the handler lock), removed by the
         # listener; two counters, each written by one side only, so neither needs a lock
         self._bytes_in = 0
         self._bytes_out = 0
         self._down_until = 0.0
-        self._backoff = self.reconnect_delay
+        self._backoff = Backoff(self.reconnect_delay, self.max_reconnect_delay)
         self._thread: threading.Thread | None = None
 
     # --- the caller's side -------------------------------------------------------------
@@ -372,257 +362,6 @@ class ActivityHandler(logging.handlers.QueueHandler):
             self._counts["listener_errors"] += 1
             reporter.report("prepare", "could not prepare the sink", exc)
 
-    def _run(self) -> None:
-        while True:
-            try:
-                if not self._step():
-                    break
-            except Exception as exc:  # a bug must not kill the listener
-                self._counts["listener_errors"] += 1
-                reporter.report("listener", "listener loop error", exc)
-                time.sleep(0.1)
-        if self._close_when_done:
-            self._release()
-
-    def _step(self) -> bool:
-        """One turn of the listener; False when it should exit."""
-        now = time.monotonic()
-        if self._held or (self._down_until > now and self._spool is None):
-            if self._give_up_now(now):
-                self._give_up()  # what is in hand and still queued: spooled, else counted
-                return not self._stop_requested
-            if self._down_until > now:
-                self._sleep(min(self._down_until - now, 0.25))
-                return True
-            if self._held:
-                held = self._held
-                outcome = self._deliver([e for e, _, _ in held])
-                if outcome == _SENT:
-                    self._held = []
-                    self._account(sum(n for _, n, _ in held), "sent", batches=len(held))
-                else:
-                    held = [(e, n, maybe or outcome == _UNCONFIRMED) for e, n, maybe in held]
-                    self._held = held
-                    if self._spool is not None:  # the spool failed before; it may have room now
-                        self._held = []
-                        self._to_spool(held)
-                return True
-        spool = self._spool
-        if spool is not None and self._down_until <= now:
-            if not self._stop_requested and spool.has_pending():
-                self._replay_spool()  # then on to the queue: fresh records must not wait behind it
-            elif self._stop_requested and spool.pending_records and now < self._replay_until:
-                self._replay_spool(orphans=False)  # closing with Redis up: leave nothing on disk
-        dq = self._dq
-        if not dq:
-            if self._stop_requested:
-                return False
-            self._idle_wait()
-            return True
-        if len(dq) < self.batch_size and not self._urgent and not self._stop_requested:
-            self._linger()
-        batches: list[Batch] = []
-        while dq and len(batches) < _MAX_ENTRIES_PER_SEND:
-            made = self._batch(self._take(self.batch_size))
-            if made is not None:
-                batches.append(made)
-            if len(dq) < self.batch_size:
-                break
-        if not batches:
-            return True
-        now = time.monotonic()
-        if self._stop_requested and now >= self._replay_until:
-            # closing, and a send started now could outlast the budget: spool, else count
-            self._held.extend((b, b.n, False) for b in batches)
-            self._give_up()
-            return True
-        if self._down_until > now and self._spool is not None:
-            self._to_spool([(b, b.n, False) for b in batches])
-            return True
-        outcome = self._deliver(batches)
-        if outcome == _SENT:
-            self._account(sum(b.n for b in batches), "sent", batches=len(batches))
-        elif self._spool is not None:  # resent from the spool later: the ids make that safe
-            self._to_spool([(b, b.n, outcome == _UNCONFIRMED) for b in batches])
-        else:
-            self._held = [(b, b.n, outcome == _UNCONFIRMED) for b in batches]
-        return True
-
-    def _batch(self, items: list[QueuedRecord]) -> Batch | None:
-        """One batch for ``items``, secrets redacted; records that cannot be encoded are
-        counted, alone."""
-        encoder = self._encoder
-        before = encoder.unencodable
-        try:
-            for i, body in self._redactor.redact_records(items).items():
-                items[i] = body
-            batch = encoder.batch(items)
-        except Exception as exc:  # a bug: never seen, but it must not stop the listener
-            self._counts["listener_errors"] += 1
-            self._account(len(items), "dropped_unencodable")
-            reporter.report("encode", f"could not stamp a batch of {len(items)} records", exc)
-            return None
-        dropped = encoder.unencodable - before
-        if dropped:
-            self._account(dropped, "dropped_unencodable")
-            reporter.report("encode", f"{dropped} record(s) could not be encoded and were dropped")
-        return batch if batch.n else None
-
-    def _take(self, limit: int) -> list[QueuedRecord]:
-        dq = self._dq
-        popleft = dq.popleft
-        n = min(limit, len(dq))
-        self._in_flight += n
-        items = [popleft() for _ in range(n)]
-        self._bytes_out += sum(map(queued_size, items))
-        return items
-
-    def _idle_wait(self) -> None:
-        self._wake.clear()
-        self._wake_at = 1
-        self._waiting = True
-        if not self._dq and not self._urgent and not self._stop_requested:
-            self._wake.wait(1.0)
-        self._waiting = False
-
-    def _linger(self) -> None:
-        """Give a partial batch up to ``flush_interval`` to fill (woken early when it does)."""
-        self._wake.clear()
-        self._wake_at = self.batch_size
-        self._waiting = True
-        if len(self._dq) < self.batch_size and not self._urgent and not self._stop_requested:
-            self._wake.wait(self.flush_interval)
-        self._waiting = False
-
-    def _sleep(self, seconds: float) -> None:
-        self._wake.clear()
-        self._wake.wait(seconds)
-
-    def _deliver(self, batches: list[Batch]) -> int:
-        """Send ``batches``; ``_SENT``, ``_FAILED`` or ``_UNCONFIRMED`` (no answer: maybe stored)."""
-        try:
-            self._sink.send(batches)
-        except Exception as exc:
-            unconfirmed = self._unconfirmed(exc)
-            self._counts["send_timeouts" if unconfirmed else "send_failures"] += 1
-            self._mark_down(f"sink unavailable ({len(self._dq)} records queued)", exc)
-            return _UNCONFIRMED if unconfirmed else _FAILED
-        self._mark_up()
-        return _SENT
-
-    def _unconfirmed(self, exc: BaseException) -> bool:
-        try:
-            return bool(self._sink.unconfirmed(exc))
-        except Exception:  # a sink without the method (tests' fakes): a plain failure
-            return False
-
-    def _mark_down(self, what: str, exc: BaseException) -> None:
-        self._down_until = time.monotonic() + self._backoff
-        reporter.report("send", f"{what}, retrying in {self._backoff:.1f}s", exc)
-        self._backoff = min(self._backoff * 2, self.max_reconnect_delay)
-
-    def _mark_up(self) -> None:
-        if self._down_until:
-            self._counts["reconnects"] += 1
-            self._down_until = 0.0
-        self._backoff = self.reconnect_delay
-
-    def _to_spool(self, entries: list[_Held]) -> None:
-        """Spool each entry; what the spool cannot take stays in hand (retried) or, when
-        closing, is left in hand for ``_give_up`` to count after every other entry was tried."""
-        assert self._spool is not None
-        failed: list[_Held] = []
-        for i, (batch, n, maybe) in enumerate(entries):
-            try:
-                ok = self._spool.append(batch.entry())
-            except EntryFormatError as exc:  # a frame it can never take (a huge header)
-                reporter.report("spool", "an entry cannot be spooled and was dropped", exc)
-                self._account(n, "dropped_unencodable")
-                continue
-            except Exception as exc:  # e.g. disk full: the spool rolled the file back
-                self._counts["spool_write_failures"] += 1
-                reporter.report("spool", "could not write to the spool; holding the records", exc)
-                if not self._stop_requested:
-                    self._held = entries[i:] + self._held
-                    if not self._down_until:
-                        self._down_until = time.monotonic() + self._backoff
-                    return
-                failed.append((batch, n, maybe))  # closing: a smaller one may still fit
-                continue
-            self._account(n, "spooled" if ok else "dropped_spool_full")
-        self._held = failed + self._held
-
-    def _replay_spool(self, *, orphans: bool = True) -> None:
-        """Replay the spool; a close that begins (or runs out of budget) stops it between
-        sends, leaving the file in progress as it was (resent later: the ids make it safe)."""
-        assert self._spool is not None
-        closing = self._stop_requested
-        sink_send = self._sink.send
-
-        def send(entries: list[Entry]) -> None:
-            if (not closing and self._stop_requested) or (
-                    closing and time.monotonic() >= self._replay_until):
-                raise _ReplayStopped
-            sink_send([Batch.from_entry(entry, 0) for entry in entries])
-
-        try:
-            result = self._spool.replay(send, orphans=orphans)
-        except SpoolReplayError as exc:  # what was finished before it stopped still counts
-            self._count_replay(exc.result)
-            if isinstance(exc.__cause__, _ReplayStopped):
-                return
-            self._counts["send_failures"] += 1
-            self._mark_down("spool replay failed", exc.__cause__ or exc)
-            return
-        except Exception as exc:
-            self._counts["send_failures"] += 1
-            self._mark_down("spool replay failed", exc)
-            return
-        self._count_replay(result)
-        self._mark_up()
-
-    def _count_replay(self, result: ReplayResult) -> None:
-        """Own records replayed become ``sent``; adopted ones are another producer's."""
-        counts = self._counts
-        counts["sent"] += result.own_records
-        counts["spool_replayed"] += result.own_records
-        counts["spool_adopted"] += result.adopted_records
-        counts["lost_spool_damaged"] += result.own_damaged_records
-        counts["spool_adopted_damaged"] += result.adopted_damaged_records
-
-    def _give_up_now(self, now: float) -> bool:
-        return self._give_up_at is not None and now >= self._give_up_at
-
-    def _give_up(self) -> None:
-        """Closing and the sink is down (or time is up): spool what is in hand and queued,
-        else count it. An entry whose send got no answer may be stored: ``unconfirmed``,
-        never ``lost`` (``verify`` tells which)."""
-        items, self._held = self._held, []
-        while self._dq:
-            made = self._batch(self._take(self.batch_size))
-            if made is not None:
-                items.append((made, made.n, False))
-        if self._spool is not None and items:
-            self._to_spool(items)
-            items, self._held = self._held, []  # whatever the spool could not take
-        self._count_undelivered(sum(n for _, n, maybe in items if maybe), "unconfirmed")
-        self._count_undelivered(sum(n for _, n, maybe in items if not maybe), "lost")
-
-    def _count_undelivered(self, n: int, outcome: str) -> None:
-        if n:
-            reporter.report(outcome, f"closing with the sink unreachable: {n} records {outcome}")
-            self._account(n, outcome)
-
-    def _account(self, n: int, outcome: str, *, batches: int = 0) -> None:
-        """Records left the handler as ``outcome`` (a counter name); wakes ``flush`` waiters."""
-        self._counts[outcome] += n
-        if batches:
-            self._counts["batches_sent"] += batches
-        self._in_flight -= n
-        with self._cond:
-            self._done += n
-            self._cond.notify_all()
-
     # --- flush, close, stats -------------------------------------------------------------
 
     def flush(self, timeout: float | None = None) -> bool:  # type: ignore[override]
@@ -633,7 +372,7 @@ class ActivityHandler(logging.handlers.QueueHandler):
         when that happened within ``timeout`` seconds (default ``close_timeout``). Never raises.
         """
         started = time.monotonic()
-        if _holds_logging_lock():  # inside dictConfig: see _close_in_background; never wait here
+        if holds_logging_lock():  # inside dictConfig: see _close_in_background; never wait here
             return self._done >= self._counts["enqueued"]
         try:
             done = self._wait_done(self.close_timeout if timeout is None else max(0.0, timeout))
@@ -714,7 +453,7 @@ class ActivityHandler(logging.handlers.QueueHandler):
                 self._closed = True
             finally:
                 self.release()
-            if _holds_logging_lock():
+            if holds_logging_lock():
                 self._close_in_background()
                 return
             budget = self._close_budget()
@@ -743,7 +482,7 @@ class ActivityHandler(logging.handlers.QueueHandler):
         except Exception as exc:
             reporter.report("close", "could not release the sink or spool", exc)
         finally:
-            _live_handlers.discard(self)
+            live_handlers.discard(self)
 
     def _close_in_background(self) -> None:
         """``close`` from a thread holding the ``logging`` module lock (a second ``dictConfig``
@@ -764,33 +503,8 @@ class ActivityHandler(logging.handlers.QueueHandler):
     def _wait_background_close(self) -> None:
         thread = self._thread
         if (self._close_when_done and thread is not None and thread.is_alive()
-                and thread is not threading.current_thread() and not _holds_logging_lock()):
+                and thread is not threading.current_thread() and not holds_logging_lock()):
             thread.join(self.close_timeout + 1.0)
-
-    def _drain_inline(self, deadline: float) -> None:
-        """After the listener stopped: ship, spool or count what raced ``close`` into the queue."""
-        thread = self._thread
-        if thread is not None and thread.is_alive():
-            if self._dq or self._in_flight:
-                reporter.report("close", "the listener did not stop in time (a send is hanging); "
-                                f"{len(self._dq) + self._in_flight} records still in flight")
-            return
-        if not self._dq and not self._held:
-            return
-        self._give_up_at = None
-        self._stop_requested = True
-        if time.monotonic() < deadline and self._down_until <= time.monotonic():
-            while self._dq:
-                made = self._batch(self._take(self.batch_size))
-                if made is None:
-                    continue
-                outcome = self._deliver([made])
-                if outcome == _SENT:
-                    self._account(made.n, "sent", batches=1)
-                else:
-                    self._held.append((made, made.n, outcome == _UNCONFIRMED))
-                    break
-        self._give_up()
 
     def stats(self) -> dict[str, int]:
         """Counters and gauges: what was accepted, shipped, spooled, dropped or lost.
@@ -847,28 +561,6 @@ class ActivityHandler(logging.handlers.QueueHandler):
         return f"<ActivityHandler {target} ({logging.getLevelName(self.level)})>"
 
 
-def flush_handlers(timeout: float | None = None) -> bool:
-    """Flush every open ``ActivityHandler`` of this process; True when all of them finished.
-
-    The one line to call where a process is about to end without ``logging.shutdown()``
-    (a server that re-raises SIGTERM, a gunicorn ``worker_exit`` hook, a Celery
-    ``worker_process_shutdown`` signal). ``timeout`` (default: each handler's
-    ``close_timeout``) bounds the whole call, not each handler. Never raises; thread-safe.
-    """
-    try:
-        handlers = list(_live_handlers)
-        if timeout is None:
-            timeout = max((h.close_timeout for h in handlers), default=0.0)
-        deadline = time.monotonic() + max(0.0, timeout)
-        ok = True
-        for handler in handlers:
-            ok = handler.flush(max(0.0, deadline - time.monotonic())) and ok
-        return ok
-    except Exception as exc:
-        reporter.report("flush", "flush_handlers failed", exc)
-        return False
-
-
 def _unknown_arguments(unknown: dict[str, Any]) -> str:
     """One clear message for misspelt arguments, naming the closest valid one."""
     import difflib
@@ -884,96 +576,4 @@ def _unknown_arguments(unknown: dict[str, Any]) -> str:
             f"valid: {', '.join(valid)}")
 
 
-_DICTCONFIG_QUEUE_KEYS: Final = frozenset({"queue", "listener", "handlers", "respect_handler_level"})
 
-
-def _arguments_dropped_by_dictconfig() -> dict[str, Any] | None:
-    """The arguments a Python 3.12 ``dictConfig`` dropped, if it is the caller.
-
-    Some 3.12 releases (3.12.1 here) build a ``QueueHandler`` subclass of the ``"class"``
-    form as ``klass(queue)``, silently dropping every other configured argument (later
-    releases pass them). The configured arguments are still in that function's frame:
-    taking them from there makes the documented form work instead of running with defaults.
-    """
-    try:
-        frame = sys._getframe(2)  # ActivityHandler.__init__ <- _configure_queue_handler
-        if frame.f_code.co_name != "_configure_queue_handler" or "logging" not in frame.f_code.co_filename:
-            return None
-        kwargs = frame.f_locals.get("kwargs")
-        if not isinstance(kwargs, dict):
-            return None
-        rest = {k: v for k, v in kwargs.items() if k not in _DICTCONFIG_QUEUE_KEYS}
-        return rest or None
-    except Exception:
-        return None
-
-
-def _holds_logging_lock() -> bool:
-    """True when this thread holds the ``logging`` module lock (inside ``dictConfig``)."""
-    is_owned = getattr(getattr(logging, "_lock", None), "_is_owned", None)
-    try:
-        return bool(is_owned()) if is_owned is not None else False
-    except Exception:
-        return False
-
-
-def _finish_background_closes() -> None:
-    """At exit: wait (bounded) for handlers a ``dictConfig`` closed to finish shipping."""
-    for handler in list(_live_handlers):
-        if handler._closed:
-            handler._wait_background_close()
-
-
-atexit.register(_finish_background_closes)
-
-
-def _close_all_for_exit() -> None:
-    """A multiprocessing child is ending through ``os._exit``: no ``atexit``, no
-    ``logging.shutdown()``. Close (deliver or spool) every open handler first."""
-    for handler in list(_live_handlers):
-        handler.close()
-
-
-class _MultiprocessingToken:
-    """What ``multiprocessing.util.register_after_fork`` holds weakly (an ``object()`` cannot be)."""
-
-
-_MP_TOKEN: Final = _MultiprocessingToken()
-_mp_hook_pid = 0
-
-
-def _arm_multiprocessing_finalizer(_token: object = None) -> None:
-    util = sys.modules.get("multiprocessing.util")
-    if util is not None:
-        util.Finalize(None, _close_all_for_exit, exitpriority=1)
-
-
-def _install_multiprocessing_exit_hook() -> None:
-    """Make multiprocessing children (fork, forkserver, spawn) close the handlers at exit.
-
-    A child process ends with ``os._exit`` after running multiprocessing's own finalizers,
-    so ``atexit`` never runs there. The finalizer registry is cleared when a child starts and
-    the after-fork callbacks are run after that: registering one re-arms the finalizer in
-    every child. Only when ``multiprocessing`` is in use: it is never imported for this.
-    """
-    global _mp_hook_pid
-    util = sys.modules.get("multiprocessing.util")
-    if util is None or _mp_hook_pid == os.getpid():
-        return
-    _mp_hook_pid = os.getpid()
-    util.register_after_fork(_MP_TOKEN, _arm_multiprocessing_finalizer)
-    _arm_multiprocessing_finalizer()
-
-
-def _reinit_handlers_after_fork() -> None:
-    for handler in list(_live_handlers):
-        try:
-            handler._after_fork_in_child()
-        except Exception as exc:
-            reporter.report("fork", "could not restart the handler after fork", exc)
-    if _live_handlers:
-        _install_multiprocessing_exit_hook()
-
-
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_reinit_handlers_after_fork)

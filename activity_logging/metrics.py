@@ -168,9 +168,9 @@ class ActivityHandlerCollector(Collector):
     def _handlers(self) -> list[ActivityHandler]:
         if self._handler is not None:
             return [self._handler]
-        from .handler import _live_handlers
+        from .handler_lifecycle import live_handlers
 
-        return sorted(_live_handlers, key=lambda h: h.producer_id)
+        return sorted(live_handlers, key=lambda h: h.producer_id)
 
     def describe(self) -> Iterator[Metric]:
         """The metric families, without samples (no ``stats()`` call at registration)."""

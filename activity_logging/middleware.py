@@ -32,7 +32,6 @@ from .request_context import (
     RequestContextOptions,
     parse_forwarded_for,
 )
-from .request_context import parse_ip as _parse_ip  # noqa: F401 - tests/unit/test_cli_errors.py imports it from here
 
 __all__ = [
     "ActivityContextMiddleware",

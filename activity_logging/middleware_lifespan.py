@@ -3,7 +3,7 @@
 uvicorn re-raises SIGTERM once the lifespan has completed, so ``logging.shutdown()`` never
 runs and whatever the activity handlers still hold would die with the process. So
 ``lifespan.shutdown.complete`` (or ``.failed``) reaches the server only after every
-``ActivityHandler`` of the process has been flushed (``handler.flush_handlers``, in a worker
+``ActivityHandler`` of the process has been flushed (``handler_lifecycle.flush_handlers``, in a worker
 thread: the event loop keeps running). An app that refuses the lifespan scope (raises
 before asking for its first message, as Django does) gets a minimal lifespan instead, which
 only does that flush.
@@ -89,7 +89,7 @@ async def flush_at_shutdown(flush_timeout: float | None) -> None:
     if _HANDLER_MODULE not in sys.modules:
         return  # no ActivityHandler was ever built here: nothing to flush, nothing to import
     try:
-        from .handler import flush_handlers
+        from .handler_lifecycle import flush_handlers
 
         try:
             asyncio.get_running_loop()

@@ -87,9 +87,11 @@ def parse_ip(text: str) -> IpAddress | None:
 
 
 @functools.lru_cache(maxsize=4096)
-def _peer_ip(peer: str) -> str | None:
-    """The canonical text of a socket peer's address (cached: the same peers come back)."""
-    address = parse_ip(peer)
+def canonical_ip(text: str) -> str | None:
+    """The canonical text of an address (``parse_ip``), or None; cached: the same peers and
+    clients come back. The one way an address becomes the stored ``ip_address``: the
+    middlewares use it for peers, and ``rows`` for whatever a producer sent."""
+    address = parse_ip(text)
     return str(address) if address is not None else None
 
 
@@ -128,12 +130,12 @@ def parse_forwarded_for(
     if not peer:
         return None
     if not trusted or not forwarded_for:
-        return _peer_ip(peer)
+        return canonical_ip(peer)
     address = parse_ip(peer)
     if address is None:
         return None
     if not any(address in net for net in trusted):
-        return _peer_ip(peer)
+        return canonical_ip(peer)
     entries = forwarded_for.split(",")[-MAX_FORWARDED_ENTRIES:]
     for entry in reversed(entries):
         hop = parse_ip(entry)

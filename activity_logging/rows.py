@@ -9,8 +9,6 @@ this module is where a value from a producer becomes a stored value. Pure: no I/
 
 from __future__ import annotations
 
-import functools
-import ipaddress
 import logging
 import uuid
 from collections.abc import Mapping, Sequence
@@ -22,6 +20,7 @@ import orjson
 from ._internal import reporter
 from .exceptions import EntryFormatError
 from .levels import level_to_severity
+from .request_context import canonical_ip
 from .schema import TEXT_LIMITS
 from .wire import Batch, Entry, decode_entry
 
@@ -48,17 +47,6 @@ def _clean_json(value: Any) -> Any:
     if isinstance(value, list):
         return [_clean_json(v) for v in value]
     return value
-
-
-@functools.lru_cache(maxsize=4096)
-def _canonical_ip(text: str) -> str | None:
-    # Cached: the same client addresses recur from record to record, and ipaddress parsing
-    # was ~30% of build_activity on the worker's hot path (benchmarks/bench_worker.py).
-    try:
-        # a zone id ("fe80::1%eth0") is not part of the address, and inet refuses it
-        return str(ipaddress.ip_address(text.strip().split("%", 1)[0]))
-    except ValueError:
-        return None
 
 
 def _text(value: Any, limit: int, nul: bool) -> str | None:
@@ -148,7 +136,7 @@ def build_activity(wire: Mapping[str, Any], meta: Mapping[str, Any]) -> dict[str
     if ip_raw is None or ip_raw == "":
         row["ip_address"] = None
     else:
-        ip = _canonical_ip(ip_raw if type(ip_raw) is str else str(ip_raw))
+        ip = canonical_ip(ip_raw if type(ip_raw) is str else str(ip_raw))
         if ip is None:
             extras["invalid_ip_address"] = str(ip_raw)[:255]
         row["ip_address"] = ip

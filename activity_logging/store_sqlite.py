@@ -27,7 +27,7 @@ from sqlalchemy.schema import CreateIndex, CreateTable
 from .config import DEFAULT_TABLE
 from .exceptions import ConfigurationError, StoreUnavailableError
 from .schema import make_table
-from .urls import redact_url, sqlite_path
+from .urls import is_sqlite, redact_url, sqlite_file
 
 #: Connection settings of every SQLite connection the library opens, writers and readers
 #: (``db.create_async_engine_for`` applies the same list): WAL, so readers never block the
@@ -76,7 +76,10 @@ class SQLiteStore:
 
     def __init__(self, url: str, *, table: str = DEFAULT_TABLE, create: bool = False,
                  schema: str | None = None) -> None:
-        self.path = sqlite_path(url)  # validates: ConfigurationError for another URL
+        if not is_sqlite(url):
+            raise ConfigurationError(f"not a sqlite URL: {redact_url(url)!r}")
+        file = sqlite_file(url)
+        self.path = str(file) if file is not None else ":memory:"
         self.url = url
         self.table_name = table
         self.create = create

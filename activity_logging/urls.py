@@ -7,8 +7,9 @@ these at construction, and a handler shipping to Redis must not pay for SQLAlche
 from __future__ import annotations
 
 import re
+from pathlib import Path
 from typing import Final
-from urllib.parse import parse_qsl, urlencode, urlsplit
+from urllib.parse import parse_qsl, unquote, urlencode, urlsplit
 
 from .exceptions import ConfigurationError
 
@@ -58,13 +59,22 @@ def asyncpg_dsn(url: str) -> str:
     return "postgresql://" + normalized.split("://", 1)[1]
 
 
-def sqlite_path(url: str) -> str:
-    """The file a SQLite URL names (``sqlite:///a.db`` → ``a.db``; ``:memory:`` as is)."""
+def sqlite_file(url: str) -> Path | None:
+    """The file a SQLite URL names, as SQLite resolves it (relative to the working directory).
+
+    ``sqlite:///a.db`` → ``a.db``, ``sqlite:////tmp/a.db`` → ``/tmp/a.db``, a ``file:`` URI
+    filename (``?uri=true``) → its path. None for another database, ``sqlite://`` and
+    ``:memory:``. The one reading of a SQLite URL: the store, the CLI and the viewer use it.
+    """
     if not is_sqlite(url):
-        raise ConfigurationError(f"not a sqlite URL: {redact_url(url)!r}")
-    rest = url.split("://", 1)[1]
-    path = rest[1:] if rest.startswith("/") else rest
-    return path.split("?", 1)[0] or ":memory:"
+        return None
+    path_part = url.split("://", 1)[1].split("?", 1)[0]
+    name = unquote(path_part[1:] if path_part.startswith("/") else path_part)
+    if name.startswith("file:"):
+        name = unquote(name[len("file:"):].split("?", 1)[0])
+    if not name or name == ":memory:":
+        return None
+    return Path(name)
 
 
 _USERINFO: Final = re.compile(r"^(?P<user>[^:@/]*):(?P<password>[^@/]*)@")

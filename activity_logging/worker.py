@@ -29,20 +29,16 @@ import os
 import signal
 import socket
 import time
-from collections.abc import Callable, Mapping
-from dataclasses import asdict, dataclass, field
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
 from typing import Any, Final
 
 import orjson
 import redis.asyncio as aioredis
-from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import OutOfMemoryError, ResponseError
-from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from ._internal import Backoff, as_text
+from ._internal import Backoff
 from .config import (
     DEFAULT_GROUP,
-    DEFAULT_HEARTBEAT_TTL,
     DEFAULT_TABLE,
     dead_stream_for,
     heartbeat_key,
@@ -53,10 +49,18 @@ from .config import (
     resolve_stream,
 )
 from .exceptions import ConfigurationError, StoreUnavailableError
-from .rows import build_activity
 from .store import Store, make_store, store_rows
 from .urls import is_sqlite, redact_url
 from .wire import decode_entry
+from .worker_stream import (
+    BACKOFF_INITIAL,
+    BACKOFF_MAX,
+    REDIS_TRANSIENT,
+    StreamSide,
+    _Batch,
+    _Reject,
+    _reraise_if_cancelled,
+)
 
 logger: Final = logging.getLogger("activity_logging.worker")
 
@@ -69,8 +73,6 @@ DEFAULT_MAX_ATTEMPTS: Final = 3
 DEFAULT_PARTITION_INTERVAL: Final = 3600.0
 DEFAULT_WRITERS: Final = 1
 DEFAULT_STOP_TIMEOUT: Final = 1.5
-BACKOFF_INITIAL: Final = 0.5
-BACKOFF_MAX: Final = 30.0
 #: Once a warm stop is requested, the batch in hand is retried this often until the deadline.
 STOP_RETRY_INTERVAL: Final = 0.25
 #: Bound on each step of the shutdown, and on the unwinding of a cancelled task.
@@ -78,9 +80,6 @@ SETTLE_TIMEOUT: Final = 0.5
 #: Bound on one attempt to connect to Redis (PostgreSQL: ``db.DEFAULT_CONNECT_TIMEOUT``).
 REDIS_CONNECT_TIMEOUT: Final = 5.0
 
-# A full Redis (maxmemory with noeviction) refuses writes until the worker has stored and
-# deleted entries: waiting and retrying is right, nothing is acknowledged meanwhile.
-_REDIS_TRANSIENT: Final = (RedisConnectionError, RedisTimeoutError, OSError, OutOfMemoryError)
 
 
 @dataclass
@@ -112,26 +111,6 @@ class WorkerCounters:
     pending: int | None = None
 
 
-@dataclass
-class _Reject:
-    entry: int
-    record: bytes
-    error: str
-    attempts: int
-
-
-@dataclass
-class _Batch:
-    """Entries read together, their rows, and where each row came from."""
-
-    ids: list[bytes] = field(default_factory=list)
-    fields: list[Mapping[Any, Any]] = field(default_factory=list)
-    rows: list[dict[str, Any]] = field(default_factory=list)
-    refs: list[tuple[int, int]] = field(default_factory=list)
-    rejects: list[_Reject] = field(default_factory=list)
-    read_at: float = 0.0  # time.monotonic() when the reader handed it to the writers
-
-
 def tune_gc_for_draining() -> None:
     """Make the cyclic garbage collector cheap for a process that only drains.
 
@@ -146,18 +125,7 @@ def tune_gc_for_draining() -> None:
     gc.set_threshold(100_000, 50, 1000)
 
 
-def _reraise_if_cancelled() -> None:
-    """Re-raise a cancellation that a library turned into an ordinary exception.
-
-    redis-py can catch ``CancelledError`` mid-command and raise a connection error instead;
-    a loop that retries ordinary errors would then swallow a cold stop.
-    """
-    task = asyncio.current_task()
-    if task is not None and task.cancelling():
-        raise asyncio.CancelledError
-
-
-class ActivityWorker:
+class ActivityWorker(StreamSide):
     """Drains activity records from a Redis Stream into PostgreSQL.
 
     Args:
@@ -503,156 +471,6 @@ class ActivityWorker:
                 await asyncio.wait_for(self._redis.aclose(), SETTLE_TIMEOUT)
             self._redis = None
 
-    # --- reading ---------------------------------------------------------------------------
-
-    @property
-    def _r(self) -> aioredis.Redis:
-        assert self._redis is not None, "run() owns the Redis client"
-        return self._redis
-
-    async def _start_and_read(
-        self, queue: asyncio.Queue[_Batch | None], stop_when_idle: bool
-    ) -> None:
-        """Connect, beat once, then read until a stop (or, one-shot, until idle)."""
-        if not await self._retrying("connect to PostgreSQL", self.store.connect):
-            return
-        if not await self._ensure_group():
-            return
-        # The first heartbeat before the first read: `status` sees a live worker at once.
-        await self._beat()
-        self._heartbeat = asyncio.create_task(
-            self._heartbeat_loop(), name="activity-worker-heartbeat")
-        await self._maybe_ensure_partitions(self.store, force=True)
-        await self._reader_loop(queue, stop_when_idle)
-
-    async def _ensure_group(self) -> bool:
-        """Create the group (and stream) if missing; False when a stop came first."""
-        async def create() -> None:
-            try:
-                await self._r.xgroup_create(self.stream, self.group, id="0", mkstream=True)
-                logger.info("created consumer group %r on %r", self.group, self.stream)
-            except ResponseError as exc:
-                if "BUSYGROUP" not in str(exc):
-                    raise
-        return await self._retrying("create the consumer group", create)
-
-    async def _reader_loop(self, queue: asyncio.Queue[_Batch | None], stop_when_idle: bool) -> None:
-        while not self._stopping.is_set():
-            _reraise_if_cancelled()
-            self._reading = None
-            try:
-                batch = await self._claim_batch()
-                if batch is None:
-                    batch = await self._read_batch()
-            except _REDIS_TRANSIENT as exc:
-                _reraise_if_cancelled()
-                self.counters.retried += 1
-                logger.warning("reading %r failed (%s); retrying", self.stream, exc)
-                await self._sleep(BACKOFF_INITIAL * 2)
-                continue
-            except ResponseError as exc:
-                if "NOGROUP" not in str(exc):
-                    raise
-                self.counters.group_recreated += 1
-                logger.warning(
-                    "consumer group %r of %r vanished (Redis restarted without persistence?); "
-                    "recreating it from id 0", self.group, self.stream,
-                )
-                await self._ensure_group()
-                continue
-            if batch.ids:
-                batch.read_at = time.monotonic()
-                await queue.put(batch)  # not cancelled by a warm stop: the batch is in hand
-            elif stop_when_idle and self._read_id == b">":
-                return
-
-    async def _read_batch(self) -> _Batch:
-        batch = self._reading = _Batch()
-        block: int | None = int(self.max_wait * 1000)
-        while len(batch.rows) < self.batch_size and not self._stopping.is_set():
-            reading_pending = self._read_id != b">"
-            # Entries carry many records each: ask for about as many as fill the batch.
-            wanted = (self.batch_size - len(batch.rows)) / self._records_per_entry
-            count = max(1, min(self.read_count, int(wanted + 0.999)))
-            response: Any = await self._r.xreadgroup(
-                self.group, self.consumer, {self.stream: self._read_id},
-                count=count, block=None if reading_pending else block,
-            )
-            entries = response[0][1] if response else []
-            if reading_pending:
-                if not entries:
-                    self._read_id = b">"
-                    continue
-                self._read_id = entries[-1][0]
-            self._add_entries(batch, entries)
-            # Block only for the first read: once something arrived, ship it rather than wait.
-            block = None
-            if len(entries) < count and not reading_pending:
-                break
-        return batch
-
-    async def _claim_batch(self) -> _Batch | None:
-        now = time.monotonic()
-        if now - self._last_claim < min(self.claim_idle, 30.0) / 2 and self._claim_cursor == b"0-0":
-            return None
-        self._last_claim = now
-        result: Any = await self._r.xautoclaim(
-            self.stream, self.group, self.consumer, min_idle_time=int(self.claim_idle * 1000),
-            start_id=self._claim_cursor, count=self.read_count,
-        )
-        self._claim_cursor = result[0] if isinstance(result[0], bytes) else str(result[0]).encode()
-        if len(result) > 2 and result[2]:  # Redis 7: pending ids whose entries no longer exist
-            self.counters.entries_vanished += len(result[2])
-            logger.warning("%d pending entries had been deleted from the stream: their records "
-                           "are lost in transit", len(result[2]))
-        entries = [e for e in result[1] if e[0] not in self._in_flight]
-        if not entries:
-            return None
-        self.counters.claimed += len(entries)
-        logger.info("claimed %d idle entries from other consumers", len(entries))
-        batch = self._reading = _Batch()
-        self._add_entries(batch, entries)
-        return batch
-
-    def _add_entries(self, batch: _Batch, entries: list[Any]) -> None:
-        counters = self.counters
-        records_before = counters.read
-        for entry_id, fields in entries:
-            index = len(batch.ids)
-            batch.ids.append(entry_id)
-            self._in_flight.add(entry_id)
-            counters.entries_read += 1
-            if not fields:  # deleted while pending: nothing to store, just acknowledge
-                batch.fields.append({})
-                counters.entries_vanished += 1
-                logger.warning("entry %s was deleted from the stream while pending: its records "
-                               "are lost in transit", as_text(entry_id))
-                continue
-            batch.fields.append(fields)
-            try:
-                meta, wires = decode_entry(fields)
-            except Exception as exc:
-                # Decoding is a pure function of the bytes: a retry cannot succeed.
-                raw = {as_text(k): as_text(v) for k, v in fields.items()}
-                batch.rejects.append(
-                    _Reject(index, orjson.dumps(raw), f"{type(exc).__name__}: {exc}", 1)
-                )
-                continue
-            counters.read += len(wires)
-            for position, wire in enumerate(wires):
-                try:
-                    row = build_activity(wire, meta)
-                except Exception as exc:
-                    batch.rejects.append(_Reject(
-                        index, orjson.dumps(wire, default=str), f"{type(exc).__name__}: {exc}", 1,
-                    ))
-                    continue
-                batch.rows.append(row)
-                batch.refs.append((index, position))
-        if entries:
-            per_entry = (counters.read - records_before) / len(entries)
-            self._records_per_entry = max(1.0, 0.5 * self._records_per_entry + 0.5 * per_entry)
-
     # --- writing ---------------------------------------------------------------------------
 
     async def _writer_loop(self, queue: asyncio.Queue[_Batch | None], store: Store) -> None:
@@ -716,39 +534,6 @@ class ActivityWorker:
         except Exception:
             return b"null"
 
-    async def _finish(self, batch: _Batch) -> None:
-        """Dead-letter the rejects, then acknowledge and delete every entry of the batch.
-
-        Two round trips on purpose: a Redis transaction does not roll back, so a failed
-        dead-letter ``XADD`` inside ``MULTI`` would still let ``XACK`` through and lose the
-        record. Acknowledging only after every dead letter is written keeps it pending
-        instead (a retry may write a dead letter twice; never zero times).
-        """
-        now = time.time()
-        if batch.rejects:
-            pipe = self._r.pipeline(transaction=False)
-            for reject in batch.rejects:
-                pipe.xadd(self.dead_stream, {
-                    "record": reject.record, "error": reject.error[:4096],
-                    "source_id": batch.ids[reject.entry], "source_stream": self.stream,
-                    "attempts": str(reject.attempts), "consumer": self.consumer,
-                    "ts": f"{now:.6f}",
-                })
-            await pipe.execute()
-        # Not MULTI: a Redis over maxmemory refuses every command queued in a transaction, so
-        # the worker could never delete entries and free the memory. XACK and XDEL alone are
-        # accepted. A crash between them leaves an acknowledged entry in the stream: it is
-        # never delivered again (only its bytes stay behind); nothing is lost or stored twice.
-        pipe = self._r.pipeline(transaction=False)
-        pipe.xack(self.stream, self.group, *batch.ids)
-        pipe.xdel(self.stream, *batch.ids)
-        await pipe.execute()
-        self._in_flight.difference_update(batch.ids)
-        self.counters.dead_lettered += len(batch.rejects)
-        self.counters.acked += len(batch.ids)
-        if batch.rejects:
-            logger.warning("dead-lettered %d records to %r", len(batch.rejects), self.dead_stream)
-
     async def _maybe_ensure_partitions(self, store: Store, *, force: bool = False) -> None:
         now = time.monotonic()
         if not force and now - self._last_partition_check < self.partition_interval:
@@ -773,7 +558,7 @@ class ActivityWorker:
             try:
                 await action()
                 return True
-            except (*_REDIS_TRANSIENT, StoreUnavailableError) as exc:
+            except (*REDIS_TRANSIENT, StoreUnavailableError) as exc:
                 _reraise_if_cancelled()
                 self.counters.retried += 1
                 delay = backoff.next()
@@ -782,45 +567,6 @@ class ActivityWorker:
                     await self._pause(delay)
                 else:
                     await self._sleep(delay)
-
-    # --- heartbeat -------------------------------------------------------------------------
-
-    async def _heartbeat_loop(self) -> None:
-        while not await self._sleep(self.heartbeat_interval):
-            await self._beat()
-
-    async def _beat(self) -> None:
-        """``SET`` the heartbeat key; never raises (a missed beat must never stop the drain).
-
-        Works before the stream or the group exists: the lag gauges are then left as they
-        were, and the beat is written all the same.
-        """
-        try:
-            await self._update_lag()
-        except Exception as exc:
-            _reraise_if_cancelled()  # redis-py may have swallowed our cancel mid-command
-            logger.debug("could not read the group's lag: %s", exc)
-        payload = orjson.dumps({
-            "consumer": self.consumer, "host": socket.gethostname(), "pid": os.getpid(),
-            "ts": time.time(), "stream": self.stream, "group": self.group,
-            "started": self.started_at, "counters": self.stats(),
-        })
-        try:
-            await self._r.set(heartbeat_key(self.stream, self.consumer), payload,
-                              ex=int(DEFAULT_HEARTBEAT_TTL))
-        except Exception as exc:
-            _reraise_if_cancelled()
-            logger.debug("heartbeat failed: %s", exc)
-
-    async def _update_lag(self) -> None:
-        for info in await self._r.xinfo_groups(self.stream):
-            name = info.get("name")
-            if as_text(name) == self.group:
-                lag = info.get("lag")
-                self.counters.lag = int(lag) if lag is not None else None
-                self.counters.pending = int(info.get("pending", 0))
-                return
-
 
 async def _bounded_close(store: Store) -> None:
     """Close ``store`` within ``SETTLE_TIMEOUT`` s, else abort its connection; never raises."""

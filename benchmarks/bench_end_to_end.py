@@ -134,7 +134,7 @@ class Activity:  # the ORM model people write: one object per record
 registry().map_imperatively(Activity, make_table(MetaData()))
 
 async def main():
-    r = aioredis.Redis.from_url("redis://127.0.0.1:6379/0")
+    r = aioredis.Redis.from_url(REDIS_URL)
     engine = create_async_engine_for(url, schema=schema)
     done = 0
     while done < n:

@@ -24,13 +24,13 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-PG_URL = "postgresql://postgres@127.0.0.1:5432/test"
+PG_URL = os.environ.get("TEST_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/test")
 
 
 async def child(schema: str, fmt: str, limit_rows: int, path: str) -> None:
     from activity_logging.crud import ActivityFilter
     from activity_logging.export import export_activities
-    from tests.integration.test_crud_support import BASE
+    from tests.crud_rows import BASE
 
     # Rows are one every 7.776 s from BASE (see bench_queries): a window selects a prefix.
     until = BASE + timedelta(seconds=7.776 * limit_rows + 1)
@@ -64,7 +64,7 @@ async def seed(schema: str, rows: int) -> None:
     import asyncpg
 
     from activity_logging.db import init_db
-    from tests.integration.test_crud_support import seed_sql
+    from tests.crud_rows import seed_sql
 
     admin = await asyncpg.connect(PG_URL)
     await admin.execute(f'CREATE SCHEMA IF NOT EXISTS "{schema}"')

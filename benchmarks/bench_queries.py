@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import statistics
 import sys
 import time
@@ -28,9 +29,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from activity_logging.crud import ActivityFilter, activity_log_crud, build_select
 from activity_logging.db import create_async_engine_for, init_db
-from tests.integration.test_crud_support import BASE, seed_sql
+from tests.crud_rows import BASE, seed_sql
 
-PG_URL = "postgresql://postgres@127.0.0.1:5432/test"
+PG_URL = os.environ.get("TEST_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/test")
 SPAN = timedelta(days=90)
 
 

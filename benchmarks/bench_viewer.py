@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import statistics
 import sys
 import time
@@ -29,9 +30,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from activity_logging.crud import ActivityCursor
 from activity_logging.db import init_db
 from activity_logging.viewer import create_viewer_app
-from tests.integration.test_crud_support import BASE, seed_sql
+from tests.crud_rows import BASE, seed_sql
 
-PG_URL = "postgresql://postgres@127.0.0.1:5432/test"
+PG_URL = os.environ.get("TEST_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/test")
 SPAN = timedelta(days=90)
 #: The issue's bound for the list and history pages, server side.
 TARGET_MS = 100.0

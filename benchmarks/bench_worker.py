@@ -6,7 +6,9 @@
 
 ``inserts`` measures each way of inserting ``build_activity`` rows idempotently
 (``ON CONFLICT DO NOTHING``) into a fresh table, side by side in one run.
-``drain`` fills a stream with a backlog, then times one ``ActivityWorker`` draining it.
+``drain`` fills a stream with a backlog, then times one ``ActivityWorker`` draining it, and
+beside it (same run, same rows) a raw ``COPY`` into an identical table: the ratio is the
+figure that travels between machines.
 ``backlog`` does the same with a very long stream and samples the worker's RSS as it goes
 (run on demand, not in CI: a million entries take minutes).
 
@@ -31,7 +33,7 @@ import redis
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from activity_logging import db, schema, snapshot, wire
+from activity_logging import db, schema, snapshot, store_pg, wire
 from activity_logging.worker import ActivityWorker, tune_gc_for_draining
 
 PG_URL = os.environ.get("TEST_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/test")
@@ -216,6 +218,26 @@ def fill_stream(client: redis.Redis, stream: str, records: int, per_entry: int) 
     return entries
 
 
+async def raw_copy_rate(pg_schema: str, batch_size: int) -> float:
+    """The baseline: the rows the worker stored, COPYed by hand into an identical empty table
+    (same columns, indexes and codecs; no Redis, no decoding, no idempotence), batch by batch."""
+    conn = await db.connect_pg(PG_URL, schema=pg_schema)
+    try:
+        await conn.execute("CREATE TABLE activity_logs_copy (LIKE activity_logs INCLUDING ALL)")
+        await store_pg.set_fast_codecs(conn)
+        columns = ", ".join(db.quote_identifier(c) for c in schema.COLUMNS)
+        records = [tuple(r) for r in await conn.fetch(
+            f'SELECT {columns} FROM activity_logs ORDER BY "timestamp", id')]
+        start = time.perf_counter()
+        for i in range(0, len(records), batch_size):
+            async with conn.transaction():
+                await conn.copy_records_to_table("activity_logs_copy", records=records[i:i + batch_size],
+                                                 columns=schema.COLUMNS)
+        return len(records) / (time.perf_counter() - start)
+    finally:
+        await conn.close()
+
+
 def rss_kib() -> int:
     with open("/proc/self/status") as status:
         for line in status:
@@ -264,6 +286,9 @@ async def bench_drain(
         print(f"drained {stats['inserted']} rows in {elapsed:.1f}s: {rate:,.0f} rows/s "
               f"(batch_size={batch_size}, writers={writers}; distinct ids in table: {count}; "
               f"stream left: {client.xlen(stream)})")
+        copy_rate = await raw_copy_rate(schema, batch_size)
+        print(f"raw COPY of the same rows into an identical table: {copy_rate:,.0f} rows/s; "
+              f"worker / raw COPY = {rate / copy_rate:.2f}")
         if rss:
             print(f"worker RSS KiB: before {rss_before}, min {min(rss)}, max {max(rss)}, last {rss[-1]}; "
                   f"samples every 1s: {rss[:: max(1, len(rss) // 12)]}")

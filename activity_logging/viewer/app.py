@@ -43,9 +43,10 @@ from ..crud import ActivitySummary, Order
 from ..exceptions import ConfigurationError, StoreUnavailableError
 from ..export import EXPORT_FORMATS
 from ..levels import SEVERITIES
+from ..urls import sqlite_file
 from . import present, svg
 from .security import AuthorizeMiddleware, SecurityHeadersMiddleware, check_authorize
-from .store import DEFAULT_STATEMENT_TIMEOUT, ViewerStore, sqlite_file
+from .store import DEFAULT_STATEMENT_TIMEOUT, ViewerStore
 
 logger: Final = logging.getLogger("activity_logging.viewer")
 
@@ -225,7 +226,7 @@ class _Pages:
         return self.error(request, 400, "Bad request", str(exc))
 
     async def on_database_error(self, request: Request, exc: Exception) -> Response:
-        from ..cli_ops import database_error_line
+        from .._internal import database_error_line
         from ..db import is_missing_table
 
         if isinstance(exc, StoreUnavailableError):

@@ -15,10 +15,10 @@ from urllib.parse import urlencode
 
 import orjson
 
-from ..cli_ops import parse_when
 from ..crud import ActivityFilter
 from ..exceptions import ConfigurationError
 from ..levels import SEVERITIES
+from ..when import parse_when
 
 #: Query parameters a listing understands (the names of ``ActivityFilter`` and the CLI flags).
 FILTER_PARAMS: Final = (

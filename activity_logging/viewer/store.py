@@ -20,9 +20,8 @@ import os
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Final
-from urllib.parse import quote, unquote
+from urllib.parse import quote
 
 from sqlalchemy import text
 from sqlalchemy.engine import make_url
@@ -36,7 +35,7 @@ from ..db import create_async_engine_for, quote_identifier, reachable
 from ..exceptions import ConfigurationError
 from ..export import EXPORT_FORMATS, encode_csv, encode_jsonl
 from ..schema import activity_logs
-from ..urls import is_sqlite, normalize_async_url
+from ..urls import is_sqlite, normalize_async_url, sqlite_file
 
 EXPORT_BATCH_ROWS: Final = 2_000
 DEFAULT_STATEMENT_TIMEOUT: Final = 30.0
@@ -53,18 +52,6 @@ class ListPage:
     items: list[ActivityRecord]
     next_cursor: str | None
     back_cursor: str | None
-
-
-def sqlite_file(url: str) -> Path | None:
-    """The file a SQLite ``database_url`` names (``None`` for PostgreSQL or ``:memory:``)."""
-    if not is_sqlite(url):
-        return None
-    database = make_url(normalize_async_url(url)).database
-    if not database or database == ":memory:":
-        return None
-    if database.startswith("file:"):
-        database = unquote(database[len("file:"):].split("?", 1)[0])
-    return Path(database)
 
 
 def read_only_sqlite_url(url: str) -> str:
@@ -201,5 +188,4 @@ __all__ = [
     "ViewerStore",
     "create_read_only_engine",
     "read_only_sqlite_url",
-    "sqlite_file",
 ]

@@ -198,9 +198,11 @@ def test_sends_lost_in_a_network_blackhole_are_unconfirmed_then_stored_once_heal
 
     from activity_logging.handler import ActivityHandler
     from tests.servers import TcpProxy
+    from tests.services import address_of, url_via
 
-    proxy = TcpProxy(6379).start()
-    handler = ActivityHandler(redis_url=f"redis://127.0.0.1:{proxy.port}/0", stream=redis_stream,
+    host, port = address_of(redis_url)
+    proxy = TcpProxy(port, host).start()
+    handler = ActivityHandler(redis_url=url_via(redis_url, proxy.port), stream=redis_stream,
                               spool_path="off", close_timeout=2.0, reconnect_delay=0.1)
     log = logging.getLogger("activity.blackhole")
     log.propagate = False

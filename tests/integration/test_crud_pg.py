@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.integration.test_crud_support import CrudContract, Store
+from tests.crud_rows import CrudContract, Store
 
 pytestmark = pytest.mark.integration
 

@@ -15,7 +15,7 @@ import pytest
 from activity_logging.crud import activity_log_crud
 from activity_logging.db import init_db, read_connection
 from tests.cli_run import run
-from tests.integration.test_crud_support import make_rows, seed
+from tests.crud_rows import make_rows, seed
 
 pytestmark = pytest.mark.integration
 

@@ -15,7 +15,7 @@ import pytest
 
 from activity_logging.cli import main
 from activity_logging.schema import COLUMNS
-from tests.integration.test_crud_support import BASE, seed, seed_sql
+from tests.crud_rows import BASE, seed, seed_sql
 
 pytestmark = pytest.mark.integration
 

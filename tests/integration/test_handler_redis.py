@@ -1,4 +1,4 @@
-"""ActivityHandler against the real Redis on 127.0.0.1:6379 (unique stream per test)."""
+"""ActivityHandler against the real Redis (``TEST_REDIS_URL``; a unique stream per test)."""
 
 from __future__ import annotations
 

@@ -9,7 +9,7 @@ import asyncpg
 import pytest
 
 from activity_logging.retention import cleanup, vacuum
-from tests.integration.test_crud_support import make_rows, seed
+from tests.crud_rows import make_rows, seed
 
 pytestmark = pytest.mark.integration
 

@@ -21,7 +21,7 @@ from activity_logging.db import create_async_engine_for
 from activity_logging.snapshot import queued_from_record
 from activity_logging.status import gather_status, recent_sequence_gaps, render_status
 from activity_logging.wire import WireEncoder
-from tests.integration.test_crud_support import make_rows, seed
+from tests.crud_rows import make_rows, seed
 from tests.servers import private_redis
 
 pytestmark = pytest.mark.integration

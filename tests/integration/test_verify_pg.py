@@ -9,7 +9,7 @@ import anyio.to_thread
 import pytest
 
 from activity_logging.cli import main
-from tests.integration.test_crud_support import BASE, make_rows, seed
+from tests.crud_rows import BASE, make_rows, seed
 
 pytestmark = pytest.mark.integration
 

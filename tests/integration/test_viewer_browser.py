@@ -31,13 +31,13 @@ from typing import Any
 
 import pytest
 
+from tests.crud_rows import make_rows, reference, seed
 from tests.html_page import Page, assert_inert
-from tests.integration.test_crud_support import make_rows, reference, seed
+from tests.services import IN_CI
 
 pytestmark = pytest.mark.integration
 
 ROOT = Path(__file__).resolve().parents[2]
-IN_CI = bool(os.environ.get("CI"))
 TOKEN = "browser-test-token-0123456789"
 TITLE_MARK = "pwned"
 #: Each payload, if it ever ran, would leave a mark the dumped DOM shows.

@@ -12,8 +12,8 @@ from sqlalchemy import text
 from sqlalchemy.exc import DBAPIError
 
 from activity_logging.viewer import create_viewer_app
+from tests.crud_rows import make_rows, reference, seed
 from tests.html_page import Page
-from tests.integration.test_crud_support import make_rows, reference, seed
 
 pytestmark = pytest.mark.integration
 

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from tests.capture import Capture
-from tests.integration.test_crud_support import make_rows, seed
+from tests.crud_rows import make_rows, seed
 
 
 @pytest.fixture
@@ -32,7 +32,7 @@ def db(tmp_path: Path) -> str:
 
 @pytest.fixture
 def rows(db: str) -> list[dict[str, Any]]:
-    """40 known rows seeded into ``db`` (see tests/integration/test_crud_support.py)."""
+    """40 known rows seeded into ``db`` (see tests/crud_rows.py)."""
     data = make_rows(40)
     asyncio.run(seed(db, data))
     return data

@@ -23,12 +23,13 @@ import aiosqlite
 import orjson
 import pytest
 
-from activity_logging.cli_common import parse_when
 from activity_logging.crud import ActivityCursor
 from activity_logging.exceptions import ConfigurationError, StoreUnavailableError
 from activity_logging.export import export_activities
-from activity_logging.middleware import _parse_ip, parse_forwarded_for
+from activity_logging.middleware import parse_forwarded_for
+from activity_logging.request_context import parse_ip as _parse_ip
 from activity_logging.retention import MAX_RETENTION_DAYS, cleanup
+from activity_logging.when import parse_when
 from tests.cli_run import run
 
 ROOT = Path(__file__).resolve().parents[2]

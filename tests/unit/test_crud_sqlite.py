@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration.test_crud_support import CrudContract, Store
+from tests.crud_rows import CrudContract, Store
 
 
 class TestCrudSqlite(CrudContract):

@@ -23,7 +23,7 @@ from fastapi import FastAPI
 from starlette.applications import Starlette
 
 from activity_logging import ActivityContextMiddleware, ActivityHandler, middleware_lifespan
-from activity_logging import handler as handler_module
+from activity_logging import handler_lifecycle as handler_module
 from activity_logging._internal import RateLimitedReporter
 from activity_logging.exceptions import ConfigurationError
 from tests.ledger import keys_from_sqlite, ledger_of

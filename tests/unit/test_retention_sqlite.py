@@ -12,7 +12,7 @@ import pytest
 
 from activity_logging.exceptions import ConfigurationError
 from activity_logging.retention import cleanup, run_cleanup, vacuum
-from tests.integration.test_crud_support import BASE, make_rows, seed
+from tests.crud_rows import BASE, make_rows, seed
 
 NOW = BASE + timedelta(days=200)
 

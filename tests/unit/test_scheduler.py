@@ -14,7 +14,7 @@ import schedule
 
 from activity_logging.exceptions import ConfigurationError
 from activity_logging.scheduler import MaintenanceScheduler
-from tests.integration.test_crud_support import make_rows, seed
+from tests.crud_rows import make_rows, seed
 
 
 class _Collect(logging.Handler):

@@ -37,8 +37,8 @@ from activity_logging.viewer.present import normalize_changes, parse_filters
 from activity_logging.viewer.security import CONTENT_SECURITY_POLICY, credential, is_loopback
 from activity_logging.viewer.svg import nice_scale
 from tests.cli_run import run
+from tests.crud_rows import BASE, make_rows, reference, seed
 from tests.html_page import Page, assert_inert
-from tests.integration.test_crud_support import BASE, make_rows, reference, seed
 
 XSS_SCRIPT = "<script>document.title='pwned'</script>"
 XSS_IMG = "<img src=x onerror=\"document.title='pwned'\">"

@@ -22,10 +22,11 @@ import pytest
 
 from activity_logging import config, db, export, retention, scheduler, status, worker
 from activity_logging.cli import build_parser, main
-from activity_logging.cli_common import MONTHS_AHEAD, parse_when, resolve
+from activity_logging.cli_common import MONTHS_AHEAD, resolve
 from activity_logging.exceptions import ConfigurationError
+from activity_logging.when import parse_when
 from tests.cli_run import run
-from tests.integration.test_crud_support import BASE, make_rows, reference, seed
+from tests.crud_rows import BASE, make_rows, reference, seed
 from tests.servers import free_port
 
 

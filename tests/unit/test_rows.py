@@ -1,4 +1,4 @@
-"""The activity record: snapshot at call time, wire encoding, row building, bounds."""
+"""From a LogRecord to a row: the snapshot at call time, the entry, the row builder, bounds."""
 
 from __future__ import annotations
 

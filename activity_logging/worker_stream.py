@@ -1,0 +1,338 @@
+"""The worker's side of the Redis Stream: read, claim, decode, acknowledge, dead-letter, beat.
+
+``StreamSide`` is the half of ``ActivityWorker`` that talks to Redis: it reads entries
+through the consumer group (its own pending ones first, then new ones, and every
+``claim_idle`` seconds the idle ones of other consumers with ``XAUTOCLAIM``), decodes them
+once into rows (``wire.decode_entry``, ``rows.build_activity``), and after the rows are
+committed acknowledges and deletes the entries, dead-lettering what the store refused. It
+also writes the heartbeat ``status`` reads. A mixin: it works on the worker's settings and
+state, set up by ``ActivityWorker.__init__`` and ``run``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import socket
+import time
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Final
+
+import orjson
+import redis.asyncio as aioredis
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import OutOfMemoryError, ResponseError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from ._internal import Backoff, as_text
+from .config import DEFAULT_HEARTBEAT_TTL, heartbeat_key
+from .rows import build_activity
+from .wire import decode_entry
+
+if TYPE_CHECKING:
+    from .store import Store
+    from .worker import WorkerCounters
+
+logger: Final = logging.getLogger("activity_logging.worker")
+
+#: The worker's one retry policy (``_internal.Backoff``): first delay and ceiling, in seconds.
+BACKOFF_INITIAL: Final = 0.5
+BACKOFF_MAX: Final = 30.0
+# A full Redis (maxmemory with noeviction) refuses writes until the worker has stored and
+# deleted entries: waiting and retrying is right, nothing is acknowledged meanwhile.
+REDIS_TRANSIENT: Final = (RedisConnectionError, RedisTimeoutError, OSError, OutOfMemoryError)
+
+
+@dataclass
+class _Reject:
+    entry: int
+    record: bytes
+    error: str
+    attempts: int
+
+
+@dataclass
+class _Batch:
+    """Entries read together, their rows, and where each row came from."""
+
+    ids: list[bytes] = field(default_factory=list)
+    fields: list[Mapping[Any, Any]] = field(default_factory=list)
+    rows: list[dict[str, Any]] = field(default_factory=list)
+    refs: list[tuple[int, int]] = field(default_factory=list)
+    rejects: list[_Reject] = field(default_factory=list)
+    read_at: float = 0.0  # time.monotonic() when the reader handed it to the writers
+
+
+def _reraise_if_cancelled() -> None:
+    """Re-raise a cancellation that a library turned into an ordinary exception.
+
+    redis-py can catch ``CancelledError`` mid-command and raise a connection error instead;
+    a loop that retries ordinary errors would then swallow a cold stop.
+    """
+    task = asyncio.current_task()
+    if task is not None and task.cancelling():
+        raise asyncio.CancelledError
+
+
+class StreamSide:
+    """Reading and acknowledging entries, and the heartbeat (see the module docstring)."""
+
+    # set up by ActivityWorker
+    stream: str
+    dead_stream: str
+    group: str
+    consumer: str
+    batch_size: int
+    max_wait: float
+    read_count: int
+    claim_idle: float
+    heartbeat_interval: float
+    counters: WorkerCounters
+    store: Store
+    started_at: float
+    _redis: aioredis.Redis | None
+    _stopping: asyncio.Event
+    _heartbeat: asyncio.Task[None] | None
+    _reading: _Batch | None
+    _read_id: bytes
+    _last_claim: float
+    _claim_cursor: bytes
+    _in_flight: set[bytes]
+    _records_per_entry: float
+
+    def stats(self) -> dict[str, Any]:
+        raise NotImplementedError
+
+    async def _retrying(self, what: str, action: Callable[[], Awaitable[Any]], *,
+                        past_stop: bool = False) -> bool:
+        raise NotImplementedError
+
+    async def _sleep(self, seconds: float) -> bool:
+        raise NotImplementedError
+
+    async def _maybe_ensure_partitions(self, store: Store, *, force: bool = False) -> None:
+        raise NotImplementedError
+
+    @property
+    def _r(self) -> aioredis.Redis:
+        assert self._redis is not None, "run() owns the Redis client"
+        return self._redis
+
+    async def _start_and_read(
+        self, queue: asyncio.Queue[_Batch | None], stop_when_idle: bool
+    ) -> None:
+        """Connect, beat once, then read until a stop (or, one-shot, until idle)."""
+        if not await self._retrying("connect to PostgreSQL", self.store.connect):
+            return
+        if not await self._ensure_group():
+            return
+        # The first heartbeat before the first read: `status` sees a live worker at once.
+        await self._beat()
+        self._heartbeat = asyncio.create_task(
+            self._heartbeat_loop(), name="activity-worker-heartbeat")
+        await self._maybe_ensure_partitions(self.store, force=True)
+        await self._reader_loop(queue, stop_when_idle)
+
+    async def _ensure_group(self) -> bool:
+        """Create the group (and stream) if missing; False when a stop came first."""
+        async def create() -> None:
+            try:
+                await self._r.xgroup_create(self.stream, self.group, id="0", mkstream=True)
+                logger.info("created consumer group %r on %r", self.group, self.stream)
+            except ResponseError as exc:
+                if "BUSYGROUP" not in str(exc):
+                    raise
+        return await self._retrying("create the consumer group", create)
+
+    async def _reader_loop(self, queue: asyncio.Queue[_Batch | None], stop_when_idle: bool) -> None:
+        backoff = Backoff(BACKOFF_INITIAL, BACKOFF_MAX)
+        while not self._stopping.is_set():
+            _reraise_if_cancelled()
+            self._reading = None
+            try:
+                batch = await self._claim_batch()
+                if batch is None:
+                    batch = await self._read_batch()
+            except REDIS_TRANSIENT as exc:
+                _reraise_if_cancelled()
+                self.counters.retried += 1
+                delay = backoff.next()
+                logger.warning("reading %r failed (%s); retrying in %.1fs", self.stream, exc, delay)
+                await self._sleep(delay)
+                continue
+            except ResponseError as exc:
+                if "NOGROUP" not in str(exc):
+                    raise
+                self.counters.group_recreated += 1
+                logger.warning(
+                    "consumer group %r of %r vanished (Redis restarted without persistence?); "
+                    "recreating it from id 0", self.group, self.stream,
+                )
+                await self._ensure_group()
+                continue
+            backoff.reset()
+            if batch.ids:
+                batch.read_at = time.monotonic()
+                await queue.put(batch)  # not cancelled by a warm stop: the batch is in hand
+            elif stop_when_idle and self._read_id == b">":
+                return
+
+    async def _read_batch(self) -> _Batch:
+        batch = self._reading = _Batch()
+        block: int | None = int(self.max_wait * 1000)
+        while len(batch.rows) < self.batch_size and not self._stopping.is_set():
+            reading_pending = self._read_id != b">"
+            # Entries carry many records each: ask for about as many as fill the batch.
+            wanted = (self.batch_size - len(batch.rows)) / self._records_per_entry
+            count = max(1, min(self.read_count, int(wanted + 0.999)))
+            response: Any = await self._r.xreadgroup(
+                self.group, self.consumer, {self.stream: self._read_id},
+                count=count, block=None if reading_pending else block,
+            )
+            entries = response[0][1] if response else []
+            if reading_pending:
+                if not entries:
+                    self._read_id = b">"
+                    continue
+                self._read_id = entries[-1][0]
+            self._add_entries(batch, entries)
+            # Block only for the first read: once something arrived, ship it rather than wait.
+            block = None
+            if len(entries) < count and not reading_pending:
+                break
+        return batch
+
+    async def _claim_batch(self) -> _Batch | None:
+        now = time.monotonic()
+        if now - self._last_claim < min(self.claim_idle, 30.0) / 2 and self._claim_cursor == b"0-0":
+            return None
+        self._last_claim = now
+        result: Any = await self._r.xautoclaim(
+            self.stream, self.group, self.consumer, min_idle_time=int(self.claim_idle * 1000),
+            start_id=self._claim_cursor, count=self.read_count,
+        )
+        self._claim_cursor = result[0] if isinstance(result[0], bytes) else str(result[0]).encode()
+        if len(result) > 2 and result[2]:  # Redis 7: pending ids whose entries no longer exist
+            self.counters.entries_vanished += len(result[2])
+            logger.warning("%d pending entries had been deleted from the stream: their records "
+                           "are lost in transit", len(result[2]))
+        entries = [e for e in result[1] if e[0] not in self._in_flight]
+        if not entries:
+            return None
+        self.counters.claimed += len(entries)
+        logger.info("claimed %d idle entries from other consumers", len(entries))
+        batch = self._reading = _Batch()
+        self._add_entries(batch, entries)
+        return batch
+
+    def _add_entries(self, batch: _Batch, entries: list[Any]) -> None:
+        counters = self.counters
+        records_before = counters.read
+        for entry_id, fields in entries:
+            index = len(batch.ids)
+            batch.ids.append(entry_id)
+            self._in_flight.add(entry_id)
+            counters.entries_read += 1
+            if not fields:  # deleted while pending: nothing to store, just acknowledge
+                batch.fields.append({})
+                counters.entries_vanished += 1
+                logger.warning("entry %s was deleted from the stream while pending: its records "
+                               "are lost in transit", as_text(entry_id))
+                continue
+            batch.fields.append(fields)
+            try:
+                meta, wires = decode_entry(fields)
+            except Exception as exc:
+                # Decoding is a pure function of the bytes: a retry cannot succeed.
+                raw = {as_text(k): as_text(v) for k, v in fields.items()}
+                batch.rejects.append(
+                    _Reject(index, orjson.dumps(raw), f"{type(exc).__name__}: {exc}", 1)
+                )
+                continue
+            counters.read += len(wires)
+            for position, wire in enumerate(wires):
+                try:
+                    row = build_activity(wire, meta)
+                except Exception as exc:
+                    batch.rejects.append(_Reject(
+                        index, orjson.dumps(wire, default=str), f"{type(exc).__name__}: {exc}", 1,
+                    ))
+                    continue
+                batch.rows.append(row)
+                batch.refs.append((index, position))
+        if entries:
+            per_entry = (counters.read - records_before) / len(entries)
+            self._records_per_entry = max(1.0, 0.5 * self._records_per_entry + 0.5 * per_entry)
+
+    async def _finish(self, batch: _Batch) -> None:
+        """Dead-letter the rejects, then acknowledge and delete every entry of the batch.
+
+        Two round trips on purpose: a Redis transaction does not roll back, so a failed
+        dead-letter ``XADD`` inside ``MULTI`` would still let ``XACK`` through and lose the
+        record. Acknowledging only after every dead letter is written keeps it pending
+        instead (a retry may write a dead letter twice; never zero times).
+        """
+        now = time.time()
+        if batch.rejects:
+            pipe = self._r.pipeline(transaction=False)
+            for reject in batch.rejects:
+                pipe.xadd(self.dead_stream, {
+                    "record": reject.record, "error": reject.error[:4096],
+                    "source_id": batch.ids[reject.entry], "source_stream": self.stream,
+                    "attempts": str(reject.attempts), "consumer": self.consumer,
+                    "ts": f"{now:.6f}",
+                })
+            await pipe.execute()
+        # Not MULTI: a Redis over maxmemory refuses every command queued in a transaction, so
+        # the worker could never delete entries and free the memory. XACK and XDEL alone are
+        # accepted. A crash between them leaves an acknowledged entry in the stream: it is
+        # never delivered again (only its bytes stay behind); nothing is lost or stored twice.
+        pipe = self._r.pipeline(transaction=False)
+        pipe.xack(self.stream, self.group, *batch.ids)
+        pipe.xdel(self.stream, *batch.ids)
+        await pipe.execute()
+        self._in_flight.difference_update(batch.ids)
+        self.counters.dead_lettered += len(batch.rejects)
+        self.counters.acked += len(batch.ids)
+        if batch.rejects:
+            logger.warning("dead-lettered %d records to %r", len(batch.rejects), self.dead_stream)
+
+    # --- heartbeat -------------------------------------------------------------------------
+
+    async def _heartbeat_loop(self) -> None:
+        while not await self._sleep(self.heartbeat_interval):
+            await self._beat()
+
+    async def _beat(self) -> None:
+        """``SET`` the heartbeat key; never raises (a missed beat must never stop the drain).
+
+        Works before the stream or the group exists: the lag gauges are then left as they
+        were, and the beat is written all the same.
+        """
+        try:
+            await self._update_lag()
+        except Exception as exc:
+            _reraise_if_cancelled()  # redis-py may have swallowed our cancel mid-command
+            logger.debug("could not read the group's lag: %s", exc)
+        payload = orjson.dumps({
+            "consumer": self.consumer, "host": socket.gethostname(), "pid": os.getpid(),
+            "ts": time.time(), "stream": self.stream, "group": self.group,
+            "started": self.started_at, "counters": self.stats(),
+        })
+        try:
+            await self._r.set(heartbeat_key(self.stream, self.consumer), payload,
+                              ex=int(DEFAULT_HEARTBEAT_TTL))
+        except Exception as exc:
+            _reraise_if_cancelled()
+            logger.debug("heartbeat failed: %s", exc)
+
+    async def _update_lag(self) -> None:
+        for info in await self._r.xinfo_groups(self.stream):
+            name = info.get("name")
+            if as_text(name) == self.group:
+                lag = info.get("lag")
+                self.counters.lag = int(lag) if lag is not None else None
+                self.counters.pending = int(info.get("pending", 0))
+                return
