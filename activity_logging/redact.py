@@ -90,7 +90,6 @@ class Redactor:
         None when it holds an object whose encoding may contain keys (a dataclass, a
         Mapping that is not a dict, anything orjson or its fallback turns into a mapping),
         or is nested past ``MAX_DEPTH``: the caller then checks the decoded JSON instead.
-        The common case, known keys and scalar values, is two checks done in C.
         """
         if not self.words:
             return False
@@ -100,38 +99,19 @@ class Redactor:
             for key, value in obj.items():
                 if value is not None and key not in self._clean and self.secret_key(key):
                     return True
-        if _SCALARS.issuperset(map(type, obj.values())):
-            return False
+        return self._find_among(obj.values(), depth)
+
+    def _find_among(self, values: Iterable[Any], depth: int) -> bool | None:
+        """``find`` over the values of a dict or the items of a list."""
         unsure = False
-        for value in obj.values():
+        for value in values:
             kind = type(value)
             if kind in _SCALARS:
                 continue
             if kind is dict:
                 found = self.find(value, depth + 1)
             elif kind is list or kind is tuple:
-                found = self._find_in(value, depth + 1)
-            else:
-                found = None
-            if found:
-                return True
-            unsure = unsure or found is None
-        return None if unsure else False
-
-    def _find_in(self, items: list[Any] | tuple[Any, ...], depth: int) -> bool | None:
-        if depth > MAX_DEPTH:
-            return None
-        if _SCALARS.issuperset(map(type, items)):
-            return False
-        unsure = False
-        for value in items:
-            kind = type(value)
-            if kind in _SCALARS:
-                continue
-            if kind is dict:
-                found = self.find(value, depth)
-            elif kind is list or kind is tuple:
-                found = self._find_in(value, depth + 1)
+                found = self._find_among(value, depth + 1) if depth < MAX_DEPTH else None
             else:
                 found = None
             if found:

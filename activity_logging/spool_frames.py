@@ -175,11 +175,8 @@ def _frame_at(win: Window, pos: int, cap: int) -> tuple[Entry | None, int, int]:
     head_crc = zlib.crc32(head[:hlen], zlib.crc32(prefix))
     if head_crc != _CRC.unpack_from(head, hlen)[0]:
         return None, 0, 0
-    try:
-        header = orjson.loads(head[:hlen])
-    except orjson.JSONDecodeError:
-        return None, 0, 0
-    if not isinstance(header, dict):
+    header = _header(head[:hlen])
+    if header is None:
         return None, 0, 0
     records = record_count(header)
     if _OVERHEAD + hlen + plen > cap:
@@ -190,6 +187,15 @@ def _frame_at(win: Window, pos: int, cap: int) -> tuple[Entry | None, int, int]:
         return None, 0, records
     header["d"] = bytes(body[:plen])
     return header, body_at + plen + _CRC.size, records
+
+
+def _header(raw: bytes | memoryview) -> dict[str, Any] | None:
+    """A frame's JSON header, or None when it is not a JSON object."""
+    try:
+        header = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        return None
+    return header if isinstance(header, dict) else None
 
 
 def _old_frame_at(win: Window, pos: int, cap: int) -> tuple[Entry | None, int, int]:
@@ -203,11 +209,8 @@ def _old_frame_at(win: Window, pos: int, cap: int) -> tuple[Entry | None, int, i
     head = win.read(pos + _LEN.size, hlen + _LEN.size)
     if len(head) < hlen + _LEN.size:
         return None, 0, 0
-    try:
-        header = orjson.loads(head[:hlen])
-    except orjson.JSONDecodeError:
-        return None, 0, 0
-    if not isinstance(header, dict):
+    header = _header(head[:hlen])
+    if header is None:
         return None, 0, 0
     records = record_count(header)
     (plen,) = _LEN.unpack_from(head, hlen)

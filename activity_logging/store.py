@@ -100,30 +100,25 @@ async def _isolate(
     store: Store, rows: Sequence[Row], lo: int, hi: int, result: Stored, attempts: int,
     pause: float,
 ) -> None:
-    try:
-        result.inserted += await store.insert_activities(rows[lo:hi])
-        return
-    except Exception as exc:
-        if not store.is_data_error(exc):
-            raise
-        error: BaseException = exc
-    if hi - lo > 1:
-        mid = (lo + hi) // 2
-        await _isolate(store, rows, lo, mid, result, attempts, pause)
-        await _isolate(store, rows, mid, hi, result, attempts, pause)
-        return
-    tried = 1
-    while tried < attempts:
+    tried = 0
+    while True:
         tried += 1
-        await asyncio.sleep(pause * tried)
         try:
             result.inserted += await store.insert_activities(rows[lo:hi])
             return
         except Exception as exc:
             if not store.is_data_error(exc):
                 raise
-            error = exc
-    result.rejected.append(Rejected(lo, error, tried))
+            error: BaseException = exc
+        if hi - lo > 1:  # split: the bad rows are in one half or both
+            mid = (lo + hi) // 2
+            await _isolate(store, rows, lo, mid, result, attempts, pause)
+            await _isolate(store, rows, mid, hi, result, attempts, pause)
+            return
+        if tried >= attempts:
+            result.rejected.append(Rejected(lo, error, tried))
+            return
+        await asyncio.sleep(pause * (tried + 1))
 
 
 def make_store(

@@ -115,8 +115,8 @@ def tune_gc_for_draining() -> None:
     """Make the cyclic garbage collector cheap for a process that only drains.
 
     A batch holds ~10,000 fresh dicts (rows, decoded records); with the default thresholds
-    the collector runs every 700 allocations and walks them again and again, which measured
-    ~30% of the worker's time (benchmarks/bench_worker.py). Rows hold no cycles, so collect
+    the collector runs every 700 allocations and walks them again and again (a large share
+    of the worker's time: docs/performance.md). Rows hold no cycles, so collect
     rarely, and move everything alive at start-up out of the collector's sight. Called by the
     ``worker`` command, which owns its process; a library embedding ``ActivityWorker`` in a
     bigger application decides for itself.

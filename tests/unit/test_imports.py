@@ -11,7 +11,8 @@ HEAVY = ("sqlalchemy", "asyncpg", "aiosqlite", "starlette", "jinja2", "prometheu
 
 
 def _modules_after(code: str) -> set[str]:
-    probe = f"{code}\nimport sys\nprint(' '.join(sorted(m for m in sys.modules if m.split('.')[0] in {HEAVY!r})))"
+    probe = (f"{code}\nimport sys\n"
+             f"print(' '.join(sorted(m for m in sys.modules if m.split('.')[0] in {HEAVY!r})))")
     out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=60,
                          check=True)
     return set(out.stdout.split())

@@ -11,6 +11,7 @@ import pytest
 from activity_logging import snapshot, wire
 from activity_logging.exceptions import ConfigurationError
 from activity_logging.worker import ActivityWorker, _Batch
+from tests.fake_store import FakeStore
 
 REDIS = "redis://127.0.0.1:1/0"
 PG = "postgresql://postgres@127.0.0.1:1/test"
@@ -67,39 +68,13 @@ def test_entries_are_decoded_and_bad_ones_set_aside() -> None:
     assert worker.stats()["read"] == 7 and worker.stats()["entries_read"] == 4
 
 
-class FakeStore:
-    """Stores rows by id; refuses (like a data error) any row whose actor_id is 'poison'."""
-
-    def __init__(self) -> None:
-        self.rows: dict[Any, dict[str, Any]] = {}
-
-    async def insert_activities(self, rows: list[dict[str, Any]]) -> int:
-        if any(r["actor_id"] == "poison" for r in rows):
-            raise OverflowError("value out of int64 range")
-        new = [r for r in rows if r["id"] not in self.rows]
-        self.rows.update((r["id"], r) for r in new)
-        return len(new)
-
-    def is_data_error(self, exc: BaseException) -> bool:
-        return isinstance(exc, OverflowError)
-
-    async def ensure_partitions(self, months_ahead: int = 3) -> list[str]:
-        return []
-
-    async def close(self) -> None:
-        pass
-
-    def abort(self) -> None:
-        pass
-
-
 @pytest.mark.anyio
 @pytest.mark.parametrize("poison_at", [[], [0], [17], [5, 6, 63], list(range(0, 64, 9))])
 async def test_refused_records_are_dead_lettered_as_sent_and_the_rest_stored(
     poison_at: list[int],
 ) -> None:
     worker = make_worker(max_attempts=3)
-    store = FakeStore()
+    store = FakeStore(refuse=lambda row: row["actor_id"] == "poison")
     batch = _Batch()
     worker._add_entries(batch, [(f"{i}-0".encode(), _entry(16, f"p{i}")) for i in range(4)])
     for index in poison_at:
