@@ -50,7 +50,7 @@ CHILD_PRELUDE = textwrap.dedent("""
         global offered
         items = []
         for _ in range(per_entry):
-            record = logging.LogRecord("activity", 20, __file__, 1, "spooled", None, None)
+            record = logging.LogRecord("activity", 20, "child", 1, "spooled", None, None)
             record.__dict__.update(target_id=f"{tag}-{offered}", pad="x" * pad)
             items.append(snap.take(record))
             offered += 1
