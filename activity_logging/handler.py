@@ -1,13 +1,15 @@
 """``ActivityHandler``: a ``QueueHandler`` that owns a bounded queue and the thread that ships it.
 
-The caller's side (``emit``) is kept tiny: refuse our own loggers, snapshot the record into a
-tuple, append it to a bounded deque, count. It never blocks and never raises. The listener
-thread takes batches from the deque, encodes each batch into one stream entry (orjson) and
-hands entries to a sink: the Redis Stream, or the database directly (embedded SQLite default).
-When the sink fails it backs off (1 s doubling up to 30 s) and either holds the batch in hand (the
-deque then fills and further records are dropped and counted) or, with ``spool_path``, writes
-entries to a local spool that is replayed on reconnect. Every record that does not reach the
-sink is counted in ``stats()``.
+The caller's side (``emit``) is kept tiny: refuse our own loggers, snapshot the record into
+its wire bytes (``snapshot.Snapshotter.take``: id, seq and one orjson call), append them to a
+bounded deque, count. It never blocks and never raises. The listener thread
+(``listener.ListenerLoop``) takes batches from the deque, redacts them and hands them to a
+sink: the Redis Stream (one entry per batch), or the database directly (embedded SQLite
+default). When the sink fails it backs off (1 s doubling up to 30 s) and either holds the
+batch in hand (the deque then fills and further records are dropped and counted) or, with
+``spool_path``, writes entries to a local spool that is replayed on reconnect. Every record
+that does not reach the sink is counted in ``stats()``. Exit, fork and multiprocessing
+children are handled in ``handler_lifecycle``.
 """
 
 from __future__ import annotations
@@ -76,7 +78,12 @@ class _BoundedQueueView:
         """Enqueue a record as ``emit`` would; raises ``queue.Full`` when the queue is full."""
         if self.full():
             raise queue_mod.Full
-        self._handler.emit(item)
+        handler = self._handler
+        handler.acquire()  # as Handler.handle does: emit numbers records under the lock
+        try:
+            handler.emit(item)
+        finally:
+            handler.release()
 
 
 class ActivityListener:

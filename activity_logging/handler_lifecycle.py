@@ -131,6 +131,8 @@ def install_multiprocessing_exit_hook() -> None:
 
 def _reinit_handlers_after_fork() -> None:
     for handler in list(live_handlers):
+        if handler._closed:  # closing in the parent (a dictConfig replaced it): the parent ships
+            continue
         try:
             handler._after_fork_in_child()
         except Exception as exc:

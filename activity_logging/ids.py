@@ -14,7 +14,7 @@ class IdFactory:
     The 48-bit millisecond timestamp and a 12-bit sub-millisecond fraction come from
     ``record.created``; the remaining 62 bits are 42 random bits fixed per producer and the
     low 20 bits of the producer's sequence number, so ids are unique without a lock.
-    Not thread-safe (one listener thread uses it).
+    Not thread-safe: the ``Snapshotter`` that owns it runs under the handler's lock.
     """
 
     def __init__(self) -> None:

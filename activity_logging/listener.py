@@ -160,8 +160,7 @@ class ListenerLoop:
         encoder = self._encoder
         before = encoder.unencodable
         try:
-            for i, body in self._redactor.redact_records(items).items():
-                items[i] = body
+            self._redactor.redact_in_place(items)
             batch = encoder.batch(items)
         except Exception as exc:  # a bug: never seen, but it must not stop the listener
             self._counts["listener_errors"] += 1

@@ -26,7 +26,8 @@ _SECRET_WORDS: Final = (
 )
 DEFAULT_REDACT_KEYS: Final = ",".join(_SECRET_WORDS)
 REDACTED: Final = "[REDACTED]"
-#: Deeper structures are not walked: the encoded bytes are checked instead (``Snapshotter``).
+#: Deeper structures are not walked key by key: ``find`` answers "cannot tell" (None), and a
+#: record it cannot tell about is redacted by the walk of ``redact``, which has no limit.
 MAX_DEPTH: Final = 32
 _CACHE_LIMIT: Final = 10_000
 #: Values that orjson encodes as scalars: no keys can hide in them.
@@ -70,6 +71,13 @@ class Redactor:
         # keys known not to be secret: a record whose keys are all in it is checked in C
         self._clean: set[Any] = set()
         self._needles: tuple[bytes, ...] = tuple(n.encode() for n in search_terms(self.words))
+        # bytes.lower() folds ASCII only: a word with other letters cannot be searched for
+        # in bytes, so every record is walked; and two non-ASCII characters lower-case to
+        # ASCII letters (KELVIN SIGN to "k", DOTTED CAPITAL I to "i"): a record holding one
+        # is walked too, so "TO\u212aEN" cannot hide a token.
+        self._walk_all = not all(w.isascii() for w in self.words)
+        if self._needles:
+            self._needles += ("\u212a".encode(), "\u0130".encode())
         self.redacted = 0
 
     def secret_key(self, key: Any) -> bool:
@@ -130,7 +138,7 @@ class Redactor:
             for key, value in obj.items():
                 if value is not None and self.secret_key(key):
                     out[key] = REDACTED
-                    count += 1
+                    count += value != REDACTED  # already redacted (a cut record): not again
                 else:
                     out[key], n = self.redact(value)
                     count += n
@@ -158,19 +166,7 @@ class Redactor:
         """
         if not self._needles:
             return {}
-        offsets: list[int] = []
-        pos = 0
-        for body in bodies:
-            offsets.append(pos)
-            pos += len(body) + 1
-        low = b"\x00".join(bodies).lower()
-        hit: set[int] = set()
-        for word in self._needles:
-            i = low.find(word)
-            while i != -1:
-                index = bisect_right(offsets, i) - 1
-                hit.add(index)
-                i = low.find(word, offsets[index + 1] if index + 1 < len(offsets) else len(low))
+        hit = set(range(len(bodies))) if self._walk_all else self._mentions(bodies)
         out: dict[int, bytes] = {}
         for index in hit:
             try:
@@ -184,3 +180,25 @@ class Redactor:
                     self.redacted += count
                     out[index] = orjson.dumps(decoded)
         return out
+
+    def redact_in_place(self, bodies: list[bytes]) -> None:
+        """``redact_records``, with the redacted bodies put in place of the originals."""
+        for index, body in self.redact_records(bodies).items():
+            bodies[index] = body
+
+    def _mentions(self, bodies: Sequence[bytes]) -> set[int]:
+        """Positions of the bodies that hold a search term anywhere (lower-cased)."""
+        offsets: list[int] = []
+        pos = 0
+        for body in bodies:
+            offsets.append(pos)
+            pos += len(body) + 1
+        low = b"\x00".join(bodies).lower()
+        hit: set[int] = set()
+        for word in self._needles:
+            i = low.find(word)
+            while i != -1:
+                index = bisect_right(offsets, i) - 1
+                hit.add(index)
+                i = low.find(word, offsets[index + 1] if index + 1 < len(offsets) else len(low))
+        return hit

@@ -9,11 +9,12 @@ this module is where a value from a producer becomes a stored value. Pure: no I/
 
 from __future__ import annotations
 
+import functools
 import logging
 import uuid
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime, timedelta
-from typing import Any, Final, cast
+from typing import TYPE_CHECKING, Any, Final, cast
 
 import orjson
 
@@ -23,6 +24,9 @@ from .levels import level_to_severity
 from .request_context import canonical_ip
 from .schema import TEXT_LIMITS
 from .wire import Batch, Entry, decode_entry
+
+if TYPE_CHECKING:
+    from .redact import Redactor
 
 Row = dict[str, Any]
 
@@ -189,7 +193,7 @@ def rows_from_batch(batch: Batch) -> tuple[list[Row], int]:
     for record in batch.records:
         try:
             rows.append(build_activity(orjson.loads(record), meta))
-        except (EntryFormatError, orjson.JSONDecodeError) as exc:
+        except Exception as exc:  # any record that cannot be a row, never the others' loss
             rejected += 1
             reporter.report("reject", "a record could not become a row and was dropped", exc)
     return rows, rejected
@@ -206,14 +210,14 @@ def rows_from_entries(entries: Sequence[Entry]) -> tuple[list[Row], int]:
     for entry in entries:
         try:
             meta, records = decode_entry(entry)
-        except EntryFormatError as exc:
+        except Exception as exc:  # an entry this version cannot read: a pure function of its bytes
             rejected += _record_count(entry)
             reporter.report("reject", "an entry could not be decoded and was dropped", exc)
             continue
         for rec in records:
             try:
                 rows.append(build_activity(rec, meta))
-            except EntryFormatError as exc:
+            except Exception as exc:  # as the worker: a record that cannot be a row is left out
                 rejected += 1
                 reporter.report("reject", "a record could not become a row and was dropped", exc)
     return rows, rejected
@@ -227,19 +231,29 @@ def _record_count(entry: Entry) -> int:
         return 1
 
 
+@functools.cache
+def _redactor() -> Redactor:
+    """The default-keys redactor ``activity_from_record`` shares (building one costs its
+    search terms; its counter is of no use here)."""
+    from .redact import Redactor
+
+    return Redactor()
+
+
 def activity_from_record(
     record: logging.LogRecord, *, producer_id: str = "local", seq: int = 0
 ) -> Row:
     """The row a handler with default settings would store for ``record`` (``seq`` its number).
 
     The formatter's and the tests' way to see a row without a store; the same snapshot,
-    batch and build as the pipeline.
+    redaction (the default keys), batch and build as the pipeline.
     """
     from .snapshot import Snapshotter
     from .wire import WireEncoder
 
-    taken = Snapshotter(context=False, seq=max(0, seq - 1)).take(record)
-    rows, _ = rows_from_batch(WireEncoder(producer_id).batch([taken]))
+    taken = [Snapshotter(context=False, seq=max(0, seq - 1), redactor=_redactor()).take(record)]
+    _redactor().redact_in_place(taken)
+    rows, _ = rows_from_batch(WireEncoder(producer_id).batch(taken))
     if not rows:
         raise EntryFormatError("the record cannot become a row")
     return rows[0]

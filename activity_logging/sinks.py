@@ -12,11 +12,13 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
+import socket
 import threading
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 from ._internal import reporter
+from .exceptions import StoreUnavailableError
 from .urls import is_sqlite
 from .wire import Batch
 
@@ -113,17 +115,27 @@ class RedisStreamSink:
         self._drop_client()
 
 
+async def _getaddrinfo_inline(host: Any, port: Any, *, family: int = 0, type: int = 0,
+                              proto: int = 0, flags: int = 0) -> list[Any]:
+    """``loop.getaddrinfo`` without the default executor: asyncio resolves host names in a
+    thread pool, which cannot start during interpreter shutdown (a short script's last
+    send). The sink's own loop may block on a lookup: nothing else runs on it."""
+    return socket.getaddrinfo(host, port, family, type, proto, flags)
+
+
 class _LoopThread:
     """An event loop in a daemon thread of its own, which a sink runs coroutines on.
 
     The listener thread stays synchronous and waits for each coroutine with a timeout (a
     hung database cannot hold it, or ``close()``, past the send budget). Started when the
     sink is prepared, never lazily: no thread can start during interpreter shutdown, when a
-    short script's last records are sent. A daemon, so it never holds the interpreter's exit.
+    short script's last records are sent; for the same reason the loop resolves host names
+    inline. A daemon, so it never holds the interpreter's exit.
     """
 
     def __init__(self, name: str) -> None:
         self._loop = asyncio.new_event_loop()
+        self._loop.getaddrinfo = _getaddrinfo_inline  # type: ignore[method-assign]
         self._thread = threading.Thread(target=self._loop.run_forever, name=name, daemon=True)
         self._thread.start()
 
@@ -135,6 +147,11 @@ class _LoopThread:
         except concurrent.futures.TimeoutError:
             future.cancel()
             raise TimeoutError(f"no answer from the store within {timeout:.1f}s") from None
+
+    def call(self, fn: Callable[[], object]) -> None:
+        """Run ``fn`` on the loop's thread, soon; does not wait. Never raises."""
+        with contextlib.suppress(Exception):
+            self._loop.call_soon_threadsafe(fn)
 
     def stop(self, timeout: float = 1.0) -> None:
         """Stop the loop and close it; never raises."""
@@ -149,8 +166,10 @@ class StoreSink:
     """Writes straight to a ``store.Store`` (no Redis): SQLite embedded, or PostgreSQL.
 
     Rows go through ``store.store_rows``, the worker's own path: idempotent, bad rows
-    isolated by bisection and counted in ``rejected``. The store runs on the sink's own
-    event loop thread (``_LoopThread``); the listener waits at most ``timeout`` per send.
+    isolated by bisection and counted in ``rejected`` (at once: there is no dead-letter
+    stream to retry them from, and pauses would outlast the send's budget). The store runs
+    on the sink's own event loop thread (``_LoopThread``), which alone touches its
+    connection; the listener waits at most ``timeout`` per send.
     """
 
     def __init__(self, url: str, *, schema: str | None = None, timeout: float = 5.0) -> None:
@@ -161,31 +180,37 @@ class StoreSink:
         self._sqlite = is_sqlite(url)
         self._store: Store | None = None
         self._loop: _LoopThread | None = None
+        self._closed = False
         self._connected = False
         self._connected_for_send = False
 
     def prepare(self) -> None:
-        """Import the store's modules, build it, start the loop thread; SQLite opens now.
+        """Start the loop thread, import the store's modules, build it; SQLite opens now.
 
         A local file costs nothing to open, and opening it early surfaces a bad path at once.
         PostgreSQL connects on the first send (a handler built while it is down works).
+        Called once, when the handler is built; a failure after the thread started (a bad
+        path) leaves the sink to retry building the store on each send, without a new thread.
         """
+        if self._loop is None:
+            self._loop = _LoopThread(f"activity-store-{id(self):x}")
         # imported now, with SQLAlchemy and the driver, never at a first send during shutdown
         from . import rows, store
 
         self._rows_from_batch = rows.rows_from_batch
         self._store_rows = store.store_rows
         self._store = store.make_store(self.url, schema=self.schema, create=self._sqlite)
-        self._loop = _LoopThread(f"activity-store-{id(self):x}")
         if self._sqlite:
             self._loop.run(self._store.connect(), self.timeout)
             self._connected = True
 
     def send(self, batches: list[Batch]) -> None:
-        if self._store is None or self._loop is None:
-            self.prepare()
+        if self._closed or self._loop is None:
+            raise StoreUnavailableError("the store sink is closed or was never prepared")
+        if self._store is None:
+            self.prepare()  # the loop thread exists: nothing new is started
         assert self._store is not None
-        assert self._loop is not None
+        loop, store = self._loop, self._store
         rows: list[Row] = []
         rejected = 0
         for batch in batches:
@@ -195,12 +220,12 @@ class StoreSink:
         self._connected_for_send = False
         try:
             if not self._connected:  # failing here is a plain failure: nothing was sent
-                self._loop.run(self._store.connect(), self.timeout)
+                loop.run(store.connect(), self.timeout)
                 self._connected = True
             self._connected_for_send = True
-            stored = self._loop.run(self._store_rows(self._store, rows), self.timeout)
+            stored = loop.run(self._store_rows(store, rows, attempts=1, pause=0.0), self.timeout)
         except Exception:
-            self._store.abort()  # reconnect on the next send
+            loop.call(store.abort)  # on the loop's thread, which owns the connection
             self._connected = False
             raise
         for refused in stored.rejected:
@@ -218,7 +243,8 @@ class StoreSink:
         return not self._sqlite and isinstance(exc, ConnectionError | OSError)
 
     def close(self) -> None:
-        """Close the store and stop the loop; never raises."""
+        """Close the store and stop the loop; never raises. Later sends fail."""
+        self._closed = True
         store, loop = self._store, self._loop
         self._store = self._loop = None
         try:
@@ -226,8 +252,8 @@ class StoreSink:
                 loop.run(store.close(), min(self.timeout, 5.0))
         except Exception as exc:  # closing must never raise
             reporter.report("sink-close", "could not close the store", exc)
-            if store is not None:
-                store.abort()
+            if store is not None and loop is not None:
+                loop.call(store.abort)
         finally:
             if loop is not None:
                 loop.stop()

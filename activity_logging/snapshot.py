@@ -1,4 +1,4 @@
-"""The caller's side: a ``LogRecord`` snapshotted into the tuple the listener ships.
+"""The caller's side: a ``LogRecord`` snapshotted into the bytes the listener ships.
 
 Runs in the application's thread, inside ``ActivityHandler.emit``, so it is kept small:
 the message formatted only when it has arguments, and the record (its id, time, level,

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any, Final, Protocol
 
 from .config import DEFAULT_TABLE
+from .exceptions import ActivityLoggingError
 from .urls import is_sqlite
 
 Row = Mapping[str, Any]
@@ -119,6 +120,18 @@ async def _isolate(
             result.rejected.append(Rejected(lo, error, tried))
             return
         await asyncio.sleep(pause * (tried + 1))
+
+
+def is_bad_value(exc: BaseException) -> bool:
+    """True when a driver refused a value before it reached the database (an int out of
+    int64 range, an unparseable address): ``OverflowError``, ``ValueError``, ``TypeError``.
+
+    Never for this library's own errors (``ConfigurationError`` and ``EntryFormatError`` are
+    ``ValueError``s too): a missing table says nothing about the rows and must not get them
+    split up and refused one by one.
+    """
+    return (isinstance(exc, OverflowError | ValueError | TypeError)
+            and not isinstance(exc, ActivityLoggingError))
 
 
 def make_store(

@@ -18,9 +18,10 @@ import orjson
 
 from .config import DEFAULT_TABLE
 from .db import connect_pg, quote_identifier
-from .exceptions import ConfigurationError
+from .exceptions import ActivityLoggingError, ConfigurationError
 from .partitions import create_partitions, ensure_partitions, is_partitioned
 from .schema import COLUMNS
+from .store import is_bad_value
 from .urls import asyncpg_dsn, redact_url
 
 if TYPE_CHECKING:
@@ -47,10 +48,10 @@ def is_data_error(exc: BaseException) -> bool:
     Such an error repeats every time the same rows are inserted, so the caller must isolate
     the offending record instead of retrying the batch.
     """
-    if isinstance(exc, OverflowError | ValueError | TypeError):
-        # asyncpg's client-side encoders refuse the value before it reaches the server
-        # (an int out of int64 range, an unparseable inet): same meaning, a bad record.
+    if is_bad_value(exc):  # asyncpg's encoders refused it before it reached the server
         return True
+    if isinstance(exc, ActivityLoggingError):
+        return False
     sqlstate = getattr(exc, "sqlstate", None)
     return isinstance(sqlstate, str) and sqlstate[:2] in _DATA_ERROR_CLASSES
 

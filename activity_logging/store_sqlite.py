@@ -27,6 +27,7 @@ from sqlalchemy.schema import CreateIndex, CreateTable
 from .config import DEFAULT_TABLE
 from .exceptions import ConfigurationError, StoreUnavailableError
 from .schema import make_table
+from .store import is_bad_value
 from .urls import is_sqlite, redact_url, sqlite_file
 
 #: Connection settings of every SQLite connection the library opens, writers and readers
@@ -58,12 +59,13 @@ _Processor = Callable[[Any], Any] | None
 def is_data_error(exc: BaseException) -> bool:
     """True when SQLite (or the value conversion before it) refused a row's values.
 
-    ``IntegrityError`` (a NOT NULL column), ``InterfaceError`` (a value it cannot bind) and
-    the conversions' ``OverflowError``/``ValueError``/``TypeError`` repeat for the same row;
-    ``OperationalError`` (locked, disk full, I/O) and the rest are about the database.
+    ``IntegrityError`` (a NOT NULL column), ``InterfaceError`` (a value it cannot bind),
+    ``DataError`` and the conversions' bad values (``store.is_bad_value``) repeat for the same
+    row; ``OperationalError`` (locked, disk full, I/O), this library's own errors (a missing
+    table) and the rest are about the database.
     """
-    return isinstance(exc, sqlite3.IntegrityError | sqlite3.InterfaceError | sqlite3.DataError
-                      | OverflowError | ValueError | TypeError)
+    return (isinstance(exc, sqlite3.IntegrityError | sqlite3.InterfaceError | sqlite3.DataError)
+            or is_bad_value(exc))
 
 
 class SQLiteStore:
