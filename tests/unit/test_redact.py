@@ -90,3 +90,23 @@ def test_a_record_is_redacted_the_same_whatever_else_is_in_its_batch(
     assert redacted(Redactor(), *batch)[at] == alone
     expected, _ = Redactor().redact(extra)
     assert alone == expected  # and it is exactly the key-by-key walk
+
+
+def test_a_key_that_lower_cases_to_a_secret_word_is_redacted() -> None:
+    """KELVIN SIGN lower-cases to "k": "TO\u212aEN" is a token key though its bytes are not."""
+    (out,) = redacted(Redactor(), body_of(**{"ACCESS_TO\u212aEN": "t"}))
+    assert out == {"ACCESS_TO\u212aEN": REDACTED}
+
+
+def test_non_ascii_key_words_are_found_in_any_case() -> None:
+    (out,) = redacted(Redactor("пароль"), body_of(**{"ПАРОЛЬ": "x", "имя": "y"}))
+    assert out == {"ПАРОЛЬ": REDACTED, "имя": "y"}
+
+
+def test_the_json_formatter_redacts_like_the_pipeline() -> None:
+    from activity_logging.formatter import ActivityJsonFormatter
+
+    record = logging.getLogger("activity").makeRecord(
+        "activity", logging.INFO, __file__, 1, "m", None, None, extra={"password": "hunter2"})
+    out = ActivityJsonFormatter().format(record)
+    assert "hunter2" not in out and REDACTED in out

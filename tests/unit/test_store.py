@@ -52,3 +52,16 @@ def test_a_database_error_is_not_mistaken_for_a_bad_row() -> None:
 def test_the_fake_is_a_store() -> None:
     store: Store = FakeStore()  # the protocol, checked by mypy
     assert store.is_data_error(OverflowError())
+
+
+def test_this_librarys_own_errors_are_not_taken_for_bad_rows() -> None:
+    """A missing table raises ConfigurationError, a ValueError: it must not get every row
+    split off and refused one by one."""
+    from activity_logging.exceptions import ConfigurationError
+    from activity_logging.store_pg import is_data_error as pg_data_error
+    from activity_logging.store_sqlite import is_data_error as sqlite_data_error
+
+    missing = ConfigurationError("table 'activity_logs' does not exist: run init-db")
+    assert not pg_data_error(missing)
+    assert not sqlite_data_error(missing)
+    assert pg_data_error(OverflowError()) and sqlite_data_error(ValueError())
