@@ -5,8 +5,12 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import logging
+import subprocess
+import sys
+import textwrap
 import uuid
 from datetime import UTC, datetime
+from pathlib import Path
 
 import asyncpg
 import pytest
@@ -63,3 +67,35 @@ def test_direct_postgres_mode_stores_every_field(pg_url: str, pg_schema: str,
     assert changes == {"stage": {"old": None, "new": "new"}}
     assert metadata == {"source": "web", "n": 0}
     assert [r["seq"] for r in rows] == list(range(1, 1001))
+
+
+def test_a_short_script_in_direct_postgres_mode_stores_its_record_at_exit(
+    pg_url: str, pg_schema: str, tmp_path: Path
+) -> None:
+    """A script that logs once and exits: the first send happens inside logging.shutdown,
+    when no thread or executor can start. A host name (not an address) needs a lookup."""
+    asyncio.run(init_db(pg_url, schema=pg_schema))
+    by_name = pg_url.replace("127.0.0.1", "localhost")
+    script = tmp_path / "once.py"
+    script.write_text(textwrap.dedent(f"""
+        import logging
+        from activity_logging import ActivityHandler
+        handler = ActivityHandler(database_url={by_name!r}, schema={pg_schema!r}, direct=True)
+        log = logging.getLogger("activity.once")
+        log.addHandler(handler)
+        log.setLevel(logging.INFO)
+        log.propagate = False
+        log.info("short_script", extra={{"actor_id": "once"}})
+    """))
+    proc = subprocess.run([sys.executable, str(script)], capture_output=True, text=True,
+                          timeout=60, check=False)
+    assert proc.returncode == 0, proc.stderr
+
+    async def fetch() -> list[asyncpg.Record]:
+        conn = await asyncpg.connect(pg_url, server_settings={"search_path": pg_schema})
+        try:
+            return list(await conn.fetch("SELECT actor_id FROM activity_logs"))
+        finally:
+            await conn.close()
+
+    assert [r["actor_id"] for r in asyncio.run(fetch())] == ["once"], proc.stderr
