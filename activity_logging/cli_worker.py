@@ -145,8 +145,8 @@ def cmd_init_db(args: argparse.Namespace) -> int:
         path = sqlite_file(url)
         if path is not None and not args.partitioned:  # init_db refuses partitioned SQLite itself
             probe_sqlite(path, create=True)
-        asyncio.run(init_db(url, schema=schema, partitioned=args.partitioned,
-                            months_ahead=args.months_ahead))
+        notice = asyncio.run(init_db(url, schema=schema, partitioned=args.partitioned,
+                                     months_ahead=args.months_ahead))
     except (DBAPIError, sqlite3.Error) as exc:
         print(f"activity-logging init-db: database error at {redact_url(url)}: "
               f"{database_error_line(exc)}", file=sys.stderr)
@@ -154,6 +154,8 @@ def cmd_init_db(args: argparse.Namespace) -> int:
     except OSError as exc:
         print(f"activity-logging init-db: cannot open {redact_url(url)}: {exc}", file=sys.stderr)
         return EXIT_FAILED
+    if notice is not None:  # the table is ready; text search merely has no index
+        print(f"activity-logging init-db: {notice}", file=sys.stderr)
     print(f"activity_logs ready in {redact_url(url)}{f' schema {schema}' if schema else ''}"
           f"{' (partitioned by month)' if args.partitioned else ''}")
     return EXIT_OK

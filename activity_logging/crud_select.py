@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta
 from typing import Any, Final, Literal
 
-from sqlalchemy import Select, and_, or_, select
+from sqlalchemy import Select, String, and_, literal, or_, select
 from sqlalchemy.sql.elements import ColumnElement
 
 from .crud_results import ActivityCursor
@@ -125,8 +125,21 @@ class ActivityFilter:
         if self.severity is not None:
             conds.append(_in(_t.c.severity, self.severity))
         if self.text is not None:
-            conds.append(_t.c.description.icontains(self.text, autoescape=True))
+            conds.append(_text_condition(self.text))
         return conds
+
+
+def _text_condition(text: str) -> ColumnElement[bool]:
+    """``description ILIKE '%text%'``, ``%``, ``_`` and ``/`` in ``text`` matched literally.
+
+    The pattern goes into the SQL as a literal (``literal_execute``: SQLAlchemy quotes it at
+    execution), not as a bound parameter: PostgreSQL then plans every search with its word
+    in sight and takes the trigram index (``db.ensure_text_index``) for a rare one, where a
+    prepared statement's generic plan, made for any pattern, would scan the table.
+    """
+    escaped = text.replace("/", "//").replace("%", "/%").replace("_", "/_")
+    pattern = literal(f"%{escaped}%", String(), literal_execute=True)
+    return _t.c.description.ilike(pattern, escape="/")
 
 
 def _in(column: Any, values: tuple[str, ...]) -> ColumnElement[bool]:

@@ -113,7 +113,7 @@ async def init_db(
     partitioned: bool = False,
     months_ahead: int = 3,
     table: str = DEFAULT_TABLE,
-) -> None:
+) -> str | None:
     """Create the ``activity_logs`` table and its indexes if missing; idempotent.
 
     ``partitioned`` (PostgreSQL only) creates it ``PARTITION BY RANGE (timestamp)`` with the
@@ -121,6 +121,14 @@ async def init_db(
     ``months_ahead`` months ahead. An existing table is left as it is (a plain table is not
     converted). On SQLite the embedded store's own writer creates the plain table
     (``store_sqlite.SQLiteStore``: one definition of its DDL and PRAGMAs).
+
+    On PostgreSQL it also gives text search (``ActivityFilter.text``) its index
+    (``ensure_text_index``): the ``pg_trgm`` extension and a GIN trigram index on
+    ``description``, added to an existing table too (on a partitioned one, to the parent, so
+    every partition has it). Returns ``None`` when all is in place, or a one-line notice
+    when the extension cannot be created (no privilege, not installed on the server): the
+    table is ready and text search works, without an index. SQLite always returns ``None``
+    (it has no such index; text search scans).
 
     Raises ``ConfigurationError`` (bad URL, partitioned SQLite), ``StoreUnavailableError``
     (PostgreSQL unreachable), ``OSError`` carrying SQLite's reason when the SQLite file
@@ -140,7 +148,7 @@ async def init_db(
             raise OSError(str(exc.__cause__ or exc)) from exc
         finally:
             store.abort()
-        return
+        return None
     # partitions builds on this module (quote_identifier): imported here, for that case only
     from .partitions import ensure_partitions, make_partitioned_table
 
@@ -155,12 +163,70 @@ async def init_db(
             await conn.run_sync(metadata.create_all, checkfirst=True)
     finally:
         await engine.dispose()
-    if partitioned:
-        conn_pg = await connect_pg(url, schema=schema)
-        try:
+    conn_pg = await connect_pg(url, schema=schema)
+    try:
+        if partitioned:
             await ensure_partitions(conn_pg, table=table, months_ahead=months_ahead)
-        finally:
-            await conn_pg.close()
+        notice = await ensure_text_index(conn_pg, table=table)
+    finally:
+        await conn_pg.close()
+    return notice
+
+
+TRGM_EXTENSION: Final = "pg_trgm"
+
+
+def text_index_name(table: str = DEFAULT_TABLE) -> str:
+    """Name of the GIN trigram index on ``description``: ``ix_activity_logs_description_trgm``."""
+    return f"ix_{table}_description_trgm"
+
+
+async def _trgm_schema(conn: asyncpg.Connection) -> str | None:
+    found: str | None = await conn.fetchval(
+        "SELECT n.nspname FROM pg_extension e JOIN pg_namespace n ON n.oid = e.extnamespace "
+        "WHERE e.extname = $1", TRGM_EXTENSION)
+    return found
+
+
+async def ensure_text_index(conn: asyncpg.Connection, *, table: str = DEFAULT_TABLE) -> str | None:
+    """Give ``table`` (resolved through ``conn``'s ``search_path``) its trigram index; idempotent.
+
+    Creates the ``pg_trgm`` extension when the database lacks it, in schema ``public``,
+    not the first schema of the connection's ``search_path`` (an application
+    schema dropped with ``CASCADE`` would take the extension, and every other schema's
+    index, with it). Then ``CREATE INDEX IF NOT EXISTS`` the GIN index ``text_index_name``
+    on ``description`` with ``gin_trgm_ops`` (named with the extension's schema, so it
+    needs no ``search_path``), which ``description ILIKE '%word%'`` (the text filter) uses.
+    On a partitioned table the index goes on the parent: existing and future partitions
+    get it.
+
+    Returns ``None`` when the index exists (now or before), or a one-line notice when the
+    extension is missing and cannot be created (the index is then not made). Any other
+    server error (the table missing, say) raises asyncpg's ``PostgresError``.
+    """
+    import asyncpg
+
+    ext_schema = await _trgm_schema(conn)
+    if ext_schema is None:
+        try:
+            # Without SCHEMA the extension would land in the first schema of search_path.
+            await conn.execute(f"CREATE EXTENSION IF NOT EXISTS {TRGM_EXTENSION} SCHEMA public")
+        except asyncpg.PostgresError as exc:
+            ext_schema = await _trgm_schema(conn)  # another init-db may have just created it
+            if ext_schema is None:
+                database = await conn.fetchval("SELECT current_database()")
+                reason = " ".join(str(getattr(exc, "message", None) or exc).split())  # no HINT
+                return (f"text search has no index: cannot create the {TRGM_EXTENSION} "
+                        f"extension ({reason}); to enable it, a superuser "
+                        f"runs 'CREATE EXTENSION {TRGM_EXTENSION};' in database {database}, "
+                        f"then init-db again")
+        else:
+            ext_schema = await _trgm_schema(conn) or "public"
+    await conn.execute(
+        f"CREATE INDEX IF NOT EXISTS {quote_identifier(text_index_name(table))} "
+        f"ON {quote_identifier(table)} USING gin "
+        f"(description {quote_identifier(ext_schema)}.gin_trgm_ops)")
+    return None
 
 
 # --- what an error means ----------------------------------------------------------------------
@@ -260,13 +326,16 @@ async def read_connection(url: str, *, schema: str | None = None) -> AsyncIterat
 
 __all__ = [
     "DEFAULT_CONNECT_TIMEOUT",
+    "TRGM_EXTENSION",
     "UNDEFINED_TABLE",
     "connect_pg",
     "create_async_engine_for",
+    "ensure_text_index",
     "init_db",
     "is_missing_table",
     "is_unreachable",
     "quote_identifier",
     "reachable",
     "read_connection",
+    "text_index_name",
 ]

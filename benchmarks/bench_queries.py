@@ -1,11 +1,19 @@
 """Query latency and plans on a 1,000,000-row PostgreSQL table (not a test: run by hand).
 
     .venv/bin/python benchmarks/bench_queries.py [--rows 1000000] [--runs 30] [--keep SCHEMA]
+    .venv/bin/python benchmarks/bench_queries.py --text-search [--text-rows 200000]
+        [--insert-rows 100000] [--runs 30]
 
 Seeds a private schema with ``generate_series`` (rows spread over 90 days, 500 actors),
 ANALYZEs it, then for each query of ``activity_log_crud`` prints the median and p95 latency
 of the real call (SQLAlchemy AsyncSession over asyncpg) and the essence of its
 ``EXPLAIN (ANALYZE, BUFFERS)`` plan. The schema is dropped at the end unless ``--keep``.
+
+``--text-search`` runs the trigram-index case instead, side by side in one run: a rare word
+(20 rows per 1,000,000) over the whole ``--text-rows`` table, no time window, without and
+with the GIN trigram index (``db.ensure_text_index``), and the write path's cost of that
+index: rows/s of ``store_pg.PostgresStore.insert_activities`` (COPY, batches of 1,000) into
+an empty table without and with it.
 """
 
 from __future__ import annotations
@@ -28,15 +36,16 @@ from sqlalchemy.ext.asyncio import AsyncSession
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from activity_logging.crud import ActivityFilter, activity_log_crud, build_select
-from activity_logging.db import create_async_engine_for, init_db
-from tests.crud_rows import BASE, seed_sql
+from activity_logging.db import create_async_engine_for, init_db, text_index_name
+from activity_logging.store_pg import PostgresStore
+from tests.crud_rows import BASE, make_rows, seed_sql
 
 PG_URL = os.environ.get("TEST_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/test")
 SPAN = timedelta(days=90)
 
 
 async def explain(conn: asyncpg.Connection, stmt: Any, dialect: Any) -> list[str]:
-    compiled = stmt.compile(dialect=dialect)
+    compiled = stmt.compile(dialect=dialect, compile_kwargs={"render_postcompile": True})
     params = compiled.construct_params()
     args = [params[name] for name in compiled.positiontup]
     plan = await conn.fetch("EXPLAIN (ANALYZE, BUFFERS) " + str(compiled), *args)
@@ -61,12 +70,107 @@ async def timed(fn: Callable[[], Awaitable[Any]], runs: int) -> tuple[float, flo
     return statistics.median(samples), samples[int(len(samples) * 0.95) - 1], n
 
 
+RARE_WORD = "chargeback"
+
+
+async def insert_rate(schema: str, rows: list[dict[str, Any]], *, trgm: bool) -> float:
+    """Rows/s of ``PostgresStore.insert_activities`` into an empty table, with or without the
+    trigram index (the other indexes always there)."""
+    admin = await asyncpg.connect(PG_URL, server_settings={"search_path": schema})
+    try:
+        await admin.execute("TRUNCATE activity_logs")
+        if not trgm:
+            await admin.execute(f'DROP INDEX IF EXISTS "{text_index_name()}"')
+        else:
+            await init_db(PG_URL, schema=schema)
+        await admin.execute("CHECKPOINT")
+    finally:
+        await admin.close()
+    store = PostgresStore(PG_URL, schema=schema)
+    await store.connect()
+    try:
+        t0 = time.perf_counter()
+        for i in range(0, len(rows), 1000):
+            await store.insert_activities(rows[i:i + 1000])
+        return len(rows) / (time.perf_counter() - t0)
+    finally:
+        await store.close()
+
+
+async def text_search(args: argparse.Namespace) -> None:
+    """The trigram-index case: read side without and with the index, then the write side."""
+    schema = f"bench_trgm_{uuid.uuid4().hex[:8]}"
+    admin = await asyncpg.connect(PG_URL)
+    await admin.execute(f'CREATE SCHEMA "{schema}"')
+    engine = create_async_engine_for(PG_URL, schema=schema)
+    conn = await asyncpg.connect(PG_URL, server_settings={"search_path": schema})
+    try:
+        await init_db(PG_URL, schema=schema)
+        await conn.execute(f'DROP INDEX "{text_index_name()}"')
+        t0 = time.perf_counter()
+        await seed_sql(conn, args.text_rows, step=SPAN / args.text_rows, actors=500)
+        await conn.execute(
+            f"UPDATE activity_logs SET description = description || ' {RARE_WORD} disputed' "
+            "WHERE seq % 50000 = 7")
+        await conn.execute("VACUUM ANALYZE activity_logs")
+        print(f"seeded {args.text_rows:,} rows in {time.perf_counter() - t0:.1f} s "
+              f"(schema {schema}); PostgreSQL {await conn.fetchval('SHOW server_version')}\n")
+        for label in ("without the trigram index", "with the trigram index"):
+            if label.startswith("with "):
+                t0 = time.perf_counter()
+                await init_db(PG_URL, schema=schema)  # the migration path: adds the index
+                build = time.perf_counter() - t0
+                size = await conn.fetchval(
+                    f"SELECT pg_size_pretty(pg_relation_size('\"{text_index_name()}\"'))")
+                await conn.execute("ANALYZE activity_logs")
+                print(f"init-db added {text_index_name()} in {build:.1f} s ({size})")
+            # The rare word, then a common one (1 row in 97): recent 100, no time window.
+            for kind, word in (("rare word", RARE_WORD), ("common word", "refund")):
+                stmt = build_select(ActivityFilter.build(text=word), limit=101)
+                async with AsyncSession(engine) as db:
+                    async def search(db: AsyncSession = db, word: str = word) -> Any:
+                        return await activity_log_crud.get_recent_activities(
+                            db, text=word, limit=100)
+
+                    await search()  # warm the cache: both sides read from memory
+                    med, p95, n = await timed(search, args.runs)
+                print(f"## {kind} over {args.text_rows:,} rows, {label}: median {med:.2f} ms, "
+                      f"p95 {p95:.2f} ms, {n} rows")
+                for line in essence(await explain(conn, stmt, engine.dialect)):
+                    print("    " + line.strip())
+                print()
+        rows = make_rows(args.insert_rows, step=timedelta(seconds=1))
+        for row in rows:  # realistic descriptions: words, ids, numbers
+            row["description"] = (f"call {row['seq']} transferred to agent-{row['seq'] % 500} "
+                                  f"after {row['seq'] % 300} s, queue sales")
+        rates: dict[str, list[float]] = {"without": [], "with": []}
+        for _ in range(3):  # alternate, so drift hits both sides alike
+            rates["without"].append(await insert_rate(schema, rows, trgm=False))
+            rates["with"].append(await insert_rate(schema, rows, trgm=True))
+        for side, got in rates.items():
+            print(f"## insert_activities, {args.insert_rows:,} rows in batches of 1,000, {side} "
+                  f"the trigram index: median {statistics.median(got):,.0f} rows/s "
+                  f"(runs {', '.join(f'{r:,.0f}' for r in got)})")
+    finally:
+        await engine.dispose()
+        await conn.close()
+        await admin.execute(f'DROP SCHEMA "{schema}" CASCADE')
+        await admin.close()
+
+
 async def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--rows", type=int, default=1_000_000)
     parser.add_argument("--runs", type=int, default=30)
     parser.add_argument("--keep", help="reuse/keep this schema (seeded once)")
+    parser.add_argument("--text-search", action="store_true",
+                        help="run the trigram-index case (read and write side) only")
+    parser.add_argument("--text-rows", type=int, default=200_000)
+    parser.add_argument("--insert-rows", type=int, default=100_000)
     args = parser.parse_args()
+    if args.text_search:
+        await text_search(args)
+        return
     schema = args.keep or f"bench_q_{uuid.uuid4().hex[:8]}"
     admin = await asyncpg.connect(PG_URL)
     await admin.execute(f'CREATE SCHEMA IF NOT EXISTS "{schema}"')
