@@ -35,7 +35,8 @@ _COLUMN_EXTRAS: Final = (
     "http_method", "path",
 )
 _COLUMN_EXTRA_LIMITS: Final = tuple((key, TEXT_LIMITS[key]) for key in _COLUMN_EXTRAS)
-_SHORT_LIMIT: Final = 255
+_TYPE_LIMIT: Final = TEXT_LIMITS["activity_type"]
+_LOGGER_LIMIT: Final = TEXT_LIMITS["logger"]
 _DESCRIPTION_LIMIT: Final = TEXT_LIMITS["description"]
 _EPOCH: Final = datetime(1970, 1, 1, tzinfo=UTC)
 _MIN_TS_US: Final = -62_135_596_800_000_000  # 0001-01-01T00:00:00Z
@@ -125,7 +126,7 @@ def build_activity(wire: Mapping[str, Any], meta: Mapping[str, Any]) -> dict[str
         "id": record_id,
         "timestamp": _EPOCH + timedelta(microseconds=ts_us),
         "activity_type": _text(activity_type if activity_type not in (None, "") else msg,
-                               _SHORT_LIMIT, nul) or "",
+                               _TYPE_LIMIT, nul) or "",
         "description": _text(description if description is not None else msg, _DESCRIPTION_LIMIT, nul),
         "severity": level_to_severity(level),
         "level": level,
@@ -171,7 +172,7 @@ def build_activity(wire: Mapping[str, Any], meta: Mapping[str, Any]) -> dict[str
         metadata = _clean_json(metadata)
     row["changes"] = changes
     row["metadata"] = metadata
-    row["logger"] = _text(wire.get("lg"), _SHORT_LIMIT, nul)
+    row["logger"] = _text(wire.get("lg"), _LOGGER_LIMIT, nul)
     row["hostname"], row["process_id"], row["producer_id"] = _entry_columns(meta)
     seq = wire.get("seq")
     row["seq"] = seq if type(seq) is int else None

@@ -38,6 +38,9 @@ STANDARD_COUNT: Final = len(vars(logging.LogRecord("n", logging.INFO, "p", 1, "m
 
 MAX_MESSAGE_CHARS: Final = 8_192
 MAX_RECORD_BYTES: Final = int(HANDLER_TUNABLES["max_record_bytes"][1])  # the handler's default
+#: Of ``max_record_bytes``, what is kept for the record's own fields: its ``extra`` may use
+#: the rest (``Snapshotter.extras_limit``, ``limit_extras``).
+FIELDS_HEADROOM: Final = 1024
 #: Bytes of a queued record beyond its message, extras and exception (an estimate, for
 #: ``queue_max_bytes``).
 RECORD_OVERHEAD: Final = 200
@@ -72,7 +75,7 @@ class Snapshotter:
     def __init__(self, *, max_record_bytes: int = MAX_RECORD_BYTES,
                  redactor: Redactor | None = None, context: bool = True, seq: int = 0) -> None:
         self.max_record_bytes = max_record_bytes
-        self.extras_limit = max_record_bytes - 1024
+        self.extras_limit = max_record_bytes - FIELDS_HEADROOM
         self.redactor = redactor if redactor is not None else Redactor()
         self.context = context
         self.ids = IdFactory()
@@ -238,7 +241,7 @@ def limit_extras(raw: bytes, max_record_bytes: int, redactor: Redactor) -> bytes
         else:
             cut[key] = value
     limited = orjson.dumps(cut)
-    if len(limited) <= max_record_bytes - 1024:
+    if len(limited) <= max_record_bytes - FIELDS_HEADROOM:
         return limited
     keep: dict[str, Any] = {
         k: str(v)[:255] for k, v in cut.items() if k in _KEPT_WHEN_TRUNCATED and v is not None
