@@ -6,6 +6,7 @@ layout is tested without a database. (``status`` renders itself: ``status.render
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any, Final
@@ -14,6 +15,46 @@ from .changes import format_changes
 
 if TYPE_CHECKING:
     from .crud import ActivityRecord, ActivitySummary, ProducerSequence
+
+#: What a terminal may act on or hide rather than show: every control character (C0 with
+#: TAB, LF and CR, DEL, C1 with CSI/OSC/NEL), the bidirectional embeddings, overrides,
+#: isolates and marks (U+061C, U+200E/F, U+202A-U+202E, U+2066-U+2069), the line and
+#: paragraph separators (U+2028/9), invisible format characters with no part in writing a
+#: language (U+200B, U+2060-U+2064, U+FEFF, U+FFF9-U+FFFB) and lone surrogates (which
+#: would make ``print`` raise). ZWNJ/ZWJ (U+200C/D) stay: Persian, Indic scripts and emoji
+#: sequences need them.
+_UNSAFE: Final = re.compile(
+    "[\x00-\x1f\x7f-\x9f\u061c\u200b\u200e\u200f\u2028-\u202e\u2060-\u2064\u2066-\u2069"
+    "\ufeff\ufff9-\ufffb\ud800-\udfff]"
+)
+
+
+_SHORT: Final = {"\t": "\\t", "\n": "\\n", "\r": "\\r"}
+
+
+def _escape(match: re.Match[str]) -> str:
+    char = match.group()
+    if char in _SHORT:
+        return _SHORT[char]
+    code = ord(char)
+    return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}"
+
+
+def printable(text: str) -> str:
+    """``text`` safe to print on one terminal line: every character ``_UNSAFE`` names is
+    shown as a visible escape (ESC as ``\\x1b``, LF as ``\\n``, RLO as ``\\u202e``); all
+    else, non-ASCII letters and emoji included, is left as it is.
+
+    For showing stored or remote values (rows, Redis names, heartbeats) to a person: a
+    value cannot move the cursor, recolour or retitle the terminal, ring the bell, hide
+    itself or reverse the text around it. A backslash is not doubled, so a literal
+    ``\\x1b`` in a value reads like an escaped one; the exact value is in ``--json``.
+    Pure, never raises; a clean ASCII string is returned as is after one C-speed check.
+    """
+    if text.isascii() and text.isprintable():
+        return text
+    return _UNSAFE.sub(_escape, text)
+
 
 _TABLE_COLUMNS: Final = (
     ("timestamp", 23), ("severity", 8), ("activity_type", 22), ("actor", 28), ("target", 24),
