@@ -19,6 +19,8 @@ from typing import TYPE_CHECKING, Any, Final, cast
 import orjson
 
 from ._internal import reporter
+from .encoding import MAX_VALUE_BYTES, MAX_VALUE_CHARS
+from .entry_limits import entry_bytes
 from .exceptions import EntryFormatError
 from .levels import level_to_severity
 from .request_context import canonical_ip
@@ -41,6 +43,21 @@ _DESCRIPTION_LIMIT: Final = TEXT_LIMITS["description"]
 _EPOCH: Final = datetime(1970, 1, 1, tzinfo=UTC)
 _MIN_TS_US: Final = -62_135_596_800_000_000  # 0001-01-01T00:00:00Z
 _MAX_TS_US: Final = 253_402_300_799_999_999  # 9999-12-31T23:59:59.999999Z
+#: PostgreSQL ``bigint`` (``seq``) and ``integer`` (``process_id``): values outside are refused
+#: here, at build time, not by a database round trip per record.
+_BIGINT_MIN: Final = -(2**63)
+_BIGINT_MAX: Final = 2**63 - 1
+_INT_MAX: Final = 2**31 - 1
+#: Encoded bytes the ``metadata`` and the ``changes`` of one row may each take: four times
+#: the handler's default ``max_record_bytes`` (64 KiB), which its own records never exceed.
+#: Larger ones are cut (``bound_json``) and say so in a ``_truncated`` marker.
+MAX_JSON_BYTES: Final = 256 * 1024
+#: Bytes of a value ``bound_json`` keeps as a preview of what it cut.
+_PREVIEW_BYTES: Final = 512
+#: A JSON value re-encoded from its decoded form is at most this many times its source
+#: (``1e15`` becomes ``1000000000000000.0``): an entry this many times smaller than the bound
+#: cannot hold a value over it, and the check is skipped.
+_REENCODE_GROWTH: Final = 5
 
 
 def _clean_json(value: Any) -> Any:
@@ -79,9 +96,12 @@ def _entry_columns(meta: Mapping[str, Any]) -> _EntryColumns:
         # a string target: cast() with a subscripted type would build the type on every call
         return cast("_EntryColumns", cached)
     pid = meta.get("pid")
+    digits = str(pid) if isinstance(pid, int | str) else ""
+    # ASCII digits only (int() refuses "²"), and few enough to fit the integer column
+    process_id = int(digits) if digits.isascii() and digits.isdigit() and len(digits) <= 10 else None
     columns = (
         _text(meta.get("h"), TEXT_LIMITS["hostname"], True),
-        int(pid) if isinstance(pid, int | str) and str(pid).isdigit() else None,
+        process_id if process_id is not None and process_id <= _INT_MAX else None,
         _text(meta.get("p"), TEXT_LIMITS["producer_id"], True),
     )
     if isinstance(meta, dict):
@@ -89,7 +109,45 @@ def _entry_columns(meta: Mapping[str, Any]) -> _EntryColumns:
     return columns
 
 
-def build_activity(wire: Mapping[str, Any], meta: Mapping[str, Any]) -> dict[str, Any]:
+def bound_json(value: Any, limit: int = MAX_JSON_BYTES) -> Any:
+    """``value`` (decoded JSON) if it encodes to at most ``limit`` bytes, else a cut copy.
+
+    As the handler cuts an oversized ``extra`` (``snapshot.limit_extras``): in a dict, long
+    strings are cut to ``MAX_VALUE_CHARS`` and containers over ``MAX_VALUE_BYTES`` become
+    ``{"_truncated": true, "bytes": N, "preview": "..."}``; if that is still over ``limit``
+    (or ``value`` is no dict), the whole value becomes such a marker. The marker is what
+    makes a cut visible in the stored row. Never raises.
+    """
+    if value is None:
+        return None
+    try:
+        encoded = orjson.dumps(value)
+    except (TypeError, orjson.JSONEncodeError):  # not from decoded JSON: keep a preview only
+        encoded = str(value).encode("utf-8", "replace")
+    if len(encoded) <= limit:
+        return value
+    if type(value) is dict:
+        cut: dict[str, Any] = {}
+        for key, item in value.items():
+            if isinstance(item, str):
+                cut[key] = item[:MAX_VALUE_CHARS]
+            elif isinstance(item, dict | list):
+                inner = orjson.dumps(item)
+                cut[key] = item if len(inner) <= MAX_VALUE_BYTES else _marker(inner)
+            else:
+                cut[key] = item
+        if len(orjson.dumps(cut)) <= limit:
+            return cut
+    return _marker(encoded)
+
+
+def _marker(encoded: bytes) -> dict[str, Any]:
+    return {"_truncated": True, "bytes": len(encoded),
+            "preview": encoded[:_PREVIEW_BYTES].decode("utf-8", "replace")}
+
+
+def build_activity(wire: Mapping[str, Any], meta: Mapping[str, Any], *,
+                   max_json_bytes: int = MAX_JSON_BYTES) -> dict[str, Any]:
     """Map one wire record (plus its entry's metadata) onto the columns of ``activity_logs``.
 
     The worker's hot path (measured in benchmarks/bench_worker.py): per-entry values are
@@ -97,8 +155,13 @@ def build_activity(wire: Mapping[str, Any], meta: Mapping[str, Any]) -> dict[str
     ``decode_entry`` saw an escaped NUL in the entry's bytes (``meta["_nul"]``; absent means
     "maybe", so hand-made metadata is always cleaned). ``changes`` is normalised to the one
     shape, ``{"field": {"old": ..., "new": ...}}`` (``[old, new]`` pairs rewritten, a scalar
-    wrapped as ``{"value": ...}``, empty as None; rules in ``changes.py``). Does not modify
-    ``wire``. Raises ``EntryFormatError`` when the record lacks its id or timestamp.
+    wrapped as ``{"value": ...}``, empty as None; rules in ``changes.py``). Every text column
+    is cut to its ``TEXT_LIMITS``, the exception text to ``MAX_VALUE_CHARS``, and
+    ``metadata`` and ``changes`` each to ``max_json_bytes`` encoded bytes (``bound_json``;
+    skipped when ``meta["_bytes"]``, the size of the entry's payload, shows no value can be
+    that large). Does not modify ``wire``. Raises ``EntryFormatError`` when the record lacks
+    its id or timestamp, or its ``seq`` is outside PostgreSQL's ``bigint``: a record that
+    would always fail, refused without a database round trip.
     """
     try:
         record_id = uuid.UUID(wire["id"])
@@ -166,16 +229,25 @@ def build_activity(wire: Mapping[str, Any], meta: Mapping[str, Any]) -> dict[str
             metadata["metadata"] = explicit_meta
     exc_text = wire.get("exc")
     if exc_text:
-        metadata["exception"] = exc_text
+        metadata["exception"] = exc_text[:MAX_VALUE_CHARS] if type(exc_text) is str else exc_text
     if nul:
         changes = _clean_json(changes)
         metadata = _clean_json(metadata)
+    size = meta.get("_bytes")
+    if type(size) is not int or size * _REENCODE_GROWTH > max_json_bytes:
+        changes = bound_json(changes, max_json_bytes)
+        metadata = bound_json(metadata, max_json_bytes)
     row["changes"] = changes
     row["metadata"] = metadata
     row["logger"] = _text(wire.get("lg"), _LOGGER_LIMIT, nul)
     row["hostname"], row["process_id"], row["producer_id"] = _entry_columns(meta)
     seq = wire.get("seq")
-    row["seq"] = seq if type(seq) is int else None
+    if type(seq) is int:
+        if not _BIGINT_MIN <= seq <= _BIGINT_MAX:
+            raise EntryFormatError(f"record seq out of range for bigint: {seq}")
+        row["seq"] = seq
+    else:
+        row["seq"] = None
     return row
 
 
@@ -189,6 +261,7 @@ def rows_from_batch(batch: Batch) -> tuple[list[Row], int]:
         return rows_from_entries([batch.entry()])
     meta = batch.header()
     meta["_nul"] = any(b"\\u0000" in record for record in batch.records)
+    meta["_bytes"] = max(map(len, batch.records), default=0)
     rows: list[Row] = []
     rejected = 0
     for record in batch.records:
@@ -215,6 +288,7 @@ def rows_from_entries(entries: Sequence[Entry]) -> tuple[list[Row], int]:
             rejected += _record_count(entry)
             reporter.report("reject", "an entry could not be decoded and was dropped", exc)
             continue
+        meta["_bytes"] = entry_bytes(entry)
         for rec in records:
             try:
                 rows.append(build_activity(rec, meta))

@@ -23,9 +23,12 @@ from .urls import is_sqlite
 
 Row = Mapping[str, Any]
 
-#: Attempts on a row the database refuses before it is given up (the worker dead-letters it).
-DEFAULT_ATTEMPTS: Final = 3
-#: Pause before attempt ``n`` of a lone refused row: ``n * RETRY_PAUSE`` seconds.
+#: Tries of a lone row the database refuses before it is given up (the worker dead-letters
+#: it). One: a data error on a row alone is a property of its values, and repeats on every
+#: try; only errors about the database (not data errors) are worth retrying, and those are
+#: the caller's to retry, the whole batch at once.
+DEFAULT_ATTEMPTS: Final = 1
+#: Pause before try ``n`` of a lone refused row when ``attempts`` > 1: ``n * RETRY_PAUSE`` s.
 RETRY_PAUSE: Final = 0.05
 
 
@@ -87,7 +90,8 @@ async def store_rows(
 
     The whole batch is tried first; on a data error it is split in halves, recursively, so
     ``k`` bad rows among ``n`` cost about ``2k·log2(n)`` inserts and every good row is stored.
-    A lone refused row is tried ``attempts`` times in all, then reported in ``rejected``.
+    A lone refused row is reported in ``rejected`` at once (``attempts`` = 1, the default: a
+    data error is deterministic), or after ``attempts`` tries with a pause between them.
     Any other error (connection lost, table missing) propagates: the caller retries the
     whole batch later, and what was committed meanwhile is skipped by ``ON CONFLICT``.
     """
