@@ -21,7 +21,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import sqlite3
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from typing import TYPE_CHECKING, Any, Final
 
 from sqlalchemy import MetaData, event
@@ -29,7 +29,12 @@ from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
 from .config import DEFAULT_TABLE
-from .exceptions import ActivityLoggingError, ConfigurationError, StoreUnavailableError
+from .exceptions import (
+    ActivityLoggingError,
+    ConfigurationError,
+    PermissionDeniedError,
+    StoreUnavailableError,
+)
 from .schema import make_table
 from .urls import asyncpg_dsn, is_sqlite, normalize_async_url, redact_url
 
@@ -41,6 +46,10 @@ logger: Final = logging.getLogger("activity_logging.db")
 DEFAULT_CONNECT_TIMEOUT: Final = 10.0
 #: PostgreSQL SQLSTATE ``undefined_table``.
 UNDEFINED_TABLE: Final = "42P01"
+#: PostgreSQL SQLSTATE ``insufficient_privilege``: a role lacks a privilege (or ownership).
+INSUFFICIENT_PRIVILEGE: Final = "42501"
+#: PostgreSQL SQLSTATE class ``invalid_authorization_specification``: the login was refused.
+AUTHORIZATION_CLASS: Final = "28"
 
 
 def quote_identifier(identifier: str) -> str:
@@ -85,8 +94,11 @@ async def connect_pg(
     """Open a raw asyncpg connection, with ``search_path`` set to ``schema`` when given.
 
     For driver-only work (``COPY``, partition DDL, ``VACUUM``); reads use ``read_connection``.
-    Raises ``ConfigurationError`` for a non-PostgreSQL URL and ``StoreUnavailableError``
-    (naming the URL with its password hidden) when the server cannot be reached.
+    Raises ``ConfigurationError`` for a non-PostgreSQL URL, ``PermissionDeniedError`` when
+    the server refuses the login (SQLSTATE class 28: bad password, no ``pg_hba.conf``
+    entry, no such role; or 42501: no ``CONNECT`` on the database), and
+    ``StoreUnavailableError`` (naming the URL with its password hidden) when the server
+    cannot be reached.
     """
     import asyncpg  # the driver is loaded by who needs it, not by importing this module
 
@@ -97,6 +109,8 @@ async def connect_pg(
             dsn, server_settings=settings, timeout=connect_timeout
         )
     except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+        if is_permission_error(exc):  # a refused login never comes right by waiting
+            raise login_refused(url, exc) from exc
         raise StoreUnavailableError(
             f"cannot connect to PostgreSQL at {redact_url(url)}: {type(exc).__name__}: {exc}"
         ) from exc
@@ -244,11 +258,8 @@ def is_unreachable(exc: BaseException) -> bool:
     return False
 
 
-def is_missing_table(exc: BaseException) -> bool:
-    """True when ``exc`` (or what it wraps) says a table does not exist: PostgreSQL SQLSTATE
-    42P01 (asyncpg's ``UndefinedTableError``, also under SQLAlchemy's ``.orig``) or SQLite's
-    "no such table". A missing database, schema, column or function is not a missing table.
-    """
+def _error_chain(exc: BaseException) -> Iterator[BaseException]:
+    """``exc`` and what it wraps (SQLAlchemy's ``.orig``, ``__cause__``, ``__context__``)."""
     seen: set[int] = set()
     pending: list[BaseException | None] = [exc]
     while pending:
@@ -256,13 +267,76 @@ def is_missing_table(exc: BaseException) -> bool:
         if current is None or id(current) in seen:
             continue
         seen.add(id(current))
+        yield current
+        pending += [getattr(current, "orig", None), current.__cause__, current.__context__]
+
+
+def is_missing_table(exc: BaseException) -> bool:
+    """True when ``exc`` (or what it wraps) says a table does not exist: PostgreSQL SQLSTATE
+    42P01 (asyncpg's ``UndefinedTableError``, also under SQLAlchemy's ``.orig``) or SQLite's
+    "no such table". A missing database, schema, column or function is not a missing table.
+    """
+    for current in _error_chain(exc):
         if getattr(current, "sqlstate", None) == UNDEFINED_TABLE:
             return True
         if isinstance(current, sqlite3.OperationalError) and str(current).startswith(
                 "no such table"):
             return True
-        pending += [getattr(current, "orig", None), current.__cause__, current.__context__]
     return False
+
+
+def permission_cause(exc: BaseException) -> BaseException | None:
+    """The server error in ``exc``'s chain that refused this role something: SQLSTATE 42501
+    (a missing privilege, or not the owner) or class 28 (the login refused); else ``None``.
+
+    Already a ``PermissionDeniedError``: ``exc`` itself.
+    """
+    for current in _error_chain(exc):
+        if isinstance(current, PermissionDeniedError):
+            return current
+        sqlstate = getattr(current, "sqlstate", None)
+        if isinstance(sqlstate, str) and (
+                sqlstate == INSUFFICIENT_PRIVILEGE or sqlstate[:2] == AUTHORIZATION_CLASS):
+            return current
+    return None
+
+
+def is_permission_error(exc: BaseException) -> bool:
+    """True when ``exc`` (or what it wraps) is a refusal of this role (``permission_cause``).
+
+    Never the rows' fault and never cured by retrying: ``store_pg.is_data_error`` is False
+    for it, and the worker and the CLI stop with one line instead of retrying.
+    """
+    return permission_cause(exc) is not None
+
+
+def server_message(exc: BaseException) -> str:
+    """The first line of the server's message in ``exc`` (no DETAIL or HINT)."""
+    text = str(getattr(exc, "message", None) or exc)
+    return text.splitlines()[0] if text.strip() else type(exc).__name__
+
+
+def login_refused(url: str, exc: BaseException) -> PermissionDeniedError:
+    """The ``PermissionDeniedError`` for a login the server refused (one line, no password)."""
+    cause = permission_cause(exc) or exc
+    return PermissionDeniedError(
+        f"PostgreSQL at {redact_url(url)} refused the login: {server_message(cause)} "
+        "(check the user and password in the URL, pg_hba.conf, and that the role has LOGIN "
+        "and CONNECT on the database)")
+
+
+def as_permission_error(exc: BaseException, *, role: str | None, doing: str,
+                        fix: str) -> PermissionDeniedError:
+    """A one-line ``PermissionDeniedError`` for ``exc`` (``is_permission_error`` must hold).
+
+    ``doing`` says what was refused ("insert into activity_logs"), ``fix`` what to grant.
+    """
+    cause = permission_cause(exc) or exc
+    if isinstance(cause, PermissionDeniedError):
+        return cause
+    who = f"role {role!r}" if role else "this role"
+    return PermissionDeniedError(
+        f"{who} may not {doing}: {server_message(cause)}; {fix}")
 
 
 def _unreachable_error(url: str, exc: BaseException) -> StoreUnavailableError:
@@ -298,6 +372,7 @@ async def read_connection(url: str, *, schema: str | None = None) -> AsyncIterat
     as retention's batched deletes do), so a server-side cursor (``conn.stream``) lives as
     long as the block.
 
+    ``PermissionDeniedError`` when the server refuses the login (``connect_pg``), and
     ``StoreUnavailableError`` (naming the URL, password hidden) when connecting fails, or
     when a database call in the block fails because the server went away (a SQLAlchemy
     ``DBAPIError`` caused by a network error). Everything else raised in the block passes
@@ -307,7 +382,12 @@ async def read_connection(url: str, *, schema: str | None = None) -> AsyncIterat
     engine = create_async_engine_for(url, schema=schema)
     try:
         async with reachable(url):
-            conn = await engine.connect()
+            try:
+                conn = await engine.connect()
+            except DBAPIError as exc:
+                if is_permission_error(exc):
+                    raise login_refused(url, exc) from exc
+                raise
         try:
             yield conn
         except DBAPIError as exc:
@@ -325,17 +405,24 @@ async def read_connection(url: str, *, schema: str | None = None) -> AsyncIterat
 
 
 __all__ = [
+    "AUTHORIZATION_CLASS",
     "DEFAULT_CONNECT_TIMEOUT",
+    "INSUFFICIENT_PRIVILEGE",
     "TRGM_EXTENSION",
     "UNDEFINED_TABLE",
+    "as_permission_error",
     "connect_pg",
     "create_async_engine_for",
     "ensure_text_index",
     "init_db",
     "is_missing_table",
+    "is_permission_error",
     "is_unreachable",
+    "login_refused",
+    "permission_cause",
     "quote_identifier",
     "reachable",
     "read_connection",
+    "server_message",
     "text_index_name",
 ]
