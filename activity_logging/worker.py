@@ -12,7 +12,13 @@ commits acknowledges (``XACK``) and deletes (``XDEL``) the entries. So:
   stores the batch in hand if that takes at most ``stop_timeout`` seconds, else leaves its
   entries pending; a cold stop cancels at once (see docs/worker.md, "Stopping");
 * a record the database rejects is isolated by splitting the batch, the others stored,
-  and after ``max_attempts`` it goes with its error to the dead-letter stream.
+  and it goes at once (a data error is deterministic) with its error to the dead-letter
+  table ``activity_log_dead_letters`` (``dead_letters``), written before the entry is
+  acknowledged;
+* hostile input is bounded before it costs anything: an entry over ``max_entry_records``
+  or ``max_entry_bytes`` is refused undecoded, a record dated outside
+  ``[now - max_age, now + max_future]`` before any partition is made for it, ``metadata``
+  and ``changes`` cut to ``max_json_bytes`` (docs/worker.md, "Hostile input").
 
 Reading/decoding and inserting run as two tasks joined by a one-slot queue, so the next
 batch is decoded in this process while PostgreSQL works on the current one. Memory is
@@ -47,8 +53,12 @@ from .config import (
     resolve_redis_url,
     resolve_schema,
     resolve_stream,
+    tunable_env,
 )
+from .dead_letters import DeadLetterWriter
+from .entry_limits import MAX_ENTRY_BYTES, MAX_ENTRY_RECORDS
 from .exceptions import ConfigurationError, StoreUnavailableError
+from .rows import MAX_JSON_BYTES
 from .store import Store, make_store, store_rows
 from .urls import is_sqlite, redact_url
 from .wire import decode_entry
@@ -69,7 +79,24 @@ DEFAULT_MAX_WAIT: Final = 0.5
 DEFAULT_READ_COUNT: Final = 200
 DEFAULT_CLAIM_IDLE: Final = 60.0
 DEFAULT_HEARTBEAT_INTERVAL: Final = 5.0
-DEFAULT_MAX_ATTEMPTS: Final = 3
+#: Tries of a lone record the database refuses: one, a data error repeats on every try.
+DEFAULT_MAX_ATTEMPTS: Final = 1
+DEFAULT_MAX_ENTRY_RECORDS: Final = MAX_ENTRY_RECORDS
+DEFAULT_MAX_ENTRY_BYTES: Final = MAX_ENTRY_BYTES
+DEFAULT_MAX_JSON_BYTES: Final = MAX_JSON_BYTES
+#: Oldest record accepted, in seconds before now: a year and a day, so a spool replayed
+#: after a long outage, or a backlog drained late, is still stored (and at most 14 monthly
+#: partitions can be asked for).
+DEFAULT_MAX_AGE: Final = 366 * 86_400.0
+#: Newest record accepted, in seconds after now: a day of clock skew between hosts.
+DEFAULT_MAX_FUTURE: Final = 86_400.0
+#: The input bounds a worker reads from ``ACTIVITY_LOG_<NAME>`` when not given: (kind, default).
+_BOUNDS: Final[dict[str, tuple[type[int] | type[float], int | float]]] = {
+    "max_entry_records": (int, DEFAULT_MAX_ENTRY_RECORDS),
+    "max_entry_bytes": (int, DEFAULT_MAX_ENTRY_BYTES),
+    "max_json_bytes": (int, DEFAULT_MAX_JSON_BYTES),
+    "max_age": (float, DEFAULT_MAX_AGE), "max_future": (float, DEFAULT_MAX_FUTURE),
+}
 DEFAULT_PARTITION_INTERVAL: Final = 3600.0
 DEFAULT_WRITERS: Final = 1
 DEFAULT_STOP_TIMEOUT: Final = 1.5
@@ -88,7 +115,15 @@ class WorkerCounters:
 
     ``read`` records decoded from ``entries_read`` entries; ``inserted`` rows newly stored;
     ``duplicates_skipped`` rows already present (same id); ``retried`` transient failures
-    retried; ``dead_lettered`` records sent to the dead-letter stream; ``claimed`` entries
+    retried; ``dead_lettered`` dead letters written to ``activity_log_dead_letters`` (one
+    per refused record, or per entry refused whole), the sum of the ``refused_*`` counters:
+    ``refused_oversized`` entries over ``max_entry_records``/``max_entry_bytes`` (never
+    decoded, their records not in ``read``), ``refused_undecodable`` entries that could not
+    be decoded, ``refused_malformed`` records that cannot be rows (no id, seq outside
+    bigint...), ``refused_out_of_window`` records dated outside the accepted window,
+    ``refused_by_database`` records the database refused. So ``read`` = ``inserted`` +
+    ``duplicates_skipped`` + ``refused_malformed`` + ``refused_out_of_window`` +
+    ``refused_by_database``. ``claimed`` entries
     taken over from idle consumers; ``acked`` entries acknowledged and deleted;
     ``group_recreated`` times the consumer group had vanished; ``entries_vanished`` entries
     delivered but gone when read (trimmed or deleted while pending: their records never
@@ -101,6 +136,11 @@ class WorkerCounters:
     duplicates_skipped: int = 0
     retried: int = 0
     dead_lettered: int = 0
+    refused_oversized: int = 0
+    refused_undecodable: int = 0
+    refused_malformed: int = 0
+    refused_out_of_window: int = 0
+    refused_by_database: int = 0
     claimed: int = 0
     acked: int = 0
     batches: int = 0
@@ -143,7 +183,19 @@ class ActivityWorker(StreamSide):
         claim_idle: seconds an entry must sit unacknowledged with another consumer before
             this one claims it.
         heartbeat_interval: seconds between heartbeats (TTL ``DEFAULT_HEARTBEAT_TTL``).
-        max_attempts: attempts on a rejected record before it is dead-lettered.
+        max_attempts: tries of a record the database refuses before it is dead-lettered
+            (1: a data error is deterministic; more adds a pause between tries).
+        max_entry_records: records one entry may carry; default
+            ``ACTIVITY_LOG_MAX_ENTRY_RECORDS``, else ``DEFAULT_MAX_ENTRY_RECORDS``. Larger
+            entries are dead-lettered (an excerpt) without being decoded.
+        max_entry_bytes: bytes one entry may hold (``ACTIVITY_LOG_MAX_ENTRY_BYTES``, else
+            ``DEFAULT_MAX_ENTRY_BYTES``); the same.
+        max_json_bytes: encoded bytes ``metadata`` and ``changes`` may each take in a row
+            (``ACTIVITY_LOG_MAX_JSON_BYTES``); larger ones are cut, with a ``_truncated`` marker.
+        max_age: seconds before now of the oldest timestamp accepted (``ACTIVITY_LOG_MAX_AGE``,
+            else ``DEFAULT_MAX_AGE``, a year and a day); older records are dead-lettered.
+        max_future: seconds after now of the newest timestamp accepted
+            (``ACTIVITY_LOG_MAX_FUTURE``, else a day); newer records are dead-lettered.
         writers: batches inserted concurrently, each over its own PostgreSQL connection.
         stop_timeout: seconds a warm stop gives the batch in hand to be committed and
             acknowledged before leaving it pending (``request_stop``).
@@ -177,6 +229,11 @@ class ActivityWorker(StreamSide):
         writers: int = DEFAULT_WRITERS,
         stop_timeout: float = DEFAULT_STOP_TIMEOUT,
         on_batch: Callable[[float], None] | None = None,
+        max_entry_records: int | None = None,
+        max_entry_bytes: int | None = None,
+        max_json_bytes: int | None = None,
+        max_age: float | None = None,
+        max_future: float | None = None,
     ) -> None:
         resolved_redis = resolve_redis_url(redis_url)
         if resolved_redis is None:
@@ -210,12 +267,22 @@ class ActivityWorker(StreamSide):
         self.stop_timeout = stop_timeout
         self.counters = WorkerCounters()
         self.on_batch = on_batch
+        given = {"max_entry_records": max_entry_records, "max_entry_bytes": max_entry_bytes,
+                 "max_json_bytes": max_json_bytes, "max_age": max_age, "max_future": max_future}
+        bounds = {name: _bound(name, value) for name, value in given.items()}
+        self.max_entry_records = int(bounds["max_entry_records"])
+        self.max_entry_bytes = int(bounds["max_entry_bytes"])
+        self.max_json_bytes = int(bounds["max_json_bytes"])
+        self.max_age = float(bounds["max_age"])
+        self.max_future = float(bounds["max_future"])
         if is_sqlite(resolved_db):
             writers = 1  # one writer: SQLite serialises writes anyway
         # More than one connection lets PostgreSQL commit one batch while the next is copied.
         self.stores: list[Store] = [make_store(self.database_url, schema=self.schema, table=table)
                                     for _ in range(writers)]
         self.store: Store = self.stores[0]
+        self.dead_letter_writer = DeadLetterWriter(self.database_url, schema=self.schema,
+                                                   table=table)
         self._redis: aioredis.Redis | None = None
         self._stopping = asyncio.Event()
         self._forced = asyncio.Event()
@@ -463,6 +530,8 @@ class ActivityWorker(StreamSide):
         """Close the stores, delete the heartbeat, close Redis: each step bounded, never raises."""
         for store in self.stores:
             await _bounded_close(store)
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(self.dead_letter_writer.close(), SETTLE_TIMEOUT)
         if self._redis is not None:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(
@@ -481,6 +550,7 @@ class ActivityWorker(StreamSide):
                 return
             await self._maybe_ensure_partitions(store)
             await self._store_batch(batch, store)
+            await self._write_dead_letters(batch)
             await self._retrying("acknowledge entries", lambda b=batch: self._finish(b),
                                  past_stop=True)
             self.counters.batches += 1
@@ -520,9 +590,37 @@ class ActivityWorker(StreamSide):
                 logger.error("record %s rejected %d times (%s): dead-lettering it",
                              row["id"], refused.attempts, refused.error)
                 ref = batch.refs[refused.index]
+                self.counters.refused_by_database += 1
                 batch.rejects.append(_Reject(
                     ref[0], self._wire_record(batch, ref),
-                    f"{type(refused.error).__name__}: {refused.error}", refused.attempts))
+                    f"{type(refused.error).__name__}: {refused.error}", refused.attempts,
+                    reason="refused", position=ref[1], record_id=str(row["id"])))
+            return
+
+    async def _write_dead_letters(self, batch: _Batch) -> None:
+        """Write the batch's dead letters, retrying with backoff until they are written (the
+        entries stay pending meanwhile: a dead letter is never lost); a warm stop still
+        tries until its deadline."""
+        if not batch.rejects:
+            return
+        letters = self._dead_letters(batch)
+        backoff = Backoff(BACKOFF_INITIAL, BACKOFF_MAX)
+        while True:
+            try:
+                await self.dead_letter_writer.write(letters)
+            except Exception as exc:
+                _reraise_if_cancelled()
+                self.counters.retried += 1
+                delay = backoff.next()
+                logger.warning(
+                    "writing %d dead letters failed (%s: %s); retrying in %.1fs, entries stay "
+                    "pending", len(letters), type(exc).__name__, str(exc).splitlines()[0][:500],
+                    delay)
+                await self._pause(delay)
+                continue
+            self.counters.dead_lettered += len(letters)
+            logger.warning("dead-lettered %d records to %s", len(letters),
+                           self.dead_letter_writer.table.name)
             return
 
     @staticmethod
@@ -567,6 +665,25 @@ class ActivityWorker(StreamSide):
                     await self._pause(delay)
                 else:
                     await self._sleep(delay)
+
+def _bound(name: str, value: float | None) -> int | float:
+    """Input bound ``name``: the argument, else ``ACTIVITY_LOG_<NAME>``, else its default;
+    ``ConfigurationError`` naming the argument (or the variable) unless positive."""
+    kind, default = _BOUNDS[name]
+    source = name
+    if value is None:
+        raw = os.environ.get(tunable_env(name), "").strip()
+        if not raw:
+            return default
+        source = tunable_env(name)
+        try:
+            value = int(raw) if kind is int else float(raw)
+        except ValueError:
+            raise ConfigurationError(
+                f"{source} must be a positive {kind.__name__}, got {raw!r}") from None
+    require_positive(source, value, integer=kind is int)
+    return value
+
 
 async def _bounded_close(store: Store) -> None:
     """Close ``store`` within ``SETTLE_TIMEOUT`` s, else abort its connection; never raises."""

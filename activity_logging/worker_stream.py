@@ -1,10 +1,12 @@
-"""The worker's side of the Redis Stream: read, claim, decode, acknowledge, dead-letter, beat.
+"""The worker's side of the Redis Stream: read, claim, check, decode, acknowledge, beat.
 
 ``StreamSide`` is the half of ``ActivityWorker`` that talks to Redis: it reads entries
 through the consumer group (its own pending ones first, then new ones, and every
-``claim_idle`` seconds the idle ones of other consumers with ``XAUTOCLAIM``), decodes them
-once into rows (``wire.decode_entry``, ``rows.build_activity``), and after the rows are
-committed acknowledges and deletes the entries, dead-lettering what the store refused. It
+``claim_idle`` seconds the idle ones of other consumers with ``XAUTOCLAIM``), sizes each
+up before decoding it (``entry_limits``: records and bytes per entry), decodes it once
+into rows (``wire.decode_entry``, ``rows.build_activity``), refuses rows dated outside
+the accepted window, and after the rows are committed and the refused ones written as
+dead letters (``dead_letters``, by the worker) acknowledges and deletes the entries. It
 also writes the heartbeat ``status`` reads. A mixin: it works on the worker's settings and
 state, set up by ``ActivityWorker.__init__`` and ``run``.
 """
@@ -12,12 +14,14 @@ state, set up by ``ActivityWorker.__init__`` and ``run``.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 import os
 import socket
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Final
 
 import orjson
@@ -28,6 +32,8 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from ._internal import Backoff, as_text
 from .config import DEFAULT_HEARTBEAT_TTL, heartbeat_key
+from .dead_letters import WHOLE_ENTRY, DeadLetter
+from .entry_limits import MAX_EXCERPT_BYTES, entry_excerpt, oversized, payload_bytes
 from .rows import build_activity
 from .wire import decode_entry
 
@@ -47,10 +53,30 @@ REDIS_TRANSIENT: Final = (RedisConnectionError, RedisTimeoutError, OSError, OutO
 
 @dataclass
 class _Reject:
+    """What becomes one dead letter: ``record`` is at most ``MAX_EXCERPT_BYTES`` of what was
+    refused (``record_bytes`` and ``sha256`` describe the whole); ``position`` is the
+    record's place in its entry, ``WHOLE_ENTRY`` for an entry refused as a whole."""
+
     entry: int
     record: bytes
     error: str
     attempts: int
+    reason: str = "refused"
+    position: int = WHOLE_ENTRY
+    record_bytes: int = -1
+    sha256: str = ""
+    record_id: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.record_bytes < 0:  # given whole: keep a bounded excerpt of it
+            self.record_bytes = len(self.record)
+            self.sha256 = hashlib.sha256(self.record).hexdigest()
+            self.record = self.record[:MAX_EXCERPT_BYTES]
+
+
+def _record_id(wire: Any) -> str | None:
+    value = wire.get("id") if isinstance(wire, dict) else None
+    return value[:64] if isinstance(value, str) else None
 
 
 @dataclass
@@ -92,6 +118,11 @@ class StreamSide:
     counters: WorkerCounters
     store: Store
     started_at: float
+    max_entry_records: int
+    max_entry_bytes: int
+    max_json_bytes: int
+    max_age: float
+    max_future: float
     _redis: aioredis.Redis | None
     _stopping: asyncio.Event
     _heartbeat: asyncio.Task[None] | None
@@ -228,8 +259,19 @@ class StreamSide:
         return batch
 
     def _add_entries(self, batch: _Batch, entries: list[Any]) -> None:
+        """Check, decode and build the rows of ``entries`` into ``batch``; what is refused
+        becomes a bounded ``_Reject`` (a dead letter), counted under its ``refused_*`` name.
+
+        An entry over ``max_entry_records`` / ``max_entry_bytes`` is refused from its fields'
+        sizes alone, before it is decoded (an ``n`` that lied is caught after decoding); a
+        row dated outside ``[now - max_age, now + max_future]`` is refused before it reaches
+        the store, so no partition is ever made for it.
+        """
         counters = self.counters
         records_before = counters.read
+        now = time.time()
+        earliest = datetime.fromtimestamp(now - self.max_age, UTC)
+        latest = datetime.fromtimestamp(now + self.max_future, UTC)
         for entry_id, fields in entries:
             index = len(batch.ids)
             batch.ids.append(entry_id)
@@ -241,23 +283,53 @@ class StreamSide:
                 logger.warning("entry %s was deleted from the stream while pending: its records "
                                "are lost in transit", as_text(entry_id))
                 continue
+            too_big = oversized(fields, max_records=self.max_entry_records,
+                                max_bytes=self.max_entry_bytes)
+            if too_big is not None:
+                # Never decoded, and not kept: the batch holds a bounded excerpt of it only.
+                batch.fields.append({})
+                self._refuse_entry(batch, index, fields, too_big, "oversized")
+                counters.refused_oversized += 1
+                continue
             batch.fields.append(fields)
             try:
                 meta, wires = decode_entry(fields)
             except Exception as exc:
                 # Decoding is a pure function of the bytes: a retry cannot succeed.
-                raw = {as_text(k): as_text(v) for k, v in fields.items()}
-                batch.rejects.append(
-                    _Reject(index, orjson.dumps(raw), f"{type(exc).__name__}: {exc}", 1)
-                )
+                batch.fields[index] = {}
+                self._refuse_entry(batch, index, fields, f"{type(exc).__name__}: {exc}",
+                                   "undecodable")
+                counters.refused_undecodable += 1
                 continue
+            if len(wires) > self.max_entry_records:  # its ``n`` said fewer
+                batch.fields[index] = {}
+                self._refuse_entry(batch, index, fields, (
+                    f"entry of {len(wires)} records is over the limit of "
+                    f"{self.max_entry_records} records per entry"), "oversized")
+                counters.refused_oversized += 1
+                continue
+            # No value in the entry can encode larger than about its payload: when that is
+            # well under max_json_bytes, build_activity skips measuring metadata and changes.
+            meta["_bytes"] = len(payload_bytes(fields))
             counters.read += len(wires)
             for position, wire in enumerate(wires):
                 try:
-                    row = build_activity(wire, meta)
+                    row = build_activity(wire, meta, max_json_bytes=self.max_json_bytes)
                 except Exception as exc:
+                    counters.refused_malformed += 1
                     batch.rejects.append(_Reject(
                         index, orjson.dumps(wire, default=str), f"{type(exc).__name__}: {exc}", 1,
+                        reason="malformed", position=position, record_id=_record_id(wire),
+                    ))
+                    continue
+                if not earliest <= row["timestamp"] <= latest:
+                    counters.refused_out_of_window += 1
+                    batch.rejects.append(_Reject(
+                        index, orjson.dumps(wire, default=str),
+                        f"timestamp {row['timestamp'].isoformat()} is outside the accepted "
+                        f"window {earliest.isoformat()} .. {latest.isoformat()} (max_age "
+                        f"{self.max_age:g}s, max_future {self.max_future:g}s)", 1,
+                        reason="out_of_window", position=position, record_id=str(row["id"]),
                     ))
                     continue
                 batch.rows.append(row)
@@ -266,25 +338,31 @@ class StreamSide:
             per_entry = (counters.read - records_before) / len(entries)
             self._records_per_entry = max(1.0, 0.5 * self._records_per_entry + 0.5 * per_entry)
 
-    async def _finish(self, batch: _Batch) -> None:
-        """Dead-letter the rejects, then acknowledge and delete every entry of the batch.
+    def _refuse_entry(self, batch: _Batch, index: int, fields: Mapping[Any, Any], error: str,
+                      reason: str) -> None:
+        """Refuse a whole entry: one ``_Reject`` holding a bounded excerpt of it."""
+        text, size, digest = entry_excerpt(fields)
+        batch.rejects.append(_Reject(index, text.encode(), error, 1, reason=reason,
+                                     record_bytes=size, sha256=digest))
 
-        Two round trips on purpose: a Redis transaction does not roll back, so a failed
-        dead-letter ``XADD`` inside ``MULTI`` would still let ``XACK`` through and lose the
-        record. Acknowledging only after every dead letter is written keeps it pending
-        instead (a retry may write a dead letter twice; never zero times).
+    def _dead_letters(self, batch: _Batch) -> list[DeadLetter]:
+        """The batch's rejects as the dead letters to write (bounded: see ``_Reject``)."""
+        return [DeadLetter(
+            reason=reject.reason, source_stream=self.stream,
+            source_id=as_text(batch.ids[reject.entry]), position=reject.position,
+            error=reject.error, attempts=reject.attempts,
+            record=reject.record.decode("utf-8", "replace").replace("\x00", "\ufffd"),
+            record_bytes=reject.record_bytes, record_sha256=reject.sha256,
+            record_id=reject.record_id, consumer=self.consumer,
+        ) for reject in batch.rejects]
+
+    async def _finish(self, batch: _Batch) -> None:
+        """Acknowledge and delete every entry of the batch.
+
+        Called only once the rows are committed and the dead letters written (by the
+        worker, to ``activity_log_dead_letters``): a failure before leaves the entries
+        pending, so nothing is acknowledged that is neither stored nor dead-lettered.
         """
-        now = time.time()
-        if batch.rejects:
-            pipe = self._r.pipeline(transaction=False)
-            for reject in batch.rejects:
-                pipe.xadd(self.dead_stream, {
-                    "record": reject.record, "error": reject.error[:4096],
-                    "source_id": batch.ids[reject.entry], "source_stream": self.stream,
-                    "attempts": str(reject.attempts), "consumer": self.consumer,
-                    "ts": f"{now:.6f}",
-                })
-            await pipe.execute()
         # Not MULTI: a Redis over maxmemory refuses every command queued in a transaction, so
         # the worker could never delete entries and free the memory. XACK and XDEL alone are
         # accepted. A crash between them leaves an acknowledged entry in the stream: it is
@@ -294,10 +372,7 @@ class StreamSide:
         pipe.xdel(self.stream, *batch.ids)
         await pipe.execute()
         self._in_flight.difference_update(batch.ids)
-        self.counters.dead_lettered += len(batch.rejects)
         self.counters.acked += len(batch.ids)
-        if batch.rejects:
-            logger.warning("dead-lettered %d records to %r", len(batch.rejects), self.dead_stream)
 
     # --- heartbeat -------------------------------------------------------------------------
 
