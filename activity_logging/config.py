@@ -15,6 +15,7 @@ from typing import Final
 from urllib.parse import parse_qsl, urlsplit
 
 from .exceptions import ConfigurationError
+from .urls import check_authority, shown_url
 
 DEFAULT_STREAM: Final = "activity_log_stream"
 DEFAULT_GROUP: Final = "activity_log_workers"
@@ -40,12 +41,19 @@ def _env(name: str, environ: Mapping[str, str] | None) -> str | None:
 
 
 def resolve_redis_url(value: str | None = None, environ: Mapping[str, str] | None = None) -> str | None:
-    """Return the Redis URL from the argument, else ``REDIS_URL``, else ``None`` (embedded mode)."""
+    """Return the Redis URL from the argument, else ``REDIS_URL``, else ``None`` (embedded mode).
+
+    Raises ``ConfigurationError`` for another scheme, or a host and port that do not parse
+    (``urls.check_authority``), naming the URL with its password hidden.
+    """
     url = value if value else _env(ENV_REDIS_URL, environ)
     if url is None:
         return None
     if not url.startswith(("redis://", "rediss://", "unix://")):
-        raise ConfigurationError(f"redis_url must start with redis://, rediss:// or unix://, got {url!r}")
+        raise ConfigurationError(
+            f"redis_url must start with redis://, rediss:// or unix://, got {shown_url(url)}")
+    if not url.startswith("unix://"):
+        check_authority(url, "redis_url")
     return url
 
 
@@ -206,5 +214,8 @@ def heartbeat_key(stream: str, consumer: str) -> str:
 
 
 def heartbeat_pattern(stream: str) -> str:
-    """``SCAN`` pattern matching every worker heartbeat of ``stream``."""
-    return f"{stream}:heartbeat:*"
+    """``SCAN`` pattern matching every worker heartbeat of ``stream`` and nothing else: the
+    glob characters a stream name may hold (``* ? [ ] \\``) are escaped, so stream ``a*``
+    does not read the heartbeats of ``abc``."""
+    escaped = "".join(f"\\{c}" if c in "*?[]\\" else c for c in stream)
+    return f"{escaped}:heartbeat:*"
