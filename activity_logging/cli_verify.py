@@ -1,12 +1,19 @@
-"""``activity-logging verify``: was anything lost? Per producer, gaps in the stored ``seq``.
+"""``activity-logging verify``: is the stored trail what the producers wrote? And ``keygen``.
 
-Exit 0 when no record is missing, 1 when any is (or on a database error, in one line).
+Per producer: gaps in the stored ``seq`` (lost or deleted records) and duplicates, as
+always; on a chained trail (rows carrying ``mac``) also the chain (``chain.ChainVerifier``):
+with the signing key, every row's seal, the links between rows, the head against the
+retention cut markers and the tail against the closing checkpoint. Exit 0 when the trail is
+whole, 1 when anything is wrong (each problem named with its producer and ``seq``), 3 when
+the database cannot be reached (one line).
 """
 
 from __future__ import annotations
 
 import argparse
-from typing import Any
+import time
+from datetime import UTC, datetime
+from typing import Any, Final
 
 from .cli_common import (
     EXIT_FAILED,
@@ -18,41 +25,127 @@ from .cli_common import (
     require_store,
     verb,
 )
-from .cli_render import render_sequence_report
+from .cli_render import printable, render_sequence_report
 from .when import parse_when
+
+#: Seconds after which a signed trail that has not ended with its closing checkpoint is
+#: reported (``--open-grace``): well past the producers' checkpoint interval (60 s).
+DEFAULT_OPEN_GRACE: Final = 900.0
+
+
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
+    if not value >= 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {text!r}")
+    return value
 
 
 def register(sub: Any) -> None:
-    """Add ``verify`` to the ``activity-logging`` parser."""
-    p = sub.add_parser("verify", help="check the stored trail for lost records (seq gaps)",
-                       description="Per producer_id, count rows and find gaps in seq. Exit 1 when "
-                       "any record is missing. Pass --since after the retention cutoff.")
+    """Add ``verify`` and ``keygen`` to the ``activity-logging`` parser."""
+    p = sub.add_parser(
+        "verify", help="check the stored trail: lost, deleted, inserted or altered rows",
+        description="Per producer_id: gaps and duplicates in seq, and on a signed trail every "
+        "row's seal, the links between rows, the head (against retention's cut markers) and the "
+        "tail (against the closing checkpoint). Exit 1 when anything is wrong. The key comes "
+        "from --signing-key-file, ACTIVITY_LOG_SIGNING_KEY or ACTIVITY_LOG_SIGNING_KEY_FILE; "
+        "without one only the links and seq are checked (anyone could forge those).")
     database_options(p)
     p.add_argument("--producer", help="only this producer_id")
-    p.add_argument("--since", help="only rows from this time (ISO 8601 or an age: 30d)")
-    p.add_argument("--max-gaps", type=positive_int, default=20, help="gaps listed per producer")
+    p.add_argument("--since", help="only rows from this time (ISO 8601 or an age: 30d); the "
+                   "chain is checked from the first row in the window")
+    p.add_argument("--signing-key-file", metavar="PATH",
+                   help="key ring file (one key per line, the first the current one)")
+    p.add_argument("--open-grace", type=_seconds, default=DEFAULT_OPEN_GRACE, metavar="SECONDS",
+                   help="report a signed trail that has not closed and whose newest row is "
+                   f"older than this (default {DEFAULT_OPEN_GRACE:g})")
+    p.add_argument("--max-gaps", type=positive_int, default=20,
+                   help="gaps (and chain problems) listed per producer")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(func=cmd_verify)
+
+    k = sub.add_parser("keygen", help="print a new signing key",
+                       description="Print a new random signing key (256 bits), for "
+                       "ACTIVITY_LOG_SIGNING_KEY or a key file. With --id, as id:secret.")
+    k.add_argument("--id", dest="key_id", help="the key's id (letters, digits, _ . -)")
+    k.set_defaults(func=cmd_keygen)
+
+
+def cmd_keygen(args: argparse.Namespace) -> int:
+    """Print a new key."""
+    from .signing import generate_key, parse_key
+
+    key = generate_key(args.key_id)
+    parse_key(key)  # the same checks a handler applies (an id of the wrong shape)
+    print(key)
+    return EXIT_OK
 
 
 @verb
 async def cmd_verify(args: argparse.Namespace) -> int:
-    """Check per-producer sequence numbers; exit 1 when any gap (lost records) is found."""
+    """Check sequences and chains; exit 1 when any record is missing or any row is wrong."""
+    from .chain import ChainVerifier
+    from .chain_store import load_cuts, stream_rows
     from .crud import activity_log_crud  # lazy: SQLAlchemy
     from .db import read_connection
+    from .signing import describe, resolve_keyring
 
     url, schema = database(args)
     since = parse_when(args.since) if args.since else None
+    keyring = resolve_keyring(key_file=args.signing_key_file)
     require_store(url)
+    started = time.monotonic()
     async with read_connection(url, schema=schema) as conn:
         reports = await activity_log_crud.get_sequence_report(
             conn, producer_id=args.producer, since=since)
+        cuts = await load_cuts(conn)
+        verifier = ChainVerifier(keyring=keyring, cuts=cuts, now=datetime.now(UTC),
+                                 open_grace=args.open_grace, windowed=since is not None,
+                                 max_problems=args.max_gaps)
+        async for row in stream_rows(conn, producer_id=args.producer, since=since):
+            verifier.feed(row)
+        chains = [c for c in verifier.finish() if c.sealed or c.problem_count or c.checkpoints
+                  or keyring is not None]
+    seconds = time.monotonic() - started
     missing = sum(r.missing for r in reports)
+    problems = sum(c.problem_count for c in chains)
+    rows = sum(r.rows for r in reports)
+    ok = missing == 0 and problems == 0
     if args.json:
-        print_json({"ok": missing == 0, "producers": len(reports),
-                    "rows": sum(r.rows for r in reports), "missing": missing,
+        print_json({"ok": ok, "producers": len(reports), "rows": rows, "missing": missing,
                     "duplicates": sum(r.duplicates for r in reports),
-                    "report": [r.to_dict() for r in reports]})
+                    "authentication": describe(keyring), "problems": problems,
+                    "seconds": round(seconds, 3),
+                    "report": [r.to_dict() for r in reports],
+                    "chains": [c.to_dict() for c in chains]})
     else:
         print(render_sequence_report(reports, max_gaps=args.max_gaps))
-    return EXIT_OK if missing == 0 else EXIT_FAILED
+        print(_render_chains(chains, keyring is not None, args.max_gaps))
+        print(f"trail: {describe(keyring)}; {rows} rows checked in {seconds:.1f} s")
+    return EXIT_OK if ok else EXIT_FAILED
+
+
+def _render_chains(chains: list[Any], keyed: bool, max_listed: int) -> str:
+    if not chains:
+        return ("chain: no signed rows" + ("" if keyed else
+                "; pass the signing key to check seals (--signing-key-file)"))
+    lines = [f"{'PRODUCER':<40} {'SEALED':>10} {'CHECKPTS':>9} {'END':>7} {'PROBLEMS':>9}"]
+    for c in chains:
+        lines.append(f"{printable(c.producer_id)[:40]:<40} {c.sealed:>10} {c.checkpoints:>9} "
+                     f"{'closed' if c.closed else 'open':>7} {c.problem_count:>9}")
+        for p in c.problems[:max_listed]:
+            at = f"seq {p.seq}" if p.seq is not None else "-"
+            rid = f" id {printable(p.row_id)}" if p.row_id else ""
+            lines.append(f"    {p.kind}: {at}{rid}: {printable(p.detail)}")
+        if c.problem_count > max_listed:
+            lines.append(f"    ... {c.problem_count - max_listed} more")
+    bad = [c for c in chains if not c.ok]
+    if bad:
+        lines.append(f"TAMPERED OR INCOMPLETE: {sum(c.problem_count for c in bad)} problems in "
+                     f"{len(bad)} producers' chains")
+    else:
+        lines.append(f"OK: {len(chains)} chains intact"
+                     + ("" if keyed else " (links only: no key given, seals not checked)"))
+    return "\n".join(lines)

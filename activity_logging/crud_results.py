@@ -49,12 +49,17 @@ class ActivityRecord:
     process_id: int | None
     producer_id: str | None
     seq: int | None
+    key_id: str | None = None
+    prev_mac: str | None = None
+    mac: str | None = None
+    row_mac: str | None = None
 
     @classmethod
     def from_row(cls, row: Row[Any] | Mapping[str, Any]) -> ActivityRecord:
         """Build from a result row holding every column of ``activity_logs``."""
         m = row._mapping if isinstance(row, Row) else row
-        values = {name: m[name] for name in COLUMNS}
+        # a table made before the chain columns existed reads back without them
+        values: dict[str, Any] = {name: m.get(name) for name in COLUMNS}
         rid = values["id"]
         values["id"] = rid if isinstance(rid, uuid.UUID) else uuid.UUID(str(rid))
         ts = values["timestamp"]

@@ -36,6 +36,7 @@ from .handler_lifecycle import (
 )
 from .listener import Held, ListenerLoop
 from .redact import DEFAULT_REDACT_KEYS, Redactor
+from .signing import CHECKPOINT_TYPE, EntrySigner, resolve_keyring
 from .sinks import Sink, make_sink
 from .snapshot import QueuedRecord, Snapshotter, queued_size
 from .spool import Spool
@@ -48,6 +49,7 @@ _COUNTERS: Final = (
     "refused", "listener_errors", "send_failures", "send_timeouts", "reconnects",
     "spooled", "spool_replayed", "spool_adopted", "spool_adopted_damaged", "spool_write_failures",
     "dropped_spool_full", "dropped_unencodable", "lost", "lost_spool_damaged", "unconfirmed",
+    "checkpoints",
 )
 # Outcomes of accepted records other than "sent" and "spooled": with the gauges they balance
 # ``enqueued`` (see ``ActivityHandler.stats``).
@@ -55,6 +57,27 @@ _LOSS_OUTCOMES: Final = (
     "dropped_spool_full", "dropped_unencodable", "lost", "lost_spool_damaged", "unconfirmed",
 )
 _FLUSH_THEN_CLOSE_WINDOW: Final = 1.0  # a close this soon after a timed-out flush shares its budget
+#: The logger name of checkpoint records (the handler makes them itself: never refused).
+CHECKPOINT_LOGGER: Final = "activity_logging.checkpoint"
+DEFAULT_CHECKPOINT_INTERVAL: Final = 60.0
+CHECKPOINT_INTERVAL_ENV: Final = "ACTIVITY_LOG_CHECKPOINT_INTERVAL"
+
+
+def resolve_checkpoint_interval(value: float | None) -> float:
+    """``checkpoint_interval`` from the argument, else the environment, else 60 s; at least 1 s."""
+    import os
+
+    raw: Any = value if value is not None else os.environ.get(CHECKPOINT_INTERVAL_ENV)
+    if raw is None or raw == "":
+        return DEFAULT_CHECKPOINT_INTERVAL
+    try:
+        interval = float(raw)
+    except (TypeError, ValueError):
+        interval = float("nan")
+    if not interval >= 1.0 or interval == float("inf"):
+        raise ConfigurationError(f"checkpoint_interval must be a number of seconds >= 1, got {raw!r}")
+    return interval
+
 class _BoundedQueueView:
     """The ``QueueHandler.queue`` face of the handler's bounded deque (for code that expects one)."""
 
@@ -144,6 +167,14 @@ class ActivityHandler(ListenerLoop, logging.handlers.QueueHandler):
             flush-then-close shares one budget.
         reconnect_delay: First back-off delay after a failed send; doubles up to 30 s.
         direct: Write straight to ``database_url`` even when ``REDIS_URL`` is set.
+        signing_key: The key ring that signs this producer's entries and chains its records
+            (``signing.KeyRing.parse``: ``secret`` or ``id:secret``, several separated by
+            commas; the first signs). Default ``ACTIVITY_LOG_SIGNING_KEY`` (or a file named by
+            ``ACTIVITY_LOG_SIGNING_KEY_FILE``); ``""`` turns signing off. Without a key the
+            trail is unauthenticated. See docs/security.md.
+        checkpoint_interval: With a key, seconds between this producer's checkpoint records
+            (one more is written by ``close()``), so ``verify`` can tell a trail cut short
+            from one that ended (``ACTIVITY_LOG_CHECKPOINT_INTERVAL``, default 60).
         handlers, listener, respect_handler_level: Ignored (``handlers`` must be empty).
             Accepted because ``dictConfig``'s ``"class"`` form treats every ``QueueHandler``
             specially: Python 3.12 refuses one without a ``handlers`` key, and 3.11 then
@@ -173,6 +204,8 @@ class ActivityHandler(ListenerLoop, logging.handlers.QueueHandler):
         close_timeout: float | None = None,
         reconnect_delay: float | None = None,
         direct: bool = False,
+        signing_key: str | None = None,
+        checkpoint_interval: float | None = None,
         level: int | str = logging.NOTSET,
         handlers: Any = None,
         listener: Any = None,
@@ -209,6 +242,8 @@ class ActivityHandler(ListenerLoop, logging.handlers.QueueHandler):
             from .urls import normalize_async_url
 
             normalize_async_url(database_url)  # validates the URL's form now, not at first send
+        keyring = resolve_keyring(signing_key)
+        interval = resolve_checkpoint_interval(checkpoint_interval)
         resolved_spool = config.resolve_spool_path(
             spool_path if spool_path is not None or redis_url else "",
             redis_url=redis_url, stream=stream,
@@ -228,6 +263,8 @@ class ActivityHandler(ListenerLoop, logging.handlers.QueueHandler):
         self.reconnect_delay = float(tuned["reconnect_delay"])
         self.max_reconnect_delay = 30.0
         self.context_filter = context_filter
+        self._keyring = keyring
+        self.checkpoint_interval = interval
         self._listener_face = ActivityListener(self)
         self._refused_cache: dict[str, bool] = {}
         self._closed = False
@@ -272,9 +309,12 @@ class ActivityHandler(ListenerLoop, logging.handlers.QueueHandler):
         self._redactor = Redactor(self.redact_keys)
         self._snapshot = Snapshotter(max_record_bytes=self.max_record_bytes,
                                      redactor=self._redactor, context=self.context_filter)
-        self._encoder = WireEncoder(self.producer_id)
+        key = self._keyring.current if self._keyring is not None else None
+        self._encoder = WireEncoder(self.producer_id,
+                                    signer=EntrySigner(key) if key is not None else None)
         self._sink: Sink = make_sink(self.redis_url, self.stream, self.database_url or "", self.schema,
-                                     socket_timeout=self._send_timeout)
+                                     socket_timeout=self._send_timeout, signing_key=key)
+        self._last_checkpoint = time.monotonic()
         self._spool = (
             Spool(self.spool_path, self.producer_id, self.spool_max_bytes) if self.spool_path else None
         )
@@ -331,6 +371,40 @@ class ActivityHandler(ListenerLoop, logging.handlers.QueueHandler):
                 self._wake.set()
         except Exception:
             self.handleError(record)
+
+    def _append_checkpoint(self, *, closing: bool) -> None:
+        """Queue a checkpoint record: the producer's chain head as of now (its own ``seq``
+        and link), and whether the trail ends with it. Called under the handler lock, so it
+        takes its place in ``seq`` order; it may pass a full queue by this one record (a
+        checkpoint lost to a full queue would read as a trail cut short). Never raises."""
+        try:
+            record = logging.LogRecord(CHECKPOINT_LOGGER, logging.INFO, __file__, 0,
+                                       CHECKPOINT_TYPE, None, None)
+            record.activity_type = CHECKPOINT_TYPE
+            record.actor_type = "system"
+            record.checkpoint = {"closing": closing, "interval": self.checkpoint_interval,
+                                 "enqueued": self._counts["enqueued"]}
+            item = self._snapshot.take(record)
+            self._dq.append(item)
+            self._bytes_in += queued_size(item)
+            self._counts["enqueued"] += 1
+            self._counts["checkpoints"] += 1
+            self._last_checkpoint = time.monotonic()
+            self._wake.set()
+        except Exception as exc:
+            reporter.report("checkpoint", "could not queue a checkpoint record", exc)
+
+    def _maybe_checkpoint(self) -> None:
+        """The listener's periodic checkpoint (signed trails only), even when idle."""
+        if (self._keyring is None or self._closed
+                or time.monotonic() - self._last_checkpoint < self.checkpoint_interval):
+            return
+        self.acquire()
+        try:
+            if not self._closed:
+                self._append_checkpoint(closing=False)
+        finally:
+            self.release()
 
     def _remember_refusal(self, name: str) -> bool:
         refused = is_refused_logger(name)
@@ -457,6 +531,8 @@ class ActivityHandler(ListenerLoop, logging.handlers.QueueHandler):
             # passed the _closed check has appended by now, so nothing slips in after.
             self.acquire()
             try:
+                if self._keyring is not None:
+                    self._append_checkpoint(closing=True)  # the last record: the trail ended here
                 self._closed = True
             finally:
                 self.release()

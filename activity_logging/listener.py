@@ -58,6 +58,8 @@ class ListenerLoop:
     _redactor: Redactor
     _held: list[Held]
     _cond: threading.Condition
+
+    def _maybe_checkpoint(self) -> None: ...  # ActivityHandler: the periodic checkpoint
     _wake: threading.Event
     _backoff: Backoff
     batch_size: int
@@ -92,6 +94,7 @@ class ListenerLoop:
 
     def _step(self) -> bool:
         """One turn of the listener; False when it should exit."""
+        self._maybe_checkpoint()
         now = time.monotonic()
         if self._held or (self._down_until > now and self._spool is None):
             if self._give_up_now(now):

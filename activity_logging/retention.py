@@ -40,11 +40,13 @@ from typing import TYPE_CHECKING, Any, Final
 from sqlalchemy import MetaData, Table, delete, func, select, tuple_
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from .chain_store import record_cuts
 from .config import DEFAULT_TABLE, require_positive, resolve_retention_days
 from .db import connect_pg, quote_identifier, read_connection
 from .exceptions import ConfigurationError
 from .partitions import ensure_partitions, expired_partitions, is_partitioned, missing_partitions
 from .schema import activity_logs, make_table
+from .signing import KeyRing, resolve_keyring
 from .urls import is_sqlite
 
 if TYPE_CHECKING:
@@ -198,6 +200,7 @@ async def cleanup(
     table: str = DEFAULT_TABLE,
     dry_run: bool = False,
     on_progress: ProgressCallback | None = None,
+    keyring: KeyRing | None = None,
 ) -> CleanupResult:
     """Remove activities older than the retention period; see the module docstring.
 
@@ -209,6 +212,12 @@ async def cleanup(
     ``total`` being the rows left to delete once expired partitions are gone (one extra
     ``COUNT``, made only when ``on_progress`` is given). Raises ``ConfigurationError`` for
     bad arguments and ``StoreUnavailableError`` when the database cannot be reached.
+
+    On a signed trail it first writes each producer's retention cut marker (``chain_store.
+    record_cuts``: the last ``seq`` it deletes and that row's link, signed with ``keyring``,
+    default the one ``ACTIVITY_LOG_SIGNING_KEY``/``_FILE`` name), so ``verify`` can tell
+    this deletion from tampering; without a key it refuses (``ConfigurationError``) rather
+    than delete rows of a signed trail.
     """
     days = resolve_cleanup_days(retention_days)
     require_positive("batch_size", batch_size, integer=True)
@@ -221,6 +230,10 @@ async def cleanup(
         return await _dry_run(url, schema=schema, table=table, days=days, cutoff=cutoff,
                               now=current, months_ahead=months_ahead, detach=detach,
                               started=started)
+    if keyring is None:
+        keyring = resolve_keyring()
+    async with read_connection(url, schema=schema) as conn:
+        await record_cuts(conn, cutoff, keyring, table=table, now=current)
     dropped: list[str] = []
     created: list[str] = []
     partitioned = False

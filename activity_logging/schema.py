@@ -95,6 +95,11 @@ def make_table(metadata: MetaData, name: str = DEFAULT_TABLE, schema: str | None
         Column("process_id", Integer),
         Column("producer_id", Text, info={"max_chars": 64}),
         Column("seq", BigInteger),
+        # the keyed chain (signing.py): NULL on an unauthenticated trail
+        Column("key_id", Text, info={"max_chars": 32}),
+        Column("prev_mac", Text, info={"max_chars": 43}),
+        Column("mac", Text, info={"max_chars": 43}),
+        Column("row_mac", Text, info={"max_chars": 43}),
         schema=schema,
     )
     # The queries people run: by time; who (actor) / what (target, type) over time; one request.
@@ -109,6 +114,32 @@ def make_table(metadata: MetaData, name: str = DEFAULT_TABLE, schema: str | None
 
 
 activity_logs: Final = make_table(metadata_obj)
+
+
+def cuts_table_name(table: str = DEFAULT_TABLE) -> str:
+    """The retention cut markers' table of ``table``: ``activity_log_cuts`` for the default."""
+    return "activity_log_cuts" if table == DEFAULT_TABLE else f"{table}_cuts"
+
+
+def make_cuts_table(metadata: MetaData, table: str = DEFAULT_TABLE,
+                    schema: str | None = None) -> Table:
+    """The retention cut markers (``retention``, ``verify``): per producer, the last ``seq``
+    that retention deleted and that row's link, signed (``signing.cut_mac``)."""
+    return Table(
+        cuts_table_name(table),
+        metadata,
+        Column("producer_id", Text, primary_key=True),
+        Column("seq", BigInteger, nullable=False),
+        Column("link", Text, nullable=False),
+        Column("cutoff", UTCDateTime(), nullable=False),
+        Column("cut_at", UTCDateTime(), nullable=False),
+        Column("key_id", Text, nullable=False),
+        Column("mac", Text, nullable=False),
+        schema=schema,
+    )
+
+
+activity_log_cuts: Final = make_cuts_table(metadata_obj)
 
 #: The columns of ``activity_logs``, in table order, as plain ``str`` (a Column's name is
 #: SQLAlchemy's ``quoted_name``, which orjson refuses as a key).

@@ -17,6 +17,8 @@ import threading
 from collections.abc import Callable, Coroutine
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
+import orjson
+
 from ._internal import reporter
 from .exceptions import StoreUnavailableError
 from .urls import is_sqlite
@@ -26,6 +28,7 @@ if TYPE_CHECKING:
     import redis
 
     from .rows import Row
+    from .signing import SigningKey
     from .store import Store
 
 _T = TypeVar("_T")
@@ -172,8 +175,10 @@ class StoreSink:
     connection; the listener waits at most ``timeout`` per send.
     """
 
-    def __init__(self, url: str, *, schema: str | None = None, timeout: float = 5.0) -> None:
+    def __init__(self, url: str, *, schema: str | None = None, timeout: float = 5.0,
+                 signing_key: SigningKey | None = None) -> None:
         self.url = url
+        self.signing_key = signing_key
         self.schema = schema
         self.timeout = timeout
         self.rejected = 0
@@ -214,7 +219,8 @@ class StoreSink:
         rows: list[Row] = []
         rejected = 0
         for batch in batches:
-            batch_rows, batch_rejected = self._rows_from_batch(batch)
+            batch_rows, batch_rejected = (self._rows_from_batch(batch) if batch.auth is None
+                                          else sealed_rows(batch, self.signing_key))
             rows += batch_rows
             rejected += batch_rejected
         self._connected_for_send = False
@@ -261,9 +267,36 @@ class StoreSink:
 
 def make_sink(
     redis_url: str | None, stream: str, database_url: str, schema: str | None,
-    *, socket_timeout: float = 5.0,
+    *, socket_timeout: float = 5.0, signing_key: SigningKey | None = None,
 ) -> Sink:
-    """Redis when configured; otherwise the database itself (SQLite embedded, or PostgreSQL)."""
+    """Redis when configured; otherwise the database itself (SQLite embedded, or PostgreSQL),
+    whose rows are sealed with ``signing_key`` when there is one."""
     if redis_url:
         return RedisStreamSink(redis_url, stream, socket_timeout=socket_timeout)
-    return StoreSink(database_url, schema=schema, timeout=socket_timeout)
+    return StoreSink(database_url, schema=schema, timeout=socket_timeout, signing_key=signing_key)
+
+
+def sealed_rows(batch: Batch, key: SigningKey | None) -> tuple[list[Row], int]:
+    """The rows of a signed batch, each with its place in the chain and its seal (the
+    handler's direct mode, which builds rows itself: ``rows.rows_from_batch`` plus the
+    record's position, which the links need). (rows, records that could not be rows)."""
+    from .rows import build_activity, rows_from_batch
+    from .signing import check_entry, seal
+
+    auth = check_entry(batch.entry(), None)
+    if auth is None or batch.records is None:
+        return rows_from_batch(batch)
+    meta = batch.header()
+    meta["_nul"] = any(b"\\u0000" in record for record in batch.records)
+    rows: list[Row] = []
+    rejected = 0
+    for position, record in enumerate(batch.records):
+        try:
+            row = build_activity(orjson.loads(record), meta)
+        except Exception as exc:  # any record that cannot be a row, never the others' loss
+            rejected += 1
+            reporter.report("reject", "a record could not become a row and was dropped", exc)
+            continue
+        seal(row, key, auth, position)
+        rows.append(row)
+    return rows, rejected

@@ -11,12 +11,15 @@ from __future__ import annotations
 import os
 import socket
 from collections.abc import Mapping, Sequence
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
 import orjson
 
 from .exceptions import EntryFormatError
 from .snapshot import QueuedRecord
+
+if TYPE_CHECKING:
+    from .signing import EntrySigner
 
 WIRE_VERSION: Final = "1"
 
@@ -31,10 +34,12 @@ class Batch:
 
     A batch made by ``WireEncoder.batch`` keeps its records, so a store can build rows
     from them without an entry ever being made; one replayed from the spool has only its
-    ``entry``. ``n`` is the number of records it carries.
+    ``entry``. ``n`` is the number of records it carries. A signed batch was tagged when it
+    was made (the chain follows the order batches are made, which is ``seq`` order):
+    ``auth`` holds its ``k``/``pm``/``t`` fields and ``payload`` the bytes they cover.
     """
 
-    __slots__ = ("_encoder", "_entry", "n", "records")
+    __slots__ = ("_encoder", "_entry", "auth", "n", "payload", "records")
 
     def __init__(self, records: list[bytes] | None, encoder: WireEncoder | None,
                  entry: Entry | None = None, n: int = 0) -> None:
@@ -42,6 +47,8 @@ class Batch:
         self._encoder = encoder
         self._entry = entry
         self.n = len(records) if records is not None else n
+        self.auth: dict[str, bytes | str] | None = None
+        self.payload: bytes | None = None
 
     @classmethod
     def from_entry(cls, entry: Entry, n: int) -> Batch:
@@ -53,7 +60,9 @@ class Batch:
         if self._entry is None:
             assert self._encoder is not None
             assert self.records is not None
-            self._entry = self._encoder.entry(self.records)
+            self._entry = self._encoder.entry(self.records, self.payload)
+            if self.auth is not None:
+                self._entry.update(self.auth)
         return self._entry
 
     def header(self) -> dict[str, Any]:
@@ -74,8 +83,9 @@ class WireEncoder:
     sequence number, so they leave no gap).
     """
 
-    def __init__(self, producer_id: str) -> None:
+    def __init__(self, producer_id: str, signer: EntrySigner | None = None) -> None:
         self.producer_id = producer_id
+        self.signer = signer
         self.hostname = socket.gethostname()
         self.pid = os.getpid()
         self.unencodable = 0
@@ -85,19 +95,33 @@ class WireEncoder:
         """The records of ``items`` as one ``Batch``, unencodable ones left out and counted."""
         records = [item for item in items if item]
         self.unencodable += len(items) - len(records)
-        return Batch(records, self)
+        batch = Batch(records, self)
+        if self.signer is not None and records:
+            batch.payload = payload(records)
+            batch.auth = self.signer.sign(self.entry_header(len(records)), batch.payload)
+        return batch
 
-    def entry(self, records: list[bytes]) -> Entry:
-        """One stream entry for ``records``: fields ``v`` (format version), ``n`` (record count),
-        ``p`` (producer id), ``h`` (hostname), ``pid``, ``d`` (JSON array of the records)."""
-        return {
-            "v": WIRE_VERSION, "n": str(len(records)), "p": self.producer_id,
-            "h": self.hostname, "pid": str(self.pid), "d": b"[" + b",".join(records) + b"]",
-        }
+    def entry_header(self, n: int) -> dict[str, str]:
+        """The entry's fields but its payload: ``v`` (format version), ``n`` (record count),
+        ``p`` (producer id), ``h`` (hostname), ``pid``."""
+        return {"v": WIRE_VERSION, "n": str(n), "p": self.producer_id, "h": self.hostname,
+                "pid": str(self.pid)}
+
+    def entry(self, records: list[bytes], encoded: bytes | None = None) -> Entry:
+        """One stream entry for ``records``: the ``header`` fields and ``d``, the JSON array
+        of the records (``encoded`` when it was made already)."""
+        entry: Entry = self.entry_header(len(records))
+        entry["d"] = payload(records) if encoded is None else encoded
+        return entry
 
     def encode_batch(self, items: Sequence[QueuedRecord]) -> Entry:
         """``batch`` then ``entry``: the entry for ``items`` (tests and benchmarks)."""
         return self.batch(items).entry()
+
+
+def payload(records: list[bytes]) -> bytes:
+    """The ``d`` field of an entry: the records (JSON objects) as one JSON array."""
+    return b"[" + b",".join(records) + b"]"
 
 
 def decode_entry(fields: Mapping[Any, Any]) -> tuple[dict[str, Any], list[dict[str, Any]]]:

@@ -79,6 +79,7 @@ def make_rows(
             "process_id": 42,
             "producer_id": producer_id,
             "seq": seq,
+            "key_id": None, "prev_mac": None, "mac": None, "row_mac": None,
         })
         i += 1
     return rows

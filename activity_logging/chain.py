@@ -1,0 +1,219 @@
+"""Checking a stored trail, producer by producer: the core of ``activity-logging verify``.
+
+Rows come in ``(producer_id, seq, id)`` order (``chain_store.stream_rows``) and are fed one
+at a time to ``ChainVerifier``, which keeps only the previous row of the current producer,
+so memory does not grow with the table. For each producer it finds, in ``seq`` order:
+
+* ``altered``: a row whose seal (``row_mac``) does not match its columns (an UPDATE, or a
+  row INSERTed by someone without the key);
+* ``unsigned``: a row without a seal where a key ring was given (an INSERT behind the
+  library's back, or a producer that runs without the key);
+* ``unknown_key``: a row sealed with a key the ring does not hold;
+* ``duplicate``: a second row with the same ``seq``;
+* ``missing``: a gap in ``seq`` (rows deleted, or lost on the way: a dead letter, a
+  ``kill -9`` of the application);
+* ``broken_link``: a row whose ``prev_mac`` is not the ``mac`` of the row before it;
+* ``head_missing``: the first row is not the producer's first and no retention cut
+  explains the rows before it (rows deleted beyond a cut, or a cut marker removed);
+* ``open_tail``: the trail does not end with the producer's closing checkpoint and its
+  newest row is older than ``open_grace`` seconds (the newest rows deleted, or the
+  producer killed before it could close).
+
+Pure: no I/O. ``signing`` holds the MACs' definitions.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, Final
+
+from .signing import CHECKPOINT_TYPE, KeyRing, cut_matches, row_seal_matches
+
+#: Kinds of problem that mean the trail is not what the producers wrote.
+PROBLEM_KINDS: Final = (
+    "altered", "unsigned", "unknown_key", "duplicate", "missing", "broken_link",
+    "head_missing", "bad_cut", "open_tail",
+)
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One finding: its kind, the producer, the ``seq`` (and row id) where it shows."""
+
+    kind: str
+    producer_id: str
+    seq: int | None
+    row_id: str | None
+    detail: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"kind": self.kind, "producer_id": self.producer_id, "seq": self.seq,
+                "id": self.row_id, "detail": self.detail}
+
+
+@dataclass
+class ChainReport:
+    """One producer's trail as checked: counts, the range seen, how it ends, and the
+    first ``max_problems`` problems (``problem_count`` counts them all)."""
+
+    producer_id: str
+    rows: int = 0
+    sealed: int = 0
+    first_seq: int | None = None
+    last_seq: int | None = None
+    last_at: datetime | None = None
+    closed: bool = False
+    checkpoints: int = 0
+    problem_count: int = 0
+    problems: list[Problem] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return self.problem_count == 0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"producer_id": self.producer_id, "rows": self.rows, "sealed": self.sealed,
+                "first_seq": self.first_seq, "last_seq": self.last_seq,
+                "last_at": self.last_at.isoformat() if self.last_at else None,
+                "closed": self.closed, "checkpoints": self.checkpoints, "ok": self.ok,
+                "problem_count": self.problem_count,
+                "problems": [p.to_dict() for p in self.problems]}
+
+
+def _is_checkpoint(row: Mapping[str, Any]) -> tuple[bool, bool]:
+    """(is a checkpoint record, is the closing one)."""
+    if row.get("activity_type") != CHECKPOINT_TYPE or row.get("logger") != "activity_logging.checkpoint":
+        return False, False
+    meta = row.get("metadata")
+    mark = meta.get("checkpoint") if isinstance(meta, dict) else None
+    return True, bool(isinstance(mark, dict) and mark.get("closing") is True)
+
+
+class ChainVerifier:
+    """Feed rows in ``(producer_id, seq, id)`` order with ``feed``; ``finish`` returns the
+    reports. ``keyring`` None checks links and sequence only (an unauthenticated check:
+    anyone can make rows that pass it). ``cuts`` are the retention cut markers by producer.
+    ``windowed`` (a ``--since`` check) does not expect a producer's first row to be there.
+    ``now`` and ``open_grace`` (seconds) decide when a trail that is not closed is stale."""
+
+    def __init__(self, *, keyring: KeyRing | None, cuts: Mapping[str, Mapping[str, Any]],
+                 now: datetime, open_grace: float, windowed: bool = False,
+                 max_problems: int = 20) -> None:
+        self.keyring = keyring
+        self.cuts = cuts
+        self.now = now
+        self.open_grace = open_grace
+        self.windowed = windowed
+        self.max_problems = max_problems
+        self.reports: list[ChainReport] = []
+        self._current: ChainReport | None = None
+        self._prev: Mapping[str, Any] | None = None
+        self._cut_checked: dict[str, bool] = {}
+
+    def _problem(self, report: ChainReport, kind: str, row: Mapping[str, Any] | None,
+                 detail: str, seq: int | None = None) -> None:
+        report.problem_count += 1
+        if len(report.problems) < self.max_problems:
+            rid = None if row is None else str(row.get("id"))
+            report.problems.append(Problem(kind, report.producer_id,
+                                           seq if seq is not None or row is None else row.get("seq"),
+                                           rid, detail))
+
+    def feed(self, row: Mapping[str, Any]) -> None:
+        """Check one row against the one before it (same producer) and against its seal."""
+        producer = str(row.get("producer_id"))
+        report = self._current
+        if report is None or report.producer_id != producer:
+            if report is not None:
+                self._end(report)
+            report = self._current = ChainReport(producer)
+            self.reports.append(report)
+            self._prev = None
+        seq = int(row["seq"])
+        report.rows += 1
+        if report.first_seq is None:
+            report.first_seq = seq
+        report.last_seq = seq
+        ts = row.get("timestamp")
+        if isinstance(ts, datetime) and (report.last_at is None or ts > report.last_at):
+            report.last_at = ts
+        self._check_seal(report, row)
+        prev = self._prev
+        if prev is None:
+            self._check_head(report, row, seq)
+        else:
+            prev_seq = int(prev["seq"])
+            if seq == prev_seq:
+                self._problem(report, "duplicate", row, f"a second row with seq {seq}")
+            elif seq > prev_seq + 1:
+                self._problem(report, "missing", row,
+                              f"seq {prev_seq + 1}..{seq - 1} missing ({seq - prev_seq - 1} rows)",
+                              seq=prev_seq + 1)
+            elif prev.get("mac") is not None and row.get("prev_mac") != prev.get("mac"):
+                self._problem(report, "broken_link", row,
+                              f"prev_mac does not name seq {prev_seq}'s mac")
+        is_cp, closing = _is_checkpoint(row)
+        if is_cp and (row.get("row_mac") or self.keyring is None):
+            report.checkpoints += 1
+        report.closed = closing
+        self._prev = row
+
+    def _check_seal(self, report: ChainReport, row: Mapping[str, Any]) -> None:
+        if self.keyring is None:
+            return
+        if not row.get("key_id"):
+            self._problem(report, "unsigned", row, "row has no seal (not written by a "
+                          "producer with the key)")
+            return
+        matches = row_seal_matches(row, self.keyring)
+        if matches is None:
+            self._problem(report, "unknown_key", row,
+                          f"sealed with key {str(row.get('key_id'))[:32]!r}, not in the key ring")
+        elif not matches:
+            self._problem(report, "altered", row, "row_mac does not match the row's columns")
+        else:
+            report.sealed += 1
+
+    def _check_head(self, report: ChainReport, row: Mapping[str, Any], seq: int) -> None:
+        if self.windowed or row.get("mac") is None:
+            return  # a window starts anywhere; an unchained trail has no head to check
+        if seq == 1 and row.get("prev_mac") == "":
+            return
+        cut = self.cuts.get(report.producer_id)
+        if cut is None:
+            self._problem(report, "head_missing", row,
+                          f"the trail starts at seq {seq}: rows before it are gone and no "
+                          "retention cut marker covers them", seq=1)
+            return
+        if self.keyring is not None and not cut_matches(cut, self.keyring):
+            self._problem(report, "bad_cut", row, "the retention cut marker's MAC does not match")
+            return
+        cut_seq = int(cut["seq"])
+        if cut_seq >= seq:
+            return  # kept below the cut (a newer timestamp than the cutoff): nothing to link
+        if cut_seq == seq - 1 and cut.get("link") == row.get("prev_mac"):
+            return
+        self._problem(report, "head_missing", row,
+                      f"retention cut through seq {cut_seq}, but the trail starts at seq {seq}",
+                      seq=cut_seq + 1)
+
+    def _end(self, report: ChainReport) -> None:
+        prev = self._prev
+        if prev is None or prev.get("mac") is None or report.closed:
+            return
+        last = report.last_at
+        age = (self.now - last).total_seconds() if last is not None else 0.0
+        if age > self.open_grace:
+            self._problem(report, "open_tail", prev,
+                          f"the trail ends at seq {report.last_seq} without its closing "
+                          f"checkpoint, {age:.0f} s ago (newest rows deleted, or the producer "
+                          "was killed)")
+
+    def finish(self) -> list[ChainReport]:
+        """End the last producer's trail; the reports, in producer order."""
+        if self._current is not None:
+            self._end(self._current)
+            self._current = None
+        return self.reports

@@ -1,0 +1,145 @@
+"""The chain in the database: its columns and cut markers' table, the rows ``verify``
+reads, and the cut markers retention writes (``chain`` checks, ``signing`` defines the MACs).
+
+Both stores, through SQLAlchemy (``db.read_connection``), except ``ensure_chain_schema_pg``
+(DDL on a raw asyncpg connection, as ``db.init_db`` does its own).
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any, Final
+
+from sqlalchemy import ColumnElement, MetaData, Table, and_, func, select
+
+from .config import DEFAULT_TABLE
+from .exceptions import ConfigurationError
+from .schema import cuts_table_name, make_cuts_table, make_table
+from .signing import SIGNING_COLUMNS, KeyRing, cut_mac
+
+if TYPE_CHECKING:
+    import asyncpg
+    from sqlalchemy.ext.asyncio import AsyncConnection
+
+#: Rows fetched per round trip while ``verify`` streams a trail.
+STREAM_BATCH: Final = 5_000
+
+
+def _quote(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'
+
+
+async def ensure_chain_schema_pg(conn: asyncpg.Connection, *, table: str = DEFAULT_TABLE) -> None:
+    """Give an existing ``table`` the chain's columns (``ADD COLUMN IF NOT EXISTS``: nullable,
+    no rewrite) and create its cut markers' table; idempotent. A table made by an older
+    version is upgraded in place, its rows left unsigned."""
+    for column in SIGNING_COLUMNS:
+        await conn.execute(f"ALTER TABLE {_quote(table)} ADD COLUMN IF NOT EXISTS {_quote(column)} text")
+    await conn.execute(
+        f"CREATE TABLE IF NOT EXISTS {_quote(cuts_table_name(table))} ("
+        "producer_id text PRIMARY KEY, seq bigint NOT NULL, link text NOT NULL, "
+        "cutoff timestamptz NOT NULL, cut_at timestamptz NOT NULL, key_id text NOT NULL, "
+        "mac text NOT NULL)")
+
+
+def _tables(table: str) -> tuple[Table, Table]:
+    metadata = MetaData()
+    return make_table(metadata, table), make_cuts_table(metadata, table)
+
+
+async def _has_table(conn: AsyncConnection, name: str) -> bool:
+    def check(sync_conn: Any) -> bool:
+        from sqlalchemy import inspect
+
+        return bool(inspect(sync_conn).has_table(name))
+
+    return await conn.run_sync(check)
+
+
+async def stream_rows(conn: AsyncConnection, *, table: str = DEFAULT_TABLE,
+                      producer_id: str | None = None, since: datetime | None = None
+                      ) -> AsyncIterator[dict[str, Any]]:
+    """Every row with a producer and a ``seq``, in ``(producer_id, seq, id)`` order, each
+    as a dict of its columns (decoded as the store reads them), streamed in batches."""
+    t, _ = _tables(table)
+    conds: list[ColumnElement[bool]] = [t.c.producer_id.is_not(None), t.c.seq.is_not(None)]
+    if producer_id is not None:
+        conds.append(t.c.producer_id == producer_id)
+    if since is not None:
+        conds.append(t.c.timestamp >= since)
+    stmt = select(t).where(*conds).order_by(t.c.producer_id, t.c.seq, t.c.id)
+    result = await conn.stream(stmt.execution_options(yield_per=STREAM_BATCH))
+    async for partition in result.mappings().partitions():
+        for row in partition:
+            yield dict(row)
+
+
+async def load_cuts(conn: AsyncConnection, *, table: str = DEFAULT_TABLE) -> dict[str, dict[str, Any]]:
+    """The retention cut markers by producer; empty when the table has none (or no
+    markers' table yet: a database ``init-db`` has not upgraded)."""
+    _, cuts = _tables(table)
+    if not await _has_table(conn, cuts.name):
+        return {}
+    result = await conn.execute(select(cuts))
+    return {str(m["producer_id"]): dict(m) for m in result.mappings()}
+
+
+async def planned_cuts(conn: AsyncConnection, cutoff: datetime, *, table: str = DEFAULT_TABLE
+                       ) -> dict[str, tuple[int, str]]:
+    """Per producer of a chained trail, the highest ``seq`` among the rows older than
+    ``cutoff`` and that row's link: what a cleanup at ``cutoff`` will delete."""
+    t, _ = _tables(table)
+    older = and_(t.c.timestamp < cutoff, t.c.mac.is_not(None), t.c.seq.is_not(None),
+                 t.c.producer_id.is_not(None))
+    last = (select(t.c.producer_id.label("p"), func.max(t.c.seq).label("s"))
+            .where(older).group_by(t.c.producer_id).subquery())
+    stmt = (select(t.c.producer_id, t.c.seq, t.c.mac)
+            .join(last, and_(t.c.producer_id == last.c.p, t.c.seq == last.c.s))
+            .where(older))
+    found: dict[str, tuple[int, str]] = {}
+    for producer, seq, mac in await conn.execute(stmt):
+        found.setdefault(str(producer), (int(seq), str(mac)))
+    return found
+
+
+async def record_cuts(conn: AsyncConnection, cutoff: datetime, keyring: KeyRing | None, *,
+                      table: str = DEFAULT_TABLE, now: datetime | None = None) -> int:
+    """Write (and commit) the signed cut markers for a cleanup at ``cutoff``, before it
+    deletes anything; returns how many producers' markers moved.
+
+    A marker only moves forward (a producer's highest deleted ``seq``). Raises
+    ``ConfigurationError`` when rows of a chained trail would be deleted and there is no
+    key to sign the marker: ``verify`` would then read the deletion as tampering.
+    """
+    planned = await planned_cuts(conn, cutoff, table=table)
+    if not planned:
+        return 0
+    if keyring is None:
+        raise ConfigurationError(
+            f"the trail is signed: cleanup must write a signed cut marker for {len(planned)} "
+            "producer(s) and needs the signing key (ACTIVITY_LOG_SIGNING_KEY, or "
+            "ACTIVITY_LOG_SIGNING_KEY_FILE naming a key file)")
+    _, cuts = _tables(table)
+    if not await _has_table(conn, cuts.name):
+        raise ConfigurationError(
+            f"table {cuts.name!r} is missing: run `activity-logging init-db` to upgrade the schema")
+    existing = await load_cuts(conn, table=table)
+    key = keyring.current
+    cut_at = (now or datetime.now(UTC)).astimezone(UTC)
+    moved = 0
+    for producer, (seq, link) in sorted(planned.items()):
+        old = existing.get(producer)
+        if old is not None and int(old["seq"]) >= seq:
+            continue
+        marker: dict[str, Any] = {"producer_id": producer, "seq": seq, "link": link,
+                                  "cutoff": cutoff, "cut_at": cut_at, "key_id": key.key_id}
+        marker["mac"] = cut_mac(key, marker)
+        if old is None:
+            await conn.execute(cuts.insert().values(**marker))
+        else:
+            await conn.execute(cuts.update().where(cuts.c.producer_id == producer).values(**marker))
+        moved += 1
+    await conn.commit()
+    return moved
+

@@ -1,0 +1,432 @@
+"""Authenticated entries and the keyed, per-producer chain (docs/security.md, "Evidence").
+
+With a signing key, a producer's trail is evidence. Three pieces, all HMAC-SHA256 under a
+key that only producers, workers and auditors hold:
+
+* **The entry tag.** Each stream entry carries ``k`` (the key's id), ``pm`` (the tag of the
+  producer's previous entry, empty for its first) and ``t``: one HMAC over the entry's
+  header (version, count, producer, host, pid), ``pm`` and the exact payload bytes. A
+  worker with the key refuses an entry whose tag does not check, or that has none: whoever
+  can write to Redis or to the spool can neither forge an entry nor edit a real one.
+  One HMAC per entry, not per record, because the caller pays for the listener's work
+  (docs/performance.md).
+* **The chain.** Every record gets a link (``mac``) and its predecessor's link
+  (``prev_mac``), derived from the tags (``EntryAuth.link``): the last record of an entry
+  links as the entry's tag, the others as ``SHA-256(tag || position)``, so the first record
+  of the next entry names the last of this one. Links are in ``seq`` order per producer.
+* **The row seal.** ``row_mac`` is an HMAC over the canonical encoding of the stored row
+  (every column, the links and the key id included; ``canonical_row``). Computed where
+  the row is built (the worker, or the handler's direct mode) and recomputed by
+  ``verify`` from what the table holds: an UPDATE, an INSERT or a DELETE done behind the
+  library's back shows as a seal that does not match, a row without one, a link that does
+  not follow, or a ``seq`` gap.
+
+Keys: a key is a secret string of at least ``MIN_KEY_CHARS`` characters, optionally
+written ``id:secret``; without an id it is named by ``key_id_of``. A key ring is one or
+more keys separated by whitespace or commas (a key file: one per line, ``#`` comments);
+the first signs and seals, all are accepted when checking, which is how keys rotate.
+Pure except for ``KeyRing.from_file``/``resolve_keyring`` (read a file, the environment).
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import ipaddress
+import os
+import re
+import secrets
+import uuid
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from decimal import Decimal
+from typing import Any, Final
+
+import orjson
+
+from .exceptions import ActivityLoggingError, ConfigurationError
+
+#: The environment variable holding the key ring (the first key signs).
+KEY_ENV: Final = "ACTIVITY_LOG_SIGNING_KEY"
+#: The environment variable naming a key file (one key per line), as ``--signing-key-file``.
+KEY_FILE_ENV: Final = "ACTIVITY_LOG_SIGNING_KEY_FILE"
+MIN_KEY_CHARS: Final = 16
+#: The columns the chain adds to ``activity_logs`` (``schema.make_table``).
+SIGNING_COLUMNS: Final = ("key_id", "prev_mac", "mac", "row_mac")
+#: ``activity_type`` of a producer's checkpoint record.
+CHECKPOINT_TYPE: Final = "activity_log.checkpoint"
+
+_KEY_ID_RE: Final = re.compile(r"[A-Za-z0-9_.-]{1,32}")
+_DOMAIN_ENTRY: Final = b"activity_logging/entry/1\x00"
+_DOMAIN_ROW: Final = b"activity_logging/row/1\x00"
+_DOMAIN_CUT: Final = b"activity_logging/cut/1\x00"
+_I64: Final = 2**63
+_EPOCH: Final = datetime(1970, 1, 1, tzinfo=UTC)
+#: In orjson's output a float always has a '.' or an exponent right after a digit; a JSON
+#: value without this pattern holds no float (strings may match too: then the walk runs).
+_MAYBE_FLOAT: Final = re.compile(rb"[0-9][.eE]")
+
+
+class SignatureError(ActivityLoggingError):
+    """An entry whose tag does not check, that has none when a key is required, or that
+    names a key this ring does not hold."""
+
+
+@dataclass(frozen=True, repr=False)
+class SigningKey:
+    """One key: its id (stored in every row it seals) and its secret (never printed)."""
+
+    key_id: str
+    secret: bytes
+
+    def __repr__(self) -> str:
+        return f"SigningKey(key_id={self.key_id!r})"
+
+    def mac(self, *parts: bytes) -> bytes:
+        """HMAC-SHA256 of the concatenated ``parts``."""
+        h = hmac.new(self.secret, parts[0], hashlib.sha256)
+        for part in parts[1:]:
+            h.update(part)
+        return h.digest()
+
+
+def key_id_of(secret: str) -> str:
+    """The id of a key written without one: 12 hex digits of an HMAC of a fixed label,
+    so the id names the key without telling anything about it."""
+    return hmac.new(secret.encode(), b"activity_logging key id", hashlib.sha256).hexdigest()[:12]
+
+
+def parse_key(text: str) -> SigningKey:
+    """``secret`` or ``id:secret`` as a ``SigningKey``; ``ConfigurationError`` (never showing
+    the secret) for a short secret or a bad id."""
+    key_id, sep, secret = text.partition(":")
+    if not sep:
+        key_id, secret = "", text
+    if len(secret) < MIN_KEY_CHARS:
+        raise ConfigurationError(
+            f"signing key{f' {key_id!r}' if key_id else ''} is too short: at least "
+            f"{MIN_KEY_CHARS} characters (`activity-logging keygen` makes one)")
+    if not key_id:
+        key_id = key_id_of(secret)
+    elif not _KEY_ID_RE.fullmatch(key_id):
+        raise ConfigurationError(
+            "signing key id must be 1-32 characters of letters, digits, '_', '.', '-'")
+    return SigningKey(key_id, secret.encode())
+
+
+def generate_key(key_id: str | None = None) -> str:
+    """A new random key (256 bits, URL-safe), ``id:secret`` when ``key_id`` is given."""
+    secret = secrets.token_urlsafe(32)
+    return f"{key_id}:{secret}" if key_id else secret
+
+
+class KeyRing:
+    """Keys by id; ``current`` (the first) signs and seals, every key checks."""
+
+    def __init__(self, keys: Sequence[SigningKey]) -> None:
+        if not keys:
+            raise ConfigurationError("a signing key ring needs at least one key")
+        self.current = keys[0]
+        self._keys: dict[str, SigningKey] = {}
+        for key in keys:
+            existing = self._keys.setdefault(key.key_id, key)
+            if existing.secret != key.secret:
+                raise ConfigurationError(f"two different signing keys have the id {key.key_id!r}")
+
+    def __repr__(self) -> str:
+        return f"KeyRing({', '.join(self._keys)})"
+
+    def get(self, key_id: str) -> SigningKey | None:
+        """The key named ``key_id``, or None."""
+        return self._keys.get(key_id)
+
+    @property
+    def key_ids(self) -> tuple[str, ...]:
+        """Every key's id, the signing key's first."""
+        return tuple(self._keys)
+
+    @classmethod
+    def parse(cls, text: str) -> KeyRing:
+        """Keys separated by whitespace or commas; lines starting with ``#`` are comments."""
+        lines = (line for line in text.splitlines() if not line.lstrip().startswith("#"))
+        words = [w for line in lines for w in re.split(r"[\s,]+", line) if w]
+        if not words:
+            raise ConfigurationError("no signing key given (an empty key or key file)")
+        return cls([parse_key(w) for w in words])
+
+    @classmethod
+    def from_file(cls, path: str) -> KeyRing:
+        """The key ring in ``path``; ``ConfigurationError`` naming the file when unreadable."""
+        try:
+            with open(path, encoding="utf-8") as handle:
+                text = handle.read()
+        except OSError as exc:
+            raise ConfigurationError(f"cannot read the signing key file {path!r}: {exc.strerror}") from None
+        return cls.parse(text)
+
+
+def resolve_keyring(signing_key: str | None = None, key_file: str | None = None,
+                    environ: Mapping[str, str] | None = None) -> KeyRing | None:
+    """The key ring from an argument (a key ring string, or a file), else from
+    ``ACTIVITY_LOG_SIGNING_KEY`` / ``ACTIVITY_LOG_SIGNING_KEY_FILE``; None when none is set
+    (the trail is then unauthenticated). ``signing_key=""`` turns signing off explicitly."""
+    env = os.environ if environ is None else environ
+    if signing_key is not None:
+        return KeyRing.parse(signing_key) if signing_key else None
+    if key_file:
+        return KeyRing.from_file(key_file)
+    if env.get(KEY_ENV):
+        return KeyRing.parse(env[KEY_ENV])
+    if env.get(KEY_FILE_ENV):
+        return KeyRing.from_file(env[KEY_FILE_ENV])
+    return None
+
+
+def encode_mac(raw: bytes) -> str:
+    """A MAC as stored: URL-safe base64 without padding (43 characters)."""
+    return base64.urlsafe_b64encode(raw).rstrip(b"=").decode()
+
+
+def decode_mac(text: str | bytes) -> bytes:
+    """The bytes of a stored MAC; ``ValueError`` when it is not one."""
+    raw = text.encode() if isinstance(text, str) else text
+    if raw == b"":
+        return b""
+    decoded = base64.urlsafe_b64decode(raw + b"=" * (-len(raw) % 4))
+    if len(decoded) != 32:
+        raise ValueError("not a 32-byte MAC")
+    return decoded
+
+
+def _framed(*fields: bytes) -> bytes:
+    """Length-prefixed fields: no two different field lists frame to the same bytes."""
+    return b"".join(len(f).to_bytes(4, "big") + f for f in fields)
+
+
+def _entry_header(version: bytes, n: bytes, producer: bytes, host: bytes, pid: bytes,
+                  key_id: bytes, prev: bytes) -> bytes:
+    return _DOMAIN_ENTRY + _framed(version, n, producer, host, pid, key_id, prev)
+
+
+class EntrySigner:
+    """The producer's side: tags each entry in the order they are made, chaining each to
+    the one before. One listener thread uses it; not thread-safe."""
+
+    def __init__(self, key: SigningKey) -> None:
+        self.key = key
+        self.prev = b""  # no entry before the first
+
+    def sign(self, header: Mapping[str, str], payload: bytes) -> dict[str, bytes | str]:
+        """The fields ``k``, ``pm``, ``t`` for an entry with ``header`` (``v``, ``n``, ``p``,
+        ``h``, ``pid``) and ``payload`` (its ``d``); the next entry chains to this one."""
+        kid = self.key.key_id.encode()
+        prev = self.prev
+        head = _entry_header(header["v"].encode(), header["n"].encode(), header["p"].encode(),
+                             header["h"].encode(), header["pid"].encode(), kid, prev)
+        tag = self.key.mac(head, payload)
+        self.prev = tag
+        return {"k": self.key.key_id, "pm": encode_mac(prev), "t": encode_mac(tag)}
+
+
+@dataclass(frozen=True)
+class EntryAuth:
+    """An entry's place in its producer's chain: the key that signed it (None when the
+    worker could not check it), its tag and its predecessor's tag."""
+
+    key_id: str
+    tag: bytes
+    prev: bytes
+    n: int
+    checked: bool
+
+    def link(self, position: int) -> bytes:
+        """The link of the record at ``position``: the tag for the last, a hash of the tag
+        and the position for the others."""
+        if position == self.n - 1:
+            return self.tag
+        return hashlib.sha256(self.tag + position.to_bytes(4, "big")).digest()
+
+    def prev_link(self, position: int) -> bytes:
+        """The link of the record before the one at ``position``."""
+        return self.prev if position == 0 else self.link(position - 1)
+
+
+def _field(fields: Mapping[Any, Any], key: str) -> bytes | None:
+    value = fields.get(key)
+    if value is None:
+        value = fields.get(key.encode())
+    if value is None:
+        return None
+    return value.encode() if isinstance(value, str) else bytes(value)
+
+
+def check_entry(fields: Mapping[Any, Any], keyring: KeyRing | None) -> EntryAuth | None:
+    """The chain position of a decoded-to-be entry, its tag checked against ``keyring``.
+
+    Returns None for an unsigned entry when there is no key ring (stored unauthenticated).
+    With a key ring, raises ``SignatureError`` for an entry without a tag, with a key id
+    the ring does not hold, or whose tag does not match its bytes. Without one, a signed
+    entry's links are kept (``checked`` False) so a later ``verify`` can still follow them.
+    """
+    tag_text = _field(fields, "t")
+    if tag_text is None:
+        if keyring is not None:
+            raise SignatureError("entry is not signed, and this worker requires signed entries")
+        return None
+    try:
+        tag = decode_mac(tag_text)
+        prev = decode_mac(_field(fields, "pm") or b"")
+        kid = (_field(fields, "k") or b"").decode()
+        n = int(_field(fields, "n") or b"0")
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise SignatureError(f"entry has a malformed signature field: {exc}") from None
+    if len(tag) != 32:
+        raise SignatureError("entry has an empty tag")
+    if keyring is None:
+        return EntryAuth(kid, tag, prev, n, checked=False)
+    key = keyring.get(kid)
+    if key is None:
+        raise SignatureError(f"entry is signed with key {kid[:32]!r}, which this key ring does not hold")
+    head = _entry_header(_field(fields, "v") or b"", _field(fields, "n") or b"",
+                         _field(fields, "p") or b"", _field(fields, "h") or b"",
+                         _field(fields, "pid") or b"", kid.encode(), prev)
+    expected = key.mac(head, _field(fields, "d") or b"")
+    if not hmac.compare_digest(expected, tag):
+        raise SignatureError("entry tag does not match its content (forged or altered)")
+    return EntryAuth(kid, tag, prev, n, checked=True)
+
+
+# --- the row seal ------------------------------------------------------------------------
+
+
+def _norm_number(value: float) -> float | int:
+    """A float as PostgreSQL's jsonb gives it back: an integral float becomes the integer
+    its shortest decimal form names (jsonb writes ``1e16`` as ``10000000000000000``)."""
+    if value != value or value in (float("inf"), float("-inf")):
+        return value
+    if value.is_integer():
+        exact = int(Decimal(orjson.dumps(value).decode()))
+        return exact if -_I64 <= exact < _I64 else float(exact)
+    return value
+
+
+def _norm(value: Any) -> Any:
+    if type(value) is float:
+        return _norm_number(value)
+    if type(value) is int:
+        return value if -_I64 <= value < _I64 else float(value)
+    if isinstance(value, dict):
+        return {k: _norm(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_norm(v) for v in value]
+    return value
+
+
+def canonical_json(value: Any) -> bytes:
+    """``value`` (decoded JSON) in the one form both the writer and ``verify`` compute:
+    keys sorted, numbers as PostgreSQL's jsonb round trip leaves them."""
+    if value is None:
+        return b"null"
+    encoded = orjson.dumps(value, option=orjson.OPT_SORT_KEYS)
+    if _MAYBE_FLOAT.search(encoded) is None:
+        return encoded
+    return orjson.dumps(_norm(value), option=orjson.OPT_SORT_KEYS)
+
+
+def _ts_us(value: datetime) -> int:
+    if value.tzinfo is None:
+        value = value.replace(tzinfo=UTC)
+    delta = value - _EPOCH
+    return (delta.days * 86_400 + delta.seconds) * 1_000_000 + delta.microseconds
+
+
+def _ip(value: Any) -> str | None:
+    if value is None or value == "":
+        return None
+    text = str(value)
+    try:
+        return str(ipaddress.ip_address(text.split("/", 1)[0]))
+    except ValueError:
+        return text
+
+
+#: The columns the seal covers, in order (every column but the seal itself).
+SEALED_COLUMNS: Final = (
+    "id", "timestamp", "activity_type", "description", "severity", "level", "actor_type",
+    "actor_id", "target_type", "target_id", "changes", "metadata", "ip_address", "user_agent",
+    "request_id", "http_method", "path", "logger", "hostname", "process_id", "producer_id",
+    "seq", "key_id", "prev_mac", "mac",
+)
+
+
+def canonical_row(row: Mapping[str, Any]) -> bytes:
+    """The bytes the row seal covers: every sealed column, as the writer built it or as a
+    store reads it back (uuid or text id, aware datetime, jsonb as decoded JSON, inet as an
+    address object or text) encode alike."""
+    rid = row["id"]
+    parts: list[Any] = [str(rid) if isinstance(rid, uuid.UUID) else str(uuid.UUID(str(rid)))]
+    ts = row["timestamp"]
+    parts.append(_ts_us(ts) if isinstance(ts, datetime) else int(ts))
+    get = row.get
+    for name in SEALED_COLUMNS[2:]:
+        value = get(name)
+        if name in ("changes", "metadata"):
+            parts.append(orjson.Fragment(canonical_json(value)))
+        elif name == "ip_address":
+            parts.append(_ip(value))
+        else:
+            parts.append(value)
+    return orjson.dumps(parts)
+
+
+def seal(row: dict[str, Any], key: SigningKey | None, auth: EntryAuth, position: int) -> None:
+    """Put the chain columns on ``row`` (the record at ``position`` of the entry ``auth``
+    describes) and, with ``key``, its seal; without a key the seal stays empty."""
+    row["key_id"] = auth.key_id if key is None else key.key_id
+    row["prev_mac"] = encode_mac(auth.prev_link(position))
+    row["mac"] = encode_mac(auth.link(position))
+    row["row_mac"] = None if key is None else encode_mac(key.mac(_DOMAIN_ROW, canonical_row(row)))
+
+
+def row_seal_matches(row: Mapping[str, Any], keyring: KeyRing) -> bool | None:
+    """Whether a stored row's seal is right; None when its key is not in ``keyring``."""
+    key = keyring.get(row.get("key_id") or "")
+    if key is None:
+        return None
+    stored = row.get("row_mac")
+    if not stored:
+        return False
+    expected = encode_mac(key.mac(_DOMAIN_ROW, canonical_row(row)))
+    return hmac.compare_digest(expected, str(stored))
+
+
+# --- retention cut markers ---------------------------------------------------------------
+
+#: The fields of a cut marker, in the order its MAC covers them.
+CUT_FIELDS: Final = ("producer_id", "seq", "link", "cutoff", "cut_at", "key_id")
+
+
+def cut_mac(key: SigningKey, marker: Mapping[str, Any]) -> str:
+    """The MAC of a retention cut marker: rows of ``producer_id`` up to ``seq`` (whose link
+    was ``link``) were deleted by retention at ``cut_at`` for ``cutoff``."""
+    values = [marker["producer_id"], int(marker["seq"]), marker["link"],
+              _ts_us(marker["cutoff"]), _ts_us(marker["cut_at"]), marker["key_id"]]
+    return encode_mac(key.mac(_DOMAIN_CUT, orjson.dumps(values)))
+
+
+def cut_matches(marker: Mapping[str, Any], keyring: KeyRing) -> bool | None:
+    """Whether a stored cut marker's MAC is right; None when its key is not in ``keyring``."""
+    key = keyring.get(marker.get("key_id") or "")
+    if key is None:
+        return None
+    return hmac.compare_digest(cut_mac(key, marker), str(marker.get("mac") or ""))
+
+
+def describe(keyring: KeyRing | None) -> str:
+    """One line for status and logs: which keys, never their secrets."""
+    if keyring is None:
+        return "unauthenticated (no signing key)"
+    return f"signed with key {keyring.current.key_id!r} ({len(keyring.key_ids)} accepted)"
+
