@@ -1,193 +1,211 @@
 """Secrets out of the record: values under secret-looking keys become ``[REDACTED]``.
 
 Runs in the handler's listener on each batch of snapshotted records (``redact_records``),
-before they are batched, so the Redis path and the embedded one store the same. A record
-is decided on its own bytes: a cheap scan finds the records whose extras mention a secret
-word anywhere, and only those are decoded and walked key by key; so the result never
-depends on what else shares its batch. Keys are matched, at any depth, as case-insensitive
-substrings (``"token"`` matches ``"access_token"``). What this does not cover (free text
-in messages) is listed in docs/security.md.
+before they are batched, so Redis, the spool and the embedded store all get the same
+bytes. A record is decided on its own bytes: one scan of the batch finds the records that
+mention a key word (or a free-text marker) anywhere, and only those are decoded and walked;
+so the result never depends on what else shares its batch.
+
+**Which keys are secret.** A key is cut into word parts: split at every character that is
+not a letter or digit (``-``, ``_``, space, ``.``, quotes...), between a lower-case and an
+upper-case letter (``userPassword``), before the last capital of a capital run followed by
+a lower-case letter (``APIKey`` -> ``API``, ``Key``) and between letters and digits
+(``pwd2``); then each part is lower-cased. Each entry of the list (``redact_keys``) is cut
+the same way, and a key is secret when its parts contain the entry's parts in a row, where
+
+* the last part may carry a plural ``s`` (``tokens``, ``credentials``);
+* a multi-part entry also matches its parts written as one (``api key`` matches ``apikey``,
+  ``session id`` matches ``SESSIONID``);
+* ``*`` in front lets the first part end a longer part (``*token`` matches ``accesstoken``,
+  ``*password`` matches ``userpassword``), ``*`` behind lets the last part begin one;
+* ``$`` behind anchors the entry to the end of the key (``session$`` matches ``session`` and
+  ``user_session``, not ``session_count``; ``pin$`` matches ``pin``, not ``pin_enabled``).
+
+So ``access_token``, ``X-Api-Key``, ``userPassword``, ``sessionId``, ``creditCard`` and
+``privateKey`` are secret, while ``author``, ``tokenizer_name``, ``passenger``, ``pinned``
+and ``session_count`` are not. A key holding a secret word as a plain part is secret
+whatever follows (``password_hash``, ``token_type``, ``max_tokens``: cheap to lose, where a
+missed secret is not).
+
+**Where.** At any depth of ``extra``, and in three list shapes: a ``[name, value]`` pair
+(headers as ``[["authorization", "Bearer x"]]``) has its value redacted when the name is a
+secret key; a dict with a ``name``/``key``/``field``/``header``/``attribute``/``param``
+string naming a secret has its ``value``/``values``/``old``/``new``/``before``/``after``/
+``from``/``to`` redacted (``[{"name": "Authorization", "value": ...}]``,
+``[{"field": "password", "old": ..., "new": ...}]``). A secret key whose value is a change
+(``{"password": {"old": ..., "new": ...}}``) keeps its shape, each side redacted.
+
+**Free text.** With ``free_text`` on (the default), the message (``msg``), the exception
+text (``exc``) and every string under a key named in ``FREE_TEXT_KEYS`` (``description``,
+``error_message``: what ``@log_activity`` stores...) are scrubbed of ``key=value`` and
+``key: value`` with a secret key (the value: a quoted string, or an optional auth scheme
+and a run of non-space characters), ``Bearer <token>``, ``Basic <base64 of user:pass>``
+and JWTs (``eyJ...``).``None`` values are no secret and are left as they are.
 """
 
 from __future__ import annotations
 
-import datetime
-import decimal
-import uuid
+import base64
+import binascii
+import importlib
+import re
 from bisect import bisect_right
 from collections.abc import Iterable, Sequence
 from typing import Any, Final
 
 import orjson
 
-_SECRET_WORDS: Final = (
-    "password", "passwd", "secret", "token", "api_key", "apikey", "api-key", "authorization",
-    "cookie", "private_key", "credit_card", "card_number", "cvv",
+#: The default entries (see the module docstring for the syntax).
+DEFAULT_REDACT_WORDS: Final = (
+    "*password", "*passwd", "*passphrase", "pwd", "pass$", "pin$", "pin code", "otp$",
+    "otp code", "*secret", "client secret", "*token", "*api key", "access key", "private key",
+    "signing key", "secret key", "session key", "auth$", "auth header", "auth code",
+    "authorization", "bearer", "*credential", "cookie", "set cookie", "session$", "session id",
+    "csrf", "xsrf", "ssn", "social security", "credit card", "card number", "cvv", "cvc",
+    "iban", "signature", "jwt",
 )
-DEFAULT_REDACT_KEYS: Final = ",".join(_SECRET_WORDS)
+DEFAULT_REDACT_KEYS: Final = ",".join(DEFAULT_REDACT_WORDS)
 REDACTED: Final = "[REDACTED]"
-#: Deeper structures are not walked key by key: ``find`` answers "cannot tell" (None), and a
-#: record it cannot tell about is redacted by the walk of ``redact``, which has no limit.
-MAX_DEPTH: Final = 32
-_CACHE_LIMIT: Final = 10_000
-#: Values that orjson encodes as scalars: no keys can hide in them.
-_SCALARS: Final = frozenset({
-    str, int, float, bool, type(None), bytes, datetime.datetime, datetime.date, datetime.time,
-    uuid.UUID, decimal.Decimal,
+#: Keys whose string values are free text, scrubbed at any depth (besides ``msg``, ``exc``).
+FREE_TEXT_KEYS: Final = frozenset({
+    "description", "message", "msg", "error", "error_message", "exception", "exc", "detail",
+    "reason",
 })
+#: In a dict of the list shapes, the entries naming the field, and those holding its value.
+NAME_KEYS: Final = ("name", "key", "field", "header", "attribute", "param")
+VALUE_KEYS: Final = frozenset({"value", "values", "old", "new", "before", "after", "from", "to"})
+_CHANGE_KEYS: Final = frozenset({"old", "new"})
+_CACHE_LIMIT: Final = 10_000
+#: Needles the byte scan adds for free text: auth schemes and the start of a JWT.
+_FREE_TEXT_NEEDLES: Final = (b"bearer", b"basic", b"eyj")
+#: Non-ASCII letters that ``str.lower`` turns into ASCII ones (KELVIN SIGN to ``k``, DOTTED
+#: CAPITAL I to ``i`` and a dot): ``bytes.lower`` leaves them, so a record holding one is
+#: walked whatever else it holds.
+_LOWER_TO_ASCII: Final = ("\u212a".encode(), "\u0130".encode())
+
+_SCHEME: Final = r"(?:(?:bearer|basic|token|digest)\s+)?"
+#: ``key=value`` / ``key: value``; the key starts a word (no quadratic rescans of long words),
+#: a quoted value runs to its closing quote or the end of the text.
+_KEY_VALUE: Final = re.compile(
+    r"""(?P<key>["']?(?<![\w.\-])(?P<name>[^\W_][\w.\-]*)["']?)"""
+    r"""(?P<sep>\s*[=:]\s*)"""
+    r"""(?P<value>"[^"]*"?|'[^']*'?|""" + _SCHEME + r"""[^\s,;&"'<>(){}\[\]]+)""",
+    re.IGNORECASE,
+)
+_AUTH_SCHEME: Final = re.compile(r"\b(?P<scheme>bearer|basic)\s+(?P<token>[A-Za-z0-9\-._~+/]{8,}=*)",
+                                 re.IGNORECASE)
+_JWT: Final = re.compile(r"\beyJ[A-Za-z0-9_\-]+\.eyJ[A-Za-z0-9_\-]+\.[A-Za-z0-9_\-]*")
 
 
-def search_terms(words: Sequence[str], shortest: int = 3) -> list[str]:
-    """Few substrings such that every word contains one: what the byte scan looks for.
+def word_parts(key: str) -> tuple[str, ...]:
+    """The lower-cased word parts of ``key`` (the splitting rule of the module docstring)."""
+    parts: list[str] = []
+    current: list[str] = []
+    previous = ""  # the kind of the previous character: "u"pper, "l"ower, "d"igit
+    for char in key:
+        if char.isdigit():
+            kind = "d"
+        elif char.isalpha():
+            kind = "u" if char.isupper() else "l"
+        else:
+            if current:
+                parts.append("".join(current))
+                current = []
+            previous = ""
+            continue
+        if current:
+            if (kind == "d") != (previous == "d") or (kind == "u" and previous == "l"):
+                parts.append("".join(current))
+                current = []
+            elif kind == "l" and previous == "u" and len(current) > 1 and current[-2].isupper():
+                parts.append("".join(current[:-1]))  # "APIKey": "API" then "Key"
+                current = current[-1:]
+        current.append(char)
+        previous = kind
+    if current:
+        parts.append("".join(current))
+    return tuple(p.lower() for p in parts)
 
-    Each search is a pass over the batch, so fewer is faster: greedily the substring (at
-    least ``shortest`` characters, else the whole word) shared by the most words not yet
-    covered, the longest on a tie. The defaults' 13 words need 8 (``key`` covers
-    ``api_key``, ``apikey``, ``api-key`` and ``private_key``). A shorter term finds more
-    records that merely mention it; those are decoded and walked, never redacted wrongly.
-    """
-    left = list(dict.fromkeys(words))
-    terms: list[str] = []
-    while left:
-        candidates = {w[i:j] for w in left for i in range(len(w))
-                      for j in range(i + min(shortest, len(w)), len(w) + 1)}
-        best = max(sorted(candidates), key=lambda c: (sum(c in w for w in left), len(c)))
-        terms.append(best)
-        left = [w for w in left if best not in w]
-    return terms
 
+class _Entry:
+    """One entry of the list, parsed: its parts, and the ``*``/``$`` flags."""
 
-class Redactor:
-    """Finds and replaces the values of secret keys in decoded or not-yet-encoded extras.
+    __slots__ = ("at_end", "joined", "open_end", "open_start", "parts")
 
-    ``keys``: comma-separated words, or an iterable of them. Thread-safe (its only state is
-    a cache of key verdicts, where a race costs a recomputation).
-    """
+    def __init__(self, text: str) -> None:
+        text = text.strip()
+        self.at_end = text.endswith("$")
+        text = text.rstrip("$").strip()
+        self.open_start = text.startswith("*")
+        self.open_end = text.endswith("*")
+        self.parts = word_parts(text.strip("*"))
+        self.joined = "".join(self.parts)
 
-    def __init__(self, keys: str | Iterable[str] = DEFAULT_REDACT_KEYS) -> None:
-        words = [k.strip().lower() for k in (keys.split(",") if isinstance(keys, str) else keys)]
-        self.words: tuple[str, ...] = tuple(w for w in words if w)
-        self._cache: dict[Any, bool] = {}
-        # keys known not to be secret: a record whose keys are all in it is checked in C
-        self._clean: set[Any] = set()
-        self._needles: tuple[bytes, ...] = tuple(n.encode() for n in search_terms(self.words))
-        # bytes.lower() folds ASCII only: a word with other letters cannot be searched for
-        # in bytes, so every record is walked; and two non-ASCII characters lower-case to
-        # ASCII letters (KELVIN SIGN to "k", DOTTED CAPITAL I to "i"): a record holding one
-        # is walked too, so "TO\u212aEN" cannot hide a token.
-        self._walk_all = not all(w.isascii() for w in self.words)
-        if self._needles:
-            self._needles += ("\u212a".encode(), "\u0130".encode())
-        self.redacted = 0
+    def _part_matches(self, part: str, word: str, first: bool, last: bool) -> bool:
+        """Does key part ``part`` match entry word ``word`` (the entry's first and/or last)?"""
+        head_open = first and self.open_start  # "*token": anything may come before
+        tail_open = last and self.open_end  # "token*": anything may come after
+        if head_open and tail_open:
+            return word in part
+        if tail_open:
+            return part.startswith(word)
+        if head_open:
+            return part.endswith(word) or (last and part.endswith(word + "s"))
+        return part == word or (last and part == word + "s")
 
-    def secret_key(self, key: Any) -> bool:
-        """True when ``key`` names a secret (cached per key)."""
-        found = self._cache.get(key)
-        if found is None:
-            lowered = str(key).lower()
-            found = any(w in lowered for w in self.words)
-            if len(self._cache) < _CACHE_LIMIT:
-                self._cache[key] = found
-                if not found:
-                    self._clean.add(key)
-        return found
-
-    def find(self, obj: dict[Any, Any], depth: int = 0) -> bool | None:
-        """Does ``obj`` hold a secret key with a value? True, False, or None: cannot tell.
-
-        None when it holds an object whose encoding may contain keys (a dataclass, a
-        Mapping that is not a dict, anything orjson or its fallback turns into a mapping),
-        or is nested past ``MAX_DEPTH``: the caller then checks the decoded JSON instead.
-        """
-        if not self.words:
-            return False
-        if depth > MAX_DEPTH:
-            return None
-        if not obj.keys() <= self._clean:
-            for key, value in obj.items():
-                if value is not None and key not in self._clean and self.secret_key(key):
-                    return True
-        return self._find_among(obj.values(), depth)
-
-    def _find_among(self, values: Iterable[Any], depth: int) -> bool | None:
-        """``find`` over the values of a dict or the items of a list."""
-        unsure = False
-        for value in values:
-            kind = type(value)
-            if kind in _SCALARS:
-                continue
-            if kind is dict:
-                found = self.find(value, depth + 1)
-            elif kind is list or kind is tuple:
-                found = self._find_among(value, depth + 1) if depth < MAX_DEPTH else None
-            else:
-                found = None
-            if found:
+    def matches(self, parts: tuple[str, ...]) -> bool:
+        """True when the key of word parts ``parts`` holds this entry."""
+        size = len(self.parts)
+        count = len(parts)
+        for start in range(count):
+            if (start + size <= count and (not self.at_end or start + size == count)
+                    and self._run_at(parts, start)):
                 return True
-            unsure = unsure or found is None
-        return None if unsure else False
+            if (size > 1 and (not self.at_end or start == count - 1)
+                    and self._part_matches(parts[start], self.joined, True, True)):
+                return True
+        return False
 
-    def redact(self, obj: Any) -> tuple[Any, int]:
-        """A copy of ``obj`` with secret values replaced, and how many were replaced.
+    def _run_at(self, parts: tuple[str, ...], start: int) -> bool:
+        last = len(self.parts) - 1
+        return all(self._part_matches(parts[start + i], word, i == 0, i == last)
+                   for i, word in enumerate(self.parts))
 
-        Walks dicts and lists (and tuples, as lists); other values are returned as they are.
-        """
-        if isinstance(obj, dict):
-            out: dict[Any, Any] = {}
-            count = 0
-            for key, value in obj.items():
-                if value is not None and self.secret_key(key):
-                    out[key] = REDACTED
-                    count += value != REDACTED  # already redacted (a cut record): not again
-                else:
-                    out[key], n = self.redact(value)
-                    count += n
-            return out, count
-        if isinstance(obj, list | tuple):
-            items = [self.redact(v) for v in obj]
-            return [v for v, _ in items], sum(n for _, n in items)
-        return obj, 0
 
-    def mentions(self, raw: bytes) -> bool:
-        """True when JSON bytes mention a secret word anywhere (false positives allowed;
-        no false negatives for keys: a key holding the word holds its bytes)."""
-        low = raw.lower()
-        return any(word in low for word in self._needles)
+def _needle_words(entries: Sequence[_Entry]) -> list[str]:
+    """One part of each entry to search record bytes for: one that is itself a one-part
+    entry, else the part most entries share, else the longest; then no needle holding
+    another (``pass`` finds ``password`` too)."""
+    singles = {e.parts[0] for e in entries if len(e.parts) == 1}
+    shared: dict[str, int] = {}
+    for entry in entries:
+        for part in set(entry.parts):
+            shared[part] = shared.get(part, 0) + 1
+    chosen = {max(e.parts, key=lambda p: (p in singles, shared[p], len(p)))
+              for e in entries if e.parts}
+    return sorted(w for w in chosen if not any(o != w and o in w for o in chosen))
 
-    def redact_records(self, bodies: Sequence[bytes]) -> dict[int, bytes]:
-        """The record bodies (JSON objects, extras under ``x``) that held secrets, redacted,
-        by position.
 
-        One lower-cased copy of the batch is searched once per search term
-        (``search_terms``); a record hit anywhere is decoded and its extras checked key by
-        key, and it is re-encoded only if they had a secret key with a value. Counts the
-        values replaced in ``redacted``. Never raises: bytes that do not decode are left as
-        they are (they were made by orjson, so this does not happen).
-        """
-        if not self._needles:
-            return {}
-        hit = set(range(len(bodies))) if self._walk_all else self._mentions(bodies)
-        out: dict[int, bytes] = {}
-        for index in hit:
+class _Scan:
+    """Which bodies of a batch hold a needle: one multi-pattern pass when the optional
+    ``ahocorasick_rs`` package is installed, else one ``bytes.find`` pass per needle."""
+
+    def __init__(self, needles: Sequence[bytes], engine: str = "auto") -> None:
+        self.needles = tuple(needles)
+        self._automaton: Any = None
+        if engine == "auto" and self.needles:
             try:
-                decoded = orjson.loads(bodies[index])
-            except orjson.JSONDecodeError:
-                continue
-            extras = decoded.get("x") if isinstance(decoded, dict) else None
-            if isinstance(extras, dict) and self.find(extras) is not False:
-                decoded["x"], count = self.redact(extras)
-                if count:
-                    self.redacted += count
-                    out[index] = orjson.dumps(decoded)
-        return out
+                module = importlib.import_module("ahocorasick_rs")
+            except ImportError:
+                module = None
+            if module is not None:
+                self._automaton = module.BytesAhoCorasick(list(self.needles))
+        elif engine not in ("auto", "find"):
+            raise ValueError(f"engine must be 'auto' or 'find', not {engine!r}")
+        self.engine = "ahocorasick" if self._automaton is not None else "find"
 
-    def redact_in_place(self, bodies: list[bytes]) -> None:
-        """``redact_records``, with the redacted bodies put in place of the originals."""
-        for index, body in self.redact_records(bodies).items():
-            bodies[index] = body
-
-    def _mentions(self, bodies: Sequence[bytes]) -> set[int]:
-        """Positions of the bodies that hold a search term anywhere (lower-cased)."""
+    def hits(self, bodies: Sequence[bytes]) -> set[int]:
+        """Positions of the bodies that hold a needle anywhere (ASCII lower-cased)."""
         offsets: list[int] = []
         pos = 0
         for body in bodies:
@@ -195,10 +213,261 @@ class Redactor:
             pos += len(body) + 1
         low = b"\x00".join(bodies).lower()
         hit: set[int] = set()
-        for word in self._needles:
-            i = low.find(word)
+        if self._automaton is not None:
+            # non-overlapping matches: one hidden by an overlap lies in the same body
+            for _, start, _ in self._automaton.find_matches_as_indexes(low):
+                hit.add(bisect_right(offsets, start) - 1)
+            return hit
+        ascii_only = low.isascii()  # one fast pass spares the non-ASCII needles' passes
+        for needle in self.needles:
+            if ascii_only and not needle.isascii():
+                continue
+            i = low.find(needle)
             while i != -1:
                 index = bisect_right(offsets, i) - 1
                 hit.add(index)
-                i = low.find(word, offsets[index + 1] if index + 1 < len(offsets) else len(low))
+                i = low.find(needle, offsets[index + 1] if index + 1 < len(offsets) else len(low))
         return hit
+
+
+class Redactor:
+    """Finds and replaces secrets in decoded or not-yet-encoded extras and in record bodies.
+
+    Args:
+        keys: comma-separated entries, or an iterable of them (syntax in the module
+            docstring); ``""`` turns redaction off.
+        free_text: scrub messages, exception texts and ``FREE_TEXT_KEYS`` values too.
+        engine: ``"auto"`` (a multi-pattern scan when ``ahocorasick_rs`` is installed) or
+            ``"find"`` (stdlib only); the result is the same, only the speed differs.
+
+    ``redacted`` counts the values replaced (a free-text match counts one). Thread-safe: its
+    only other state is a bounded cache of key verdicts, where a race costs a recomputation.
+    """
+
+    def __init__(self, keys: str | Iterable[str] = DEFAULT_REDACT_KEYS, *,
+                 free_text: bool = True, engine: str = "auto") -> None:
+        texts = keys.split(",") if isinstance(keys, str) else list(keys)
+        entries = [_Entry(t) for t in texts if t.strip().strip("*$").strip()]
+        self.entries: tuple[_Entry, ...] = tuple(e for e in entries if e.parts)
+        self.words: tuple[str, ...] = tuple(t.strip() for t in texts if t.strip())
+        self.free_text = free_text and bool(self.entries)
+        self._cache: dict[str, bool] = {}
+        words = _needle_words(self.entries)
+        # bytes.lower() folds ASCII only: with a word that is not ASCII every record is walked
+        self._walk_all = not all(w.isascii() for w in words)
+        needles = [w.encode() for w in words]
+        if needles:
+            needles += _LOWER_TO_ASCII
+            if self.free_text:
+                needles += [n for n in _FREE_TEXT_NEEDLES if not any(w in n for w in needles)]
+        self._scan = _Scan(needles, engine)
+        self.redacted = 0
+
+    @property
+    def engine(self) -> str:
+        """``"ahocorasick"`` or ``"find"``: how the batch is scanned."""
+        return self._scan.engine
+
+    def secret_key(self, key: Any) -> bool:
+        """True when ``key`` names a secret (the rule of the module docstring; cached)."""
+        text = key if type(key) is str else str(key)
+        found = self._cache.get(text)
+        if found is None:
+            parts = word_parts(text)
+            found = any(entry.matches(parts) for entry in self.entries)
+            if len(self._cache) < _CACHE_LIMIT:
+                self._cache[text] = found
+        return found
+
+    def scrub(self, text: str) -> tuple[str, int]:
+        """``text`` with free-text secrets replaced, and how many were replaced."""
+        if not self.free_text:
+            return text, 0
+        count = 0
+
+        def auth(match: re.Match[str]) -> str:
+            nonlocal count
+            token = match["token"]
+            if match["scheme"].lower() == "basic":
+                try:
+                    decoded = base64.b64decode(token, validate=True)
+                except (binascii.Error, ValueError):
+                    return match[0]
+                if b":" not in decoded:
+                    return match[0]
+            elif token.isalpha() and token.islower() and len(token) < 20:
+                return match[0]  # prose ("bearer instrument"), not a token
+            count += 1
+            return f"{match['scheme']} {REDACTED}"
+
+        def jwt(match: re.Match[str]) -> str:
+            nonlocal count
+            count += 1
+            return REDACTED
+
+        text, count = self._scrub_key_values(text)
+        text = _AUTH_SCHEME.sub(auth, text)
+        text = _JWT.sub(jwt, text)
+        return text, count
+
+    def _scrub_key_values(self, text: str) -> tuple[str, int]:
+        """``key=value`` and ``key: value`` with a secret key, value replaced. A match whose
+        key is not secret consumes only its key, so ``https://h/?token=t`` is still seen."""
+        pieces: list[str] = []
+        count = done = pos = 0
+        while (match := _KEY_VALUE.search(text, pos)) is not None:
+            value = match["value"]
+            if value.strip("\"'") != REDACTED and self.secret_key(match["name"]):
+                quote = value[0] if value[0] in "\"'" else ""
+                pieces += (text[done:match.start("value")], quote, REDACTED, quote)
+                count += 1
+                done = pos = match.end()
+            else:
+                pos = match.end("sep")
+        if not count:
+            return text, 0
+        pieces.append(text[done:])
+        return "".join(pieces), count
+
+    def redact(self, obj: Any) -> tuple[Any, int]:
+        """``obj`` with secret values replaced, and how many were replaced.
+
+        Walks dicts and lists (tuples as lists); other values are returned as they are, and
+        so is ``obj`` itself when nothing was replaced. Free text is scrubbed under
+        ``FREE_TEXT_KEYS``.
+        """
+        if not self.entries:
+            return obj, 0
+        return self._walk(obj)
+
+    def _walk(self, obj: Any) -> tuple[Any, int]:
+        kind = type(obj)
+        if kind is dict or isinstance(obj, dict):
+            return self._walk_dict(obj)
+        if kind is list or kind is tuple or isinstance(obj, list | tuple):
+            return self._walk_list(obj)
+        return obj, 0
+
+    def _walk_dict(self, obj: dict[Any, Any]) -> tuple[Any, int]:
+        out: dict[Any, Any] | None = None
+        count = 0
+        named = self._names_secret(obj)
+        for key, value in obj.items():
+            new = value
+            if value is None:
+                pass
+            elif named and key in VALUE_KEYS:
+                new, n = _replace(value)
+                count += n
+            elif self.secret_key(key):
+                if type(value) is dict and value and value.keys() <= _CHANGE_KEYS:
+                    sides = {k: _replace(v) for k, v in value.items()}  # the shape is kept
+                    new = {k: v for k, (v, _) in sides.items()}
+                    count += sum(n for _, n in sides.values())
+                else:
+                    new, n = _replace(value)
+                    count += n
+            elif type(value) is str:
+                if self.free_text and key in FREE_TEXT_KEYS:
+                    new, n = self.scrub(value)
+                    count += n
+            else:
+                new, n = self._walk(value)
+                count += n
+            if new is not value:
+                if out is None:
+                    out = dict(obj)
+                out[key] = new
+        return (obj if out is None else out), count
+
+    def _names_secret(self, obj: dict[Any, Any]) -> bool:
+        """True when a dict of the list shapes names a secret field (``{"name": "token"}``)."""
+        for name_key in NAME_KEYS:
+            name = obj.get(name_key)
+            if type(name) is str and self.secret_key(name):
+                return True
+        return False
+
+    def _walk_list(self, obj: list[Any] | tuple[Any, ...]) -> tuple[Any, int]:
+        if (len(obj) == 2 and type(obj[0]) is str and obj[1] is not None
+                and self.secret_key(obj[0])):
+            new, n = _replace(obj[1])
+            return ([obj[0], new] if n else obj), n
+        out: list[Any] | None = None
+        count = 0
+        for index, value in enumerate(obj):
+            new, n = self._walk(value)
+            if n:
+                count += n
+                if out is None:
+                    out = list(obj)
+                out[index] = new
+        return (obj if out is None else out), count
+
+    def mentions(self, raw: bytes) -> bool:
+        """True when JSON bytes mention a key word or a free-text marker anywhere (false
+        positives allowed, no false negatives: a key holding a word holds its bytes)."""
+        return self._walk_all or bool(self._scan.hits([raw]))
+
+    def redact_body(self, decoded: dict[str, Any]) -> int:
+        """Redact one decoded record body in place (extras under ``x``, ``msg``, ``exc``);
+        returns how many values were replaced."""
+        count = 0
+        extras = decoded.get("x")
+        if isinstance(extras, dict | list):
+            new, count = self.redact(extras)
+            if count:
+                decoded["x"] = new
+        for field in ("msg", "exc"):
+            text = decoded.get(field)
+            if type(text) is str and self.free_text:
+                scrubbed, n = self.scrub(text)
+                if n:
+                    decoded[field] = scrubbed
+                    count += n
+        return count
+
+    def redact_records(self, bodies: Sequence[bytes]) -> dict[int, bytes]:
+        """The record bodies (JSON objects, extras under ``x``) that held secrets, redacted,
+        by position.
+
+        The batch is scanned once for the needles (one part of each entry, plus ``bearer``,
+        ``basic`` and ``eyj`` for free text); a record hit anywhere is decoded and walked
+        (``redact_body``), and re-encoded only if something was replaced. Counts the values
+        replaced in ``redacted``. Never raises: bytes that do not decode are left as they
+        are (they were made by orjson, so this does not happen).
+        """
+        if not self.entries:
+            return {}
+        hit = set(range(len(bodies))) if self._walk_all else self._scan.hits(bodies)
+        out: dict[int, bytes] = {}
+        for index in hit:
+            try:
+                decoded = orjson.loads(bodies[index])
+            except orjson.JSONDecodeError:
+                continue
+            if not isinstance(decoded, dict):
+                continue
+            count = self.redact_body(decoded)
+            if count:
+                self.redacted += count
+                out[index] = orjson.dumps(decoded)
+        return out
+
+    def redact_in_place(self, bodies: list[bytes]) -> None:
+        """``redact_records``, with the redacted bodies put in place of the originals."""
+        for index, body in self.redact_records(bodies).items():
+            bodies[index] = body
+
+
+def _replace(value: Any) -> tuple[Any, int]:
+    """``REDACTED`` for a value, and 1; a value already redacted (a cut record) or None: 0."""
+    if value is None or value == REDACTED:
+        return value, 0
+    return REDACTED, 1
+
+
+__all__ = [
+    "DEFAULT_REDACT_KEYS", "DEFAULT_REDACT_WORDS", "FREE_TEXT_KEYS", "REDACTED", "Redactor",
+    "word_parts",
+]
