@@ -4,7 +4,8 @@ This module only assembles the parser and maps errors to exit codes: each group 
 lives in its own module, which registers its subcommands and imports its heavy dependencies
 lazily so ``--help`` stays fast (``cli_worker``: init-db, worker; ``cli_status``: status;
 ``cli_query``: query, export; ``cli_maintenance``: cleanup, vacuum, scheduler;
-``cli_verify``: verify; ``cli_demo``: demo; ``cli_serve``: serve). What they share
+``cli_verify``: verify; ``cli_dead_letters``: dead-letters; ``cli_demo``: demo;
+``cli_serve``: serve). What they share
 (argument helpers, one-line errors, exit codes) is ``cli_common``, their text ``cli_render``;
 verb modules import those two and never each other.
 
@@ -28,6 +29,7 @@ from typing import Final
 
 from . import (
     __version__,
+    cli_dead_letters,
     cli_demo,
     cli_maintenance,
     cli_query,
@@ -46,7 +48,7 @@ from .exceptions import ConfigurationError, StoreUnavailableError
 
 #: The verb modules, in the order their verbs are listed in ``--help``.
 VERB_MODULES: Final = (cli_worker, cli_status, cli_query, cli_maintenance, cli_verify,
-                       cli_demo, cli_serve)
+                       cli_dead_letters, cli_demo, cli_serve)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -43,7 +43,7 @@ from sqlalchemy import (
 )
 
 from .config import DEFAULT_TABLE
-from .entry_limits import MAX_EXCERPT_BYTES
+from .entry_limits import MAX_EXCERPT_BYTES, REFUSAL_REASONS
 from .schema import UTCDateTime
 
 if TYPE_CHECKING:
@@ -64,7 +64,7 @@ PURGE_INTERVAL: Final = 3600.0
 WHOLE_ENTRY: Final = -1
 
 #: Why a dead letter was written (the ``reason`` column).
-REASONS: Final = ("oversized", "undecodable", "malformed", "out_of_window", "refused")
+REASONS: Final = REFUSAL_REASONS
 
 _SQLSTATE_PRIVILEGE: Final = "42501"
 
@@ -254,11 +254,36 @@ class DeadLetterWriter:
 async def create_table(url: str, *, schema: str | None = None, table: str = DEFAULT_TABLE) -> None:
     """Create the dead-letter table beside ``table`` if missing (``init-db``); idempotent.
 
-    Raises as ``db.init_db`` does (``StoreUnavailableError``, SQLAlchemy's ``DBAPIError``).
+    SQLite through the standard library, never aiosqlite's thread (a file that cannot be
+    opened raises ``OSError`` with SQLite's reason); PostgreSQL raises as ``db.init_db``
+    does (``StoreUnavailableError``, SQLAlchemy's ``DBAPIError``).
     """
     from .db import create_async_engine_for, reachable
+    from .urls import is_sqlite, sqlite_file
 
     definition = make_dead_letter_table(MetaData(), dead_letter_table_name(table))
+    if is_sqlite(url):
+        import sqlite3
+
+        from sqlalchemy.dialects.sqlite import pysqlite
+        from sqlalchemy.schema import CreateIndex, CreateTable
+
+        dialect = pysqlite.dialect()
+        statements = [str(CreateTable(definition, if_not_exists=True).compile(dialect=dialect))]
+        statements += [str(CreateIndex(index, if_not_exists=True).compile(dialect=dialect))
+                       for index in definition.indexes]
+        path = sqlite_file(url)
+        try:
+            db = sqlite3.connect(str(path) if path is not None else ":memory:", timeout=5.0)
+            try:
+                with db:
+                    for sql in statements:
+                        db.execute(sql)
+            finally:
+                db.close()
+        except sqlite3.Error as exc:  # as init_db reports a file it cannot open
+            raise OSError(str(exc)) from exc
+        return
     engine = create_async_engine_for(url, schema=schema)
     try:
         async with reachable(url), engine.begin() as conn:

@@ -29,6 +29,10 @@ MAX_ENTRY_RECORDS: Final = 10_000
 MAX_ENTRY_BYTES: Final = 64 * 1024 * 1024
 #: What a dead letter keeps of what it refuses: the first bytes of it, never the whole.
 MAX_EXCERPT_BYTES: Final = 64 * 1024
+#: Why something is refused (a dead letter's ``reason``): an entry too big to decode, one
+#: that cannot be decoded, a record that cannot be a row, a record dated outside the
+#: accepted window, a record the database refused.
+REFUSAL_REASONS: Final = ("oversized", "undecodable", "malformed", "out_of_window", "refused")
 #: Characters of one header field (``p``, ``h``, ``pid``, ``n``...) an excerpt keeps.
 _FIELD_EXCERPT_CHARS: Final = 256
 
@@ -92,16 +96,23 @@ def payload_bytes(fields: Mapping[Any, Any]) -> bytes:
 
 
 def excerpt(data: bytes, limit: int = MAX_EXCERPT_BYTES) -> str:
-    """The first ``limit`` bytes of ``data`` as text (a cut character replaced, NUL as U+FFFD)."""
+    """The start of ``data`` as text of at most ``limit`` UTF-8 bytes (bytes that are not
+    UTF-8, and NUL, which PostgreSQL's text refuses, become U+FFFD)."""
     text = data[:limit].decode("utf-8", "replace")
-    return text.replace("\x00", "\ufffd") if "\x00" in text else text
+    if "\x00" in text:
+        text = text.replace("\x00", "\ufffd")
+    encoded = text.encode("utf-8", "surrogatepass")
+    if len(encoded) > limit:  # replacements are 3 bytes: cut again, at a whole character
+        text = encoded[:limit].decode("utf-8", "ignore")
+    return text
 
 
 def entry_excerpt(fields: Mapping[Any, Any], limit: int = MAX_EXCERPT_BYTES) -> tuple[str, int, str]:
     """A bounded stand-in for a whole entry: (excerpt, bytes of the entry, sha256 of ``d``).
 
-    The excerpt is a JSON object of the entry's fields, each header field cut to 256
-    characters and the payload ``d`` to what is left of ``limit``; the hash is over the
+    The excerpt (at most ``limit`` UTF-8 bytes) is a JSON object of the entry's fields,
+    each header field cut to 256 characters and the payload ``d`` to what is left of
+    ``limit``; the hash is over the
     whole payload, so an operator can tell two dead letters of one entry apart from two
     entries, and match a copy kept elsewhere. Never raises; its work is bounded by ``limit``
     plus one hash of the payload.
@@ -111,8 +122,11 @@ def entry_excerpt(fields: Mapping[Any, Any], limit: int = MAX_EXCERPT_BYTES) -> 
               for k, v in list(fields.items())[:32] if _text(k) != "d"}
     room = max(0, limit - len(orjson.dumps(header)) - 16)
     header["d"] = excerpt(payload, room)
-    text = orjson.dumps(header).decode()
-    if len(text) > limit:  # escapes made it longer: cut the payload's share again
-        header["d"] = header["d"][: max(0, room - (len(text) - limit))]
-        text = orjson.dumps(header).decode()[:limit]
+    encoded = orjson.dumps(header)
+    for _ in range(4):  # JSON escapes made it longer: cut the payload's share again
+        if len(encoded) <= limit:
+            break
+        header["d"] = header["d"][: max(0, len(header["d"]) - (len(encoded) - limit))]
+        encoded = orjson.dumps(header)
+    text = encoded[:limit].decode("utf-8", "ignore")
     return text, entry_bytes(fields), hashlib.sha256(payload).hexdigest()
