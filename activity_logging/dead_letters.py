@@ -292,6 +292,12 @@ async def create_table(url: str, *, schema: str | None = None, table: str = DEFA
         await engine.dispose()
 
 
+def _plain(mapping: Any) -> dict[str, Any]:
+    """A result row as a dict with plain ``str`` keys (a column name is SQLAlchemy's
+    ``quoted_name``, which orjson refuses as a key)."""
+    return {str(key): value for key, value in mapping.items()}
+
+
 def _table(table: Table | None) -> Table:
     return dead_letters if table is None else table
 
@@ -312,7 +318,7 @@ async def fetch(conn: AsyncConnection, *, limit: int = 50, before_id: int | None
         query = query.where(t.c.id < before_id)
     if reason is not None:
         query = query.where(t.c.reason == reason)
-    return [dict(row._mapping) for row in await conn.execute(query)]
+    return [_plain(row._mapping) for row in await conn.execute(query)]
 
 
 async def get(conn: AsyncConnection, letter_id: int, *,
@@ -320,7 +326,7 @@ async def get(conn: AsyncConnection, letter_id: int, *,
     """One dead letter with its excerpt, or None."""
     t = _table(table)
     row = (await conn.execute(select(t).where(t.c.id == letter_id))).first()
-    return None if row is None else dict(row._mapping)
+    return None if row is None else _plain(row._mapping)
 
 
 async def purge(conn: AsyncConnection, *, older_than: timedelta | None = None,
@@ -330,9 +336,13 @@ async def purge(conn: AsyncConnection, *, older_than: timedelta | None = None,
     t = _table(table)
     deleted = 0
     if older_than is not None:
-        cutoff = datetime.now(UTC) - older_than
-        result = await conn.execute(delete(t).where(t.c.dead_at < cutoff))
-        deleted += max(0, result.rowcount or 0)
+        try:
+            cutoff: datetime | None = datetime.now(UTC) - older_than
+        except OverflowError:  # before year 1: nothing is that old
+            cutoff = None
+        if cutoff is not None:
+            result = await conn.execute(delete(t).where(t.c.dead_at < cutoff))
+            deleted += max(0, result.rowcount or 0)
     if keep is not None:
         # ids only grow: the newest ``keep`` are those above the keep-th highest id
         edge = (await conn.execute(

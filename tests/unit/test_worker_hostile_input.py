@@ -19,7 +19,8 @@ import pytest
 
 from activity_logging import entry_limits, rows, store
 from activity_logging.ids import IdFactory
-from activity_logging.worker import ActivityWorker, _Batch
+from activity_logging.worker import ActivityWorker
+from activity_logging.worker_stream import _Batch
 from tests.fake_store import FakeStore
 
 REDIS = "redis://127.0.0.1:1/0"
