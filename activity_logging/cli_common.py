@@ -213,8 +213,13 @@ def require_store(url: str) -> None:
 
 
 def print_json(obj: Any) -> None:
-    """``obj`` as indented JSON on stdout (``default=str`` for datetimes, UUIDs)."""
-    sys.stdout.write(orjson.dumps(obj, default=str, option=orjson.OPT_INDENT_2).decode() + "\n")
+    """``obj`` as indented JSON on stdout (``default=str`` for datetimes, UUIDs), with the
+    characters JSON leaves raw that a terminal acts on (DEL, C1, bidi controls) escaped as
+    ``\\uXXXX``: the same JSON (``terminal_text.json_printable``)."""
+    from .terminal_text import json_printable  # lazy: the parser needs none of it
+
+    text = orjson.dumps(obj, default=str, option=orjson.OPT_INDENT_2).decode()
+    sys.stdout.write(json_printable(text) + "\n")
 
 
 def report_database_error(command: str, exc: BaseException) -> int:

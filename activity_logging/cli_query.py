@@ -26,7 +26,7 @@ from .cli_common import (
     resolve,
     verb,
 )
-from .cli_render import render_summary, render_table
+from .cli_render import json_printable, render_summary, render_table
 from .exceptions import ConfigurationError
 from .when import parse_when
 
@@ -129,14 +129,16 @@ def _print_summary(summary: ActivitySummary, fmt: str) -> None:
     elif fmt == "json":
         print_json(summary.to_dict())
     else:
-        sys.stdout.write(orjson.dumps(summary.to_dict()).decode() + "\n")
+        sys.stdout.write(json_printable(orjson.dumps(summary.to_dict()).decode()) + "\n")
 
 
 def _print_page(page: ActivityPage, fmt: str, *, show_changes: bool) -> None:
-    """The rows on stdout; the row count (table) and the next cursor on stderr."""
+    """The rows on stdout; the row count (table) and the next cursor on stderr. Stored values
+    reach the terminal escaped: the table through ``printable``, JSON through orjson (C0)
+    and ``json_printable`` (DEL, C1, bidi controls as ``\\uXXXX``)."""
     if fmt == "jsonl":
         for rec in page.items:
-            sys.stdout.write(rec.to_json().decode() + "\n")
+            sys.stdout.write(json_printable(rec.to_json().decode()) + "\n")
     elif fmt == "json":
         print_json([rec.to_dict() for rec in page.items])
     else:
