@@ -11,7 +11,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Final
 
-from .status_redis import entry_key, format_age, int_or_none, plural
+from .config import heartbeat_key
+from .status_redis import HEARTBEAT_MAX_AHEAD, entry_key, format_age, int_or_none, plural
 
 if TYPE_CHECKING:
     from .status import PipelineStatus
@@ -23,6 +24,7 @@ RESTART_SLACK: Final = 5.0
 def judge_redis(status: PipelineStatus, *, heartbeat_ttl: float, max_lag: float) -> None:
     """Turn what was read into problems and warnings."""
     _settings_warnings(status)
+    _heartbeat_warnings(status)
     _restart_warnings(status)
     _stream_loss(status)
     _vanished_problem(status)
@@ -53,6 +55,31 @@ def _settings_warnings(status: PipelineStatus) -> None:
         status.warnings.append(
             f"Redis maxmemory-policy is {policy!r}, not 'noeviction': the stream can be evicted"
         )
+
+
+def _heartbeat_warnings(status: PipelineStatus) -> None:
+    """Heartbeats a worker of this library would not write: dated in the future (not live:
+    a clock set wrong, or a key written by hand to make ``status`` healthy) or without an
+    expiry (a worker's beat always expires). Warnings: a real live worker next to them keeps
+    the pipeline healthy; without one, "no live worker" is the problem."""
+    ahead = [w for w in status.workers if w.ahead_seconds is not None]
+    if ahead:
+        names = ", ".join(f"{w.consumer!r} ({format_age(w.ahead_seconds)} ahead)"
+                          for w in ahead[:5])
+        more = f" and {len(ahead) - 5} more" if len(ahead) > 5 else ""
+        status.warnings.append(
+            f"{plural(len(ahead), 'heartbeat is', 'heartbeats are')} dated in the future, "
+            f"more than {HEARTBEAT_MAX_AHEAD:g} s ahead of this host's clock: {names}{more}; "
+            "not counted as live. A worker host's clock is wrong, or the key was written by "
+            "someone else (check who can write to this Redis; "
+            f"`DEL {heartbeat_key(status.stream, '<consumer>')}` clears one)")
+    forever = [w for w in status.workers if not w.expires]
+    if forever:
+        names = ", ".join(repr(w.consumer) for w in forever[:5])
+        more = f" and {len(forever) - 5} more" if len(forever) > 5 else ""
+        status.warnings.append(
+            f"{plural(len(forever), 'heartbeat key has', 'heartbeat keys have')} no expiry, "
+            f"which a worker's never lacks: {names}{more} (written by someone else?)")
 
 
 def _vanished_problem(status: PipelineStatus) -> None:

@@ -10,14 +10,15 @@ inside the functions that use it, as ``status`` explains.
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Final
 
 import orjson
 
 from ._internal import as_text
-from .config import heartbeat_pattern
+from .config import heartbeat_key, heartbeat_pattern
 from .exceptions import StoreUnavailableError
 from .urls import redact_url
 
@@ -40,6 +41,8 @@ class WorkerInfo:
     """A worker as its heartbeat describes it; ``live`` when the beat is recent enough.
 
     ``started`` is when the worker started (epoch seconds, its own clock), when it says.
+    Every field is bounded (names cut to ``MAX_NAME_CHARS``) but not escaped: the text
+    report escapes what it prints (``terminal_text.printable``).
     """
 
     consumer: str
@@ -49,6 +52,14 @@ class WorkerInfo:
     live: bool
     counters: dict[str, Any] = field(default_factory=dict)
     started: float | None = None
+    #: How far ahead of this host's clock the beat is dated (seconds), when that is more
+    #: than ``HEARTBEAT_MAX_AHEAD``: then the worker is not live. None otherwise.
+    ahead_seconds: float | None = None
+    #: Seconds the key has left before Redis expires it, when known.
+    ttl_seconds: float | None = None
+    #: False when the key has no expiry: a worker always sets one, so such a key is not a
+    #: worker's beat.
+    expires: bool = True
 
 
 def int_or_none(value: Any) -> int | None:
@@ -209,39 +220,159 @@ async def _read_consumers(client: aioredis.Redis, status: PipelineStatus) -> Non
         ))
 
 
+#: A heartbeat dated more than this many seconds ahead of this host's clock is not live: a
+#: worker's clock that is wrong, or a key someone else wrote (``SET <stream>:heartbeat:x``
+#: with a time far ahead would otherwise count as a live worker for as long as it says).
+HEARTBEAT_MAX_AHEAD: Final = 5.0
+#: At most this many bytes of a heartbeat are read (a worker's is a few hundred); a longer
+#: value is not ours and is reported unread.
+MAX_HEARTBEAT_BYTES: Final = 16_384
+#: At most this many heartbeat keys are read per ``status``; more is reported.
+MAX_HEARTBEATS: Final = 1_000
+#: Names (consumer, host) taken from a heartbeat are cut to this many characters.
+MAX_NAME_CHARS: Final = 200
+#: Heartbeat keys read per round trip.
+_BEAT_BATCH: Final = 100
+
+
+@dataclass(slots=True)
+class _BeatFindings:
+    """What was odd among the heartbeat keys: each list holds key names."""
+
+    unreadable: list[str] = field(default_factory=list)
+    oversized: list[str] = field(default_factory=list)
+    not_strings: list[str] = field(default_factory=list)
+    truncated: bool = False
+
+
 async def _read_heartbeats(
     client: aioredis.Redis, status: PipelineStatus, heartbeat_ttl: float
 ) -> None:
+    """Read at most ``MAX_HEARTBEATS`` heartbeat keys, each bounded to
+    ``MAX_HEARTBEAT_BYTES`` (``STRLEN`` + ``GETRANGE`` + ``PTTL``, a batch of keys per round
+    trip). A key that is not a string, too long, or not a heartbeat of ours is a warning,
+    never an error; a beat from the future is a worker that is not live (see
+    ``status_findings``)."""
     now = time.time()
+    prefix = heartbeat_key(status.stream, "")
+    found = _BeatFindings()
+    keys: list[Any] = []
     async for key in client.scan_iter(match=heartbeat_pattern(status.stream), count=500):
-        raw_beat = await client.get(key)
-        if raw_beat is None:
-            continue
-        worker = _worker_from_beat(as_text(key), raw_beat, now, heartbeat_ttl)
-        if worker is None:
-            status.warnings.append(f"unreadable heartbeat at {as_text(key)!r}")
-            continue
-        status.workers.append(worker)
+        if len(keys) >= MAX_HEARTBEATS:
+            found.truncated = True
+            break
+        keys.append(key)
+    for i in range(0, len(keys), _BEAT_BATCH):
+        batch = keys[i:i + _BEAT_BATCH]
+        pipe = client.pipeline(transaction=False)
+        for key in batch:
+            pipe.strlen(key)
+            pipe.getrange(key, 0, MAX_HEARTBEAT_BYTES - 1)
+            pipe.pttl(key)
+        replies = await pipe.execute(raise_on_error=False)
+        for j, key in enumerate(batch):
+            length, raw, pttl = replies[3 * j:3 * j + 3]
+            name = as_text(key)
+            if isinstance(length, Exception) or isinstance(raw, Exception):
+                found.not_strings.append(name)  # WRONGTYPE: a hash, a list... not ours
+                continue
+            if not length:
+                continue  # expired between SCAN and the read
+            if int(length) > MAX_HEARTBEAT_BYTES:
+                found.oversized.append(name)
+                continue
+            pttl = None if isinstance(pttl, Exception) else int(pttl)
+            if pttl == -2:
+                continue  # expired between the reads
+            worker = _worker_from_beat(
+                _consumer_of(name, prefix), raw, now, heartbeat_ttl,
+                ttl_seconds=pttl / 1000 if pttl is not None and pttl >= 0 else None,
+                expires=pttl != -1)
+            if worker is None:
+                found.unreadable.append(name)
+                continue
+            status.workers.append(worker)
     status.workers.sort(key=lambda w: w.consumer)
     status.group_recreated = sum(
         int_or_none(w.counters.get("group_recreated")) or 0 for w in status.workers if w.live)
+    _beat_warnings(status, found)
 
 
-def _worker_from_beat(key: str, raw: Any, now: float, heartbeat_ttl: float) -> WorkerInfo | None:
+def _consumer_of(key: str, prefix: str) -> str:
+    """The consumer a heartbeat key names: what follows ``<stream>:heartbeat:``."""
+    name = key[len(prefix):] if key.startswith(prefix) else key.rsplit(":", 1)[-1]
+    return name[:MAX_NAME_CHARS]
+
+
+def _beat_warnings(status: PipelineStatus, found: _BeatFindings) -> None:
+    def some(keys: list[str]) -> str:
+        shown = ", ".join(repr(k[:MAX_NAME_CHARS]) for k in keys[:3])
+        return shown + (f" and {len(keys) - 3} more" if len(keys) > 3 else "")
+
+    if found.unreadable:
+        status.warnings.append(
+            f"{plural(len(found.unreadable), 'heartbeat', 'heartbeats')} not in a worker's "
+            f"form (JSON with a finite ts): {some(found.unreadable)}")
+    if found.oversized:
+        status.warnings.append(
+            f"{plural(len(found.oversized), 'heartbeat key', 'heartbeat keys')} over "
+            f"{MAX_HEARTBEAT_BYTES} bytes, not read (a worker's is a few hundred): "
+            f"{some(found.oversized)}")
+    if found.not_strings:
+        status.warnings.append(
+            f"{plural(len(found.not_strings), 'heartbeat key', 'heartbeat keys')} of another "
+            f"Redis type, not read: {some(found.not_strings)}")
+    if found.truncated:
+        status.warnings.append(
+            f"more than {MAX_HEARTBEATS} heartbeat keys match "
+            f"{heartbeat_pattern(status.stream)!r}: only the first {MAX_HEARTBEATS} were read")
+
+
+def _finite(value: Any) -> float | None:
+    """A JSON number that is finite, as a float; None for anything else (bools included)."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    try:
+        number = float(value)
+    except OverflowError:  # an integer too large for a float
+        return None
+    return number if math.isfinite(number) else None
+
+
+def _bounded_text(value: Any) -> str | None:
+    return value[:MAX_NAME_CHARS] if isinstance(value, str) else None
+
+
+def _worker_from_beat(
+    consumer: str, raw: Any, now: float, heartbeat_ttl: float, *,
+    ttl_seconds: float | None = None, expires: bool = True,
+) -> WorkerInfo | None:
+    """A ``WorkerInfo`` from a heartbeat's bytes, or None when they are not a worker's
+    (not JSON, not an object, no finite ``ts``). Never raises.
+
+    ``consumer`` comes from the key (the worker writes its beat under its own name). A beat
+    dated more than ``HEARTBEAT_MAX_AHEAD`` seconds ahead of ``now`` is not live and says
+    how far ahead it is (``ahead_seconds``); a little ahead (clock skew) is age 0.
+    """
     try:
         beat = orjson.loads(raw)
-        age = max(now - float(beat["ts"]), 0.0)
-    except (orjson.JSONDecodeError, KeyError, TypeError, ValueError):
+    except orjson.JSONDecodeError:
         return None
-    if not isinstance(beat, dict):
+    ts = _finite(beat.get("ts")) if isinstance(beat, dict) else None
+    if ts is None:
         return None
+    ahead = ts - now
+    age = max(-ahead, 0.0)
+    future = ahead > HEARTBEAT_MAX_AHEAD
     pid, started, counters = beat.get("pid"), beat.get("started"), beat.get("counters")
     return WorkerInfo(
-        consumer=str(beat.get("consumer") or key.rsplit(":", 1)[-1]),
-        host=beat.get("host"), pid=pid if isinstance(pid, int) else None,
-        age_seconds=round(age, 3), live=age <= heartbeat_ttl,
+        consumer=consumer, host=_bounded_text(beat.get("host")),
+        pid=pid if isinstance(pid, int) and not isinstance(pid, bool) else None,
+        age_seconds=round(age, 3), live=not future and age <= heartbeat_ttl,
         counters=counters if isinstance(counters, dict) else {},
-        started=float(started) if isinstance(started, int | float) else None,
+        started=_finite(started),
+        ahead_seconds=round(ahead, 3) if future else None,
+        ttl_seconds=ttl_seconds, expires=expires,
     )
 
 
@@ -272,6 +403,9 @@ async def _read_server(client: aioredis.Redis, status: PipelineStatus) -> None:
 
 
 __all__ = [
+    "HEARTBEAT_MAX_AHEAD",
+    "MAX_HEARTBEATS",
+    "MAX_HEARTBEAT_BYTES",
     "ConsumerInfo",
     "WorkerInfo",
     "entry_key",

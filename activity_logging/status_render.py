@@ -1,16 +1,25 @@
 """The text report of ``activity-logging status``: one fact per line, problems and warnings last.
 
-Pure: renders a ``status.PipelineStatus`` that ``status.gather_status`` filled.
+Pure: renders a ``status.PipelineStatus`` that ``status.gather_status`` filled. Much of it
+comes from Redis (stream, group and consumer names, heartbeats, server replies), which
+anyone who can write there controls: every line goes through ``terminal_text.printable``, so
+none of it reaches the terminal as a control character, and the workers and consumers
+listed are capped at ``MAX_LISTED`` each (``--json`` has them all).
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Final
 
 from .status_redis import format_age, plural
+from .terminal_text import printable
 
 if TYPE_CHECKING:
     from .status import PipelineStatus, SequenceGaps
+    from .status_redis import WorkerInfo
+
+#: At most this many workers, and this many consumers, get a line each in the text report.
+MAX_LISTED: Final = 50
 
 
 def window_text(gaps: SequenceGaps) -> str:
@@ -44,16 +53,29 @@ def _redis_lines(status: PipelineStatus) -> list[str]:
         f"dead letters:     {status.dead_letters}  ({status.dead_stream})",
         f"workers:          {status.live_workers} live of {len(status.workers)} seen",
     ]
-    for w in status.workers:
-        recreated = w.counters.get("group_recreated")
-        lines.append(f"  {w.consumer:<32} {'live ' if w.live else 'STALE'} host {w.host} "
-                     f"pid {w.pid} beat {format_age(w.age_seconds)} ago"
-                     + (f", recreated the group {recreated}x"
-                        if isinstance(recreated, int) and recreated else ""))
-    for c in status.consumers:
+    lines += [_worker_line(w) for w in status.workers[:MAX_LISTED]]
+    lines += _more(len(status.workers), "workers")
+    for c in status.consumers[:MAX_LISTED]:
         lines.append(
             f"  consumer {c.name:<23} pending {c.pending:<8} idle {format_age(c.idle_seconds)}")
+    lines += _more(len(status.consumers), "consumers")
     return lines
+
+
+def _worker_line(w: WorkerInfo) -> str:
+    if w.ahead_seconds is not None:
+        state, beat = "AHEAD", f"beat {format_age(w.ahead_seconds)} in the future"
+    else:
+        state, beat = "live " if w.live else "STALE", f"beat {format_age(w.age_seconds)} ago"
+    recreated = w.counters.get("group_recreated")
+    return (f"  {w.consumer:<32} {state} host {w.host} pid {w.pid} {beat}"
+            + ("" if w.expires else ", no expiry")
+            + (f", recreated the group {recreated}x"
+               if isinstance(recreated, int) and recreated else ""))
+
+
+def _more(count: int, what: str) -> list[str]:
+    return [f"  ... {count - MAX_LISTED} more {what} (--json lists all)"] if count > MAX_LISTED else []
 
 
 def _loss_line(status: PipelineStatus) -> str:
@@ -76,7 +98,8 @@ def _sequence_line(status: PipelineStatus) -> str:
 
 
 def render_status(status: PipelineStatus) -> str:
-    """A human-readable report, one fact per line, problems and warnings last."""
+    """A human-readable report, one fact per line, problems and warnings last; each line
+    escaped with ``printable`` (a value with a newline stays on its line)."""
     lines = [f"pipeline: {'HEALTHY' if status.healthy else 'UNHEALTHY'}  "
              f"(checked {status.checked_at.isoformat(timespec='seconds')})"]
     if status.redis_url:
@@ -96,7 +119,7 @@ def render_status(status: PipelineStatus) -> str:
     ]
     lines += [f"PROBLEM: {p}" for p in status.problems]
     lines += [f"warning: {w}" for w in status.warnings]
-    return "\n".join(lines)
+    return "\n".join(printable(line) for line in lines)
 
 
-__all__ = ["render_status", "window_text"]
+__all__ = ["MAX_LISTED", "render_status", "window_text"]
