@@ -9,6 +9,11 @@ creates), files ``0600``.
 Frames are ``spool_frames.py``'s (the format, the checksums, the scanner that recovers
 every intact frame past damage); this module writes them to files and replays the files.
 
+A spool file is replayed as a stream, frame by frame, never read whole: a frame over the
+worker's caps (``entry_limits``: records and bytes per entry, what the worker would refuse
+anyway) is not read, it is set aside as damage (``oversized_frames`` counts them), and
+entries go to ``send`` in groups of at most ``group`` entries and ``REPLAY_GROUP_BYTES``.
+
 Damaged bytes are never deleted: each region is copied, byte for byte, into
 ``<directory>/damaged/<file name>.<UTC timestamp>.<offset>.damaged`` (0600, fsync'd) before
 the file it came from is truncated or removed, counted on the ``Spool`` and reported once
@@ -30,8 +35,10 @@ from pathlib import Path
 from typing import Final
 
 from ._internal import reporter
+from .entry_limits import MAX_ENTRY_BYTES, MAX_ENTRY_RECORDS
 from .exceptions import ActivityLoggingError
 from .spool_frames import (
+    MAX_HEADER_BYTES,
     WINDOW_BYTES,
     Damage,
     Entry,
@@ -59,6 +66,9 @@ SUFFIX: Final = ".spool"
 DAMAGED_DIR: Final = "damaged"
 DAMAGED_SUFFIX: Final = ".damaged"
 ORPHAN_CHECK_INTERVAL: Final = 5.0
+#: A replay hands ``send`` a group once its payloads reach this many bytes (or ``group``
+#: entries): memory is bounded by this plus one frame.
+REPLAY_GROUP_BYTES: Final = 8 * 1024 * 1024
 
 _DIR_MODE: Final = 0o700
 _FILE_MODE: Final = 0o600
@@ -147,6 +157,7 @@ class ReplayResult:
     damaged_bytes: int = 0
     damaged_regions: int = 0
     adopted_files: int = 0
+    oversized_frames: int = 0
 
     @property
     def records(self) -> int:
@@ -181,14 +192,20 @@ class Spool:
     ``replayed_records`` (own, sent), ``adopted_records`` (others', sent),
     ``damaged_records`` (known lost: own exactly, others' where a frame header survived),
     ``own_damaged_records`` (the own part of it: spooled = replayed + pending + this),
-    ``damaged_bytes`` and ``damaged_regions`` (moved aside into ``damaged/``),
-    ``write_failures`` (appends rolled back).
+    ``damaged_bytes`` and ``damaged_regions`` (moved aside into ``damaged/``; frames over
+    ``max_entry_records`` / ``max_entry_bytes`` are set aside so, unread, and counted in
+    ``oversized_frames`` too), ``write_failures`` (appends rolled back).
     """
 
-    def __init__(self, directory: str | os.PathLike[str], producer_id: str, max_bytes: int) -> None:
+    def __init__(self, directory: str | os.PathLike[str], producer_id: str, max_bytes: int, *,
+                 max_entry_records: int = MAX_ENTRY_RECORDS,
+                 max_entry_bytes: int = MAX_ENTRY_BYTES) -> None:
         self.directory = Path(directory)
         self.path = self.directory / f"{producer_id}{SUFFIX}"
         self.max_bytes = max_bytes
+        self.max_entry_records = max_entry_records
+        # the payload's cap, plus room for its header (itself capped at MAX_HEADER_BYTES)
+        self.max_frame_bytes = min(max_bytes, max_entry_bytes + MAX_HEADER_BYTES)
         self._file: io.FileIO | None = None
         self._size = 0
         self._pending_records = 0
@@ -201,6 +218,7 @@ class Spool:
         self.damaged_bytes = 0
         self.damaged_regions = 0
         self.write_failures = 0
+        self.oversized_frames = 0
 
     @property
     def size_bytes(self) -> int:
@@ -335,7 +353,8 @@ class Spool:
         ``orphans=False``: a closing handler replays only its own file).
 
         Entries go to ``send`` in lists of at most ``group``, in file order, read frame by
-        frame (memory bounded by ``group`` frames plus a 1 MiB window). A file is truncated
+        frame (memory bounded by one frame of at most ``max_frame_bytes``, ``REPLAY_GROUP_BYTES``
+        and a 1 MiB window; frames over the entry caps are set aside unread). A file is truncated
         (own) or removed (orphan) only after every entry in it was sent and its damaged
         bytes, if any, were copied into ``damaged/``. Raises ``SpoolReplayError`` (cause:
         what ``send`` or the file system raised) when it stops early; the file in progress
@@ -400,20 +419,23 @@ class Spool:
             os.close(fd)
 
     def _send_file(self, fd: int, size: int, send: Send, group: int) -> tuple[int, list[Damage]]:
-        """Send the intact entries of a file; returns (records sent, damaged regions)."""
+        """Send the intact entries of a file, frame by frame; returns (records sent, damaged
+        regions: each counts in ``oversized`` the frames it holds that were over the caps)."""
         win = Window(lambda n, offset: os.pread(fd, n, offset), size)
         batch: list[Entry] = []
+        batch_bytes = 0
         records = 0
         damages: list[Damage] = []
-        for item in scan(win, self.max_bytes):
+        for item in scan(win, self.max_frame_bytes, self.max_entry_records):
             if isinstance(item, Damage):
                 damages.append(item)
                 continue
             batch.append(item[0])
+            batch_bytes += len(item[0].get("d") or b"")
             records += item[1]
-            if len(batch) >= group:
+            if len(batch) >= group or batch_bytes >= REPLAY_GROUP_BYTES:
                 send(batch)
-                batch = []
+                batch, batch_bytes = [], 0
         if batch:
             send(batch)
         return records, damages
@@ -435,19 +457,23 @@ class Spool:
         if not damages and not lost:
             return
         size = sum(d.length for d in damages)
+        oversized = sum(d.oversized for d in damages)
         self.damaged_regions += len(damages)
         self.damaged_bytes += size
         self.damaged_records += lost
+        self.oversized_frames += oversized
         result.damaged_regions += len(damages)
         result.damaged_bytes += size
+        result.oversized_frames += oversized
         if path == self.path:
             result_hint = f"{lost} records lost"
         else:
             result_hint = f"{lost} records known lost (more where no frame header survived)"
         reporter.report(
             f"spool-damaged:{next(_DAMAGE_EVENTS)}",  # each damage once, never rate-limited away
-            f"spool file {path.name}: {len(damages)} damaged regions ({size} bytes) moved to "
-            f"{self.directory / DAMAGED_DIR}, {result_hint}")
+            f"spool file {path.name}: {len(damages)} damaged regions ({size} bytes"
+            + (f", {oversized} frames over the entry caps" if oversized else "")
+            + f") moved to {self.directory / DAMAGED_DIR}, {result_hint}")
 
     def release_after_fork(self) -> None:
         """In a forked child: drop the inherited descriptor, leaving the file and the parent's

@@ -19,7 +19,9 @@ Frame format (version 1). A stream entry is a dict of str fields plus the payloa
     18+H+P      4     body CRC = crc32(payload, start=head CRC)  (chained to its header)
 
 A frame is 22 + H + P bytes and accepted only when both CRCs check out, its version is
-known and it is no larger than the reader's cap. Anything else is a damaged region: the
+known, it is no larger than the reader's cap and its header claims no more records than
+the reader's record cap (checked before the payload is read: a frame over a cap is never
+read into memory; ``Damage.oversized`` counts them). Anything else is a damaged region: the
 scanner looks forward for the next magic whose frame checks out and goes on from there, so
 every intact frame is recovered whatever lies between them. The head CRC lets it trust the
 lengths and the header (its record count ``n``) before reading the payload.
@@ -150,43 +152,47 @@ class Window:
 
 @dataclass(frozen=True, slots=True)
 class Damage:
-    """A region of the data that holds no intact frame."""
+    """A region of the data that holds no intact frame (or only frames over a cap)."""
 
     offset: int
     length: int
     known_records: int  # records of frames in it whose header survived
+    oversized: int = 0  # frames in it refused, unread, for being over the size or record cap
 
 
 Item = tuple[Entry, int] | Damage
 
 
-def _frame_at(win: Window, pos: int, cap: int) -> tuple[Entry | None, int, int]:
-    """The frame at ``pos``: (entry, end, records) when it checks out, else (None, 0, records
-    known from a header that survived, or 0)."""
+_Found = tuple[Entry | None, int, int, bool]
+
+
+def _frame_at(win: Window, pos: int, cap: int, max_records: int | None = None) -> _Found:
+    """The frame at ``pos``: (entry, end, records, False) when it checks out, else (None, 0,
+    records known from a header that survived or 0, whether it was refused for a cap)."""
     prefix = win.read(pos, _PREFIX.size)
     if len(prefix) < _PREFIX.size:
-        return None, 0, 0
+        return None, 0, 0, False
     magic, version, _flags, hlen, plen = _PREFIX.unpack(prefix)
     if magic != MAGIC or version != FORMAT_VERSION or hlen > MAX_HEADER_BYTES:
-        return None, 0, 0
+        return None, 0, 0, False
     head = win.read(pos + _PREFIX.size, hlen + _CRC.size)
     if len(head) < hlen + _CRC.size:
-        return None, 0, 0
+        return None, 0, 0, False
     head_crc = zlib.crc32(head[:hlen], zlib.crc32(prefix))
     if head_crc != _CRC.unpack_from(head, hlen)[0]:
-        return None, 0, 0
+        return None, 0, 0, False
     header = _header(head[:hlen])
     if header is None:
-        return None, 0, 0
+        return None, 0, 0, False
     records = record_count(header)
-    if _OVERHEAD + hlen + plen > cap:
-        return None, 0, records  # a genuine header, but more than this reader will hold
+    if _OVERHEAD + hlen + plen > cap or (max_records is not None and records > max_records):
+        return None, 0, records, True  # a genuine header, but more than this reader will hold
     body_at = pos + _PREFIX.size + hlen + _CRC.size
     body = win.read(body_at, plen + _CRC.size)
     if len(body) < plen + _CRC.size or zlib.crc32(body[:plen], head_crc) != _CRC.unpack_from(body, plen)[0]:
-        return None, 0, records
+        return None, 0, records, False
     header["d"] = bytes(body[:plen])
-    return header, body_at + plen + _CRC.size, records
+    return header, body_at + plen + _CRC.size, records, False
 
 
 def _header(raw: bytes | memoryview) -> dict[str, Any] | None:
@@ -198,70 +204,75 @@ def _header(raw: bytes | memoryview) -> dict[str, Any] | None:
     return header if isinstance(header, dict) else None
 
 
-def _old_frame_at(win: Window, pos: int, cap: int) -> tuple[Entry | None, int, int]:
+def _old_frame_at(win: Window, pos: int, cap: int, max_records: int | None = None) -> _Found:
     """A frame of the format before version 1 (no magic, no checksum); same result shape."""
     raw = win.read(pos, _LEN.size)
     if len(raw) < _LEN.size:
-        return None, 0, 0
+        return None, 0, 0, False
     (hlen,) = _LEN.unpack(raw)
     if hlen > MAX_HEADER_BYTES:
-        return None, 0, 0
+        return None, 0, 0, False
     head = win.read(pos + _LEN.size, hlen + _LEN.size)
     if len(head) < hlen + _LEN.size:
-        return None, 0, 0
+        return None, 0, 0, False
     header = _header(head[:hlen])
     if header is None:
-        return None, 0, 0
+        return None, 0, 0, False
     records = record_count(header)
     (plen,) = _LEN.unpack_from(head, hlen)
     body_at = pos + _LEN.size + hlen + _LEN.size
-    if body_at - pos + plen > cap:
-        return None, 0, records
+    if body_at - pos + plen > cap or (max_records is not None and records > max_records):
+        return None, 0, records, True
     body = win.read(body_at, plen)
     if len(body) < plen:
-        return None, 0, records
+        return None, 0, records, False
     header["d"] = bytes(body)
-    return header, body_at + plen, records
+    return header, body_at + plen, records, False
 
 
-def scan(win: Window, cap: int) -> Iterator[Item]:
+def scan(win: Window, cap: int, max_records: int | None = None) -> Iterator[Item]:
     """Every intact frame as (entry, records), and every damaged region, in order.
 
-    A frame larger than ``cap`` bytes counts as damage (its records counted when its header
-    checks out). Memory is bounded by the window: one ``WINDOW_BYTES`` buffer or one frame.
+    A frame larger than ``cap`` bytes, or whose header claims more than ``max_records``
+    records, counts as damage (its records counted when its header checks out, and in
+    ``Damage.oversized``) and is never read. Memory is bounded by the window: one
+    ``WINDOW_BYTES`` buffer or one frame of at most ``cap`` bytes.
     """
     if win.size == 0:
         return
     if bytes(win.read(0, len(MAGIC))) != MAGIC and _old_frame_at(win, 0, cap)[0] is not None:
-        yield from _scan_old(win, cap)
+        yield from _scan_old(win, cap, max_records)
         return
     pos = 0
     bad_at = -1
     known = 0
+    refused = 0
     while pos < win.size:
-        entry, end, records = _frame_at(win, pos, cap)
+        entry, end, records, over = _frame_at(win, pos, cap, max_records)
         if entry is not None:
             if bad_at >= 0:
-                yield Damage(bad_at, pos - bad_at, known)
-                bad_at, known = -1, 0
+                yield Damage(bad_at, pos - bad_at, known, refused)
+                bad_at, known, refused = -1, 0, 0
             yield entry, records
             pos = end
             continue
         if bad_at < 0:
             bad_at = pos
         known += records
+        refused += over
         # Never skip by a length that did not check out: the next frame may start anywhere.
         pos = win.find(MAGIC, pos + 1)
     if bad_at >= 0:
-        yield Damage(bad_at, win.size - bad_at, known)
+        yield Damage(bad_at, win.size - bad_at, known, refused)
 
 
-def _scan_old(win: Window, cap: int) -> Iterator[Item]:
+def _scan_old(win: Window, cap: int, max_records: int | None) -> Iterator[Item]:
     pos = 0
     while pos < win.size:
-        entry, end, records = _old_frame_at(win, pos, cap)
+        entry, end, records, over = _old_frame_at(win, pos, cap, max_records)
         if entry is None:
-            yield Damage(pos, win.size - pos, records)  # no way to find the next frame
+            # no way to find the next frame
+            yield Damage(pos, win.size - pos, records, int(over))
             return
         yield entry, records
         pos = end
