@@ -8,6 +8,7 @@ so memory does not grow with the table. For each producer it finds, in ``seq`` o
   row INSERTed by someone without the key);
 * ``unsigned``: a row without a seal where a key ring was given (an INSERT behind the
   library's back, or a producer that runs without the key);
+* ``unsealed``: a chained row without a seal (stored by a worker that had no key);
 * ``unknown_key``: a row sealed with a key the ring does not hold;
 * ``duplicate``: a second row with the same ``seq``;
 * ``missing``: a gap in ``seq`` (rows deleted, or lost on the way: a dead letter, a
@@ -33,7 +34,7 @@ from .signing import CHECKPOINT_TYPE, KeyRing, cut_matches, row_seal_matches
 
 #: Kinds of problem that mean the trail is not what the producers wrote.
 PROBLEM_KINDS: Final = (
-    "altered", "unsigned", "unknown_key", "duplicate", "missing", "broken_link",
+    "altered", "unsigned", "unsealed", "unknown_key", "duplicate", "missing", "broken_link",
     "head_missing", "bad_cut", "open_tail",
 )
 
@@ -166,6 +167,10 @@ class ChainVerifier:
         if not row.get("key_id"):
             self._problem(report, "unsigned", row, "row has no seal (not written by a "
                           "producer with the key)")
+            return
+        if not row.get("row_mac"):
+            self._problem(report, "unsealed", row, "row is chained but has no seal (stored by "
+                          "a worker without the key, or its seal was removed)")
             return
         matches = row_seal_matches(row, self.keyring)
         if matches is None:

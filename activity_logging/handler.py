@@ -147,8 +147,10 @@ class ActivityHandler(ListenerLoop, logging.handlers.QueueHandler):
         database_url: Store written directly when no Redis is configured.
         schema: PostgreSQL schema of the table in direct mode (``ACTIVITY_LOG_SCHEMA``).
         queue_size: Records held in memory at most; beyond it records are dropped and counted.
-        queue_max_bytes: Approximate bytes of queued records at most (messages and ``extra``);
-            beyond it records are dropped and counted like a full queue.
+        queue_max_bytes: Bytes of records held in memory at most: their encoded UTF-8 bytes
+            plus a fixed overhead each, counted from ``emit`` until they leave the handler
+            (queued, or in the listener's hands: batching, sending, held while Redis is
+            down); beyond it records are dropped and counted like a full queue.
         batch_size: Records per stream entry at most.
         flush_interval: Seconds a record may wait for its batch to fill before it is shipped.
         spool_path: Directory for the local spool used while Redis is down. Default (also
@@ -338,6 +340,7 @@ class ActivityHandler(ListenerLoop, logging.handlers.QueueHandler):
         # listener; two counters, each written by one side only, so neither needs a lock
         self._bytes_in = 0
         self._bytes_out = 0
+        self._hand_bytes = 0  # of the records in hand (taken, not yet accounted): still counted
         self._down_until = 0.0
         self._backoff = Backoff(self.reconnect_delay, self.max_reconnect_delay)
         self._thread: threading.Thread | None = None

@@ -67,6 +67,7 @@ class ListenerLoop:
     _in_flight: int
     _done: int
     _bytes_out: int
+    _hand_bytes: int
     _down_until: float
     _give_up_at: float | None
     _replay_until: float
@@ -182,7 +183,7 @@ class ListenerLoop:
         n = min(limit, len(dq))
         self._in_flight += n
         items = [popleft() for _ in range(n)]
-        self._bytes_out += sum(map(queued_size, items))
+        self._hand_bytes += sum(map(queued_size, items))
         return items
 
     def _idle_wait(self) -> None:
@@ -326,6 +327,14 @@ class ListenerLoop:
         self._counts[outcome] += n
         if batches:
             self._counts["batches_sent"] += batches
+        if n:
+            # In-hand records keep counting against queue_max_bytes until they leave; records
+            # leave in any order (held, spooled, sent), so each takes the average share, and
+            # the last to leave takes what is left: exact whenever the hand is empty.
+            held_bytes, held = self._hand_bytes, self._in_flight
+            release = held_bytes if n >= held else held_bytes * n // held
+            self._hand_bytes = held_bytes - release
+            self._bytes_out += release
         self._in_flight -= n
         with self._cond:
             self._done += n

@@ -329,7 +329,10 @@ def canonical_json(value: Any) -> bytes:
     keys sorted, numbers as PostgreSQL's jsonb round trip leaves them."""
     if value is None:
         return b"null"
-    encoded = orjson.dumps(value, option=orjson.OPT_SORT_KEYS)
+    try:
+        encoded = orjson.dumps(value, option=orjson.OPT_SORT_KEYS)
+    except TypeError:  # an integer beyond 64 bits: a float that jsonb wrote out in full
+        return orjson.dumps(_norm(value), option=orjson.OPT_SORT_KEYS)
     if _MAYBE_FLOAT.search(encoded) is None:
         return encoded
     return orjson.dumps(_norm(value), option=orjson.OPT_SORT_KEYS)

@@ -1,0 +1,344 @@
+"""Evidence on the real path: a signed handler → Redis → worker with the key → PostgreSQL,
+then forgeries at the stream and tampering in the table, each found (issue 10, items 1-3)."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import logging
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import anyio.to_thread
+import asyncpg
+import orjson
+import pytest
+import redis
+
+from activity_logging import db
+from activity_logging.cli import main
+from activity_logging.handler import ActivityHandler
+from activity_logging.retention import cleanup
+from activity_logging.signing import KeyRing
+from activity_logging.worker import ActivityWorker
+
+pytestmark = [pytest.mark.integration, pytest.mark.anyio]
+
+KEY = "k1:" + "a" * 40
+OTHER = "k2:" + "b" * 40
+
+#: Numbers jsonb gives back in another form than Python wrote them: the seal must not care.
+AWKWARD = {"i": 2**63 - 1, "big": 1e20, "e16": 1e16, "huge": 1.2345678901234567e18,
+           "tiny": 1.5e-7, "neg0": -0.0, "one": 1.0, "third": 1 / 3, "text": "\u202e\x1b[2J",
+           "nested": [{"z": 1, "a": [0.1, 2.5e-300]}], "emoji": "\U0001f600"}
+
+
+@pytest.fixture
+def key_file(tmp_path: Path) -> Path:
+    path = tmp_path / "signing.key"
+    path.write_text(f"# current first\n{KEY}\n")
+    return path
+
+
+async def _sql(pg_url: str, schema: str, sql: str, *args: Any) -> Any:
+    conn = await db.connect_pg(pg_url, schema=schema)
+    try:
+        return await conn.fetch(sql, *args)
+    finally:
+        await conn.close()
+
+
+def _log_trail(redis_url: str, stream: str, n: int, *, key: str = KEY, name: str = "trail") -> str:
+    """Log ``n`` activities through a signed handler in small batches (many entries, so links
+    cross entries); returns the producer id."""
+    handler = ActivityHandler(redis_url=redis_url, stream=stream, batch_size=7,
+                              flush_interval=0.01, signing_key=key)
+    log = logging.getLogger(f"activity.sign.{name}")
+    log.propagate = False
+    log.setLevel(logging.INFO)
+    log.addHandler(handler)
+    try:
+        for i in range(n):
+            log.info("payment_taken", extra={"actor_id": f"agent-{i}", "amount": i * 10,
+                                             "changes": {"status": [None, "paid"]},
+                                             "ip_address": "::ffff:10.0.0.1" if i % 2 else "2001:db8::1",
+                                             **AWKWARD})
+        assert handler.flush(30.0)
+    finally:
+        log.removeHandler(handler)
+        handler.close()
+    assert handler.stats()["checkpoints"] == 1  # the closing one
+    return handler.producer_id
+
+
+async def _drain(redis_url: str, stream: str, pg_url: str, schema: str,
+                 keys: str | None = KEY) -> ActivityWorker:
+    worker = ActivityWorker(redis_url, pg_url, stream=stream, schema=schema, max_wait=0.1,
+                            signing_keys=keys if keys is not None else "")
+    await worker.run(stop_when_idle=True)
+    return worker
+
+
+async def _verify(pg_url: str, schema: str, key_file: Path | None, capsys: Any,
+                  *extra: str) -> tuple[int, dict[str, Any]]:
+    args = ["verify", "--database-url", pg_url, "--schema", schema, "--json", *extra]
+    if key_file is not None:
+        args += ["--signing-key-file", str(key_file)]
+    code = await anyio.to_thread.run_sync(main, args)
+    return code, json.loads(capsys.readouterr().out)
+
+
+def _kinds(report: dict[str, Any]) -> set[str]:
+    return {p["kind"] for c in report["chains"] for p in c["problems"]}
+
+
+async def test_signed_trail_is_stored_sealed_and_verifies(
+    redis_url: str, redis_stream: str, pg_url: str, pg_schema: str, key_file: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    await db.init_db(pg_url, schema=pg_schema)
+    producer = _log_trail(redis_url, redis_stream, 40)
+    worker = await _drain(redis_url, redis_stream, pg_url, pg_schema)
+    assert worker.stats()["inserted"] == 41  # 40 activities and the closing checkpoint
+    assert worker.stats()["refused_signature"] == 0
+    rows = await _sql(pg_url, pg_schema, "SELECT * FROM activity_logs ORDER BY seq")
+    assert [r["seq"] for r in rows] == list(range(1, 42))
+    assert all(r["key_id"] == "k1" and len(r["row_mac"]) == 43 for r in rows)
+    assert rows[0]["prev_mac"] == ""  # the producer's first record
+    assert all(b["prev_mac"] == a["mac"] for a, b in itertools.pairwise(rows))
+    assert rows[-1]["activity_type"] == "activity_log.checkpoint"
+    assert orjson.loads(rows[-1]["metadata"])["checkpoint"]["closing"] is True
+
+    code, report = await _verify(pg_url, pg_schema, key_file, capsys)
+    assert (code, report["problems"], report["missing"]) == (0, 0, 0), report
+    chain = report["chains"][0]
+    assert (chain["producer_id"], chain["sealed"], chain["closed"]) == (producer, 41, True)
+    # without the key the links and seq still check; the output says it is unauthenticated
+    code, report = await _verify(pg_url, pg_schema, None, capsys)
+    assert code == 0 and "unauthenticated" in report["authentication"]
+
+
+async def test_forged_and_edited_entries_are_dead_lettered(
+    redis_url: str, redis_stream: str, pg_url: str, pg_schema: str,
+) -> None:
+    await db.init_db(pg_url, schema=pg_schema)
+    client = redis.Redis.from_url(redis_url)
+    try:
+        _log_trail(redis_url, redis_stream, 7)  # exactly one entry of 7, then the checkpoint's
+        genuine = client.xrange(redis_stream)
+        assert len(genuine) >= 2  # the activities' entries, then the closing checkpoint's
+        fields = genuine[0][1]
+        # 1. an entry made by hand, unsigned: actor admin, a 2021 timestamp
+        forged = dict(fields)
+        for k in (b"k", b"pm", b"t"):
+            forged.pop(k)
+        records = orjson.loads(fields[b"d"])
+        records[0]["x"]["actor_id"] = "admin"
+        records[0]["ts"] = 1_610_000_000_000_000
+        forged[b"d"] = orjson.dumps(records[:1])
+        forged[b"n"] = b"1"
+        # 2. the real entry, edited (actor and amount) and re-added with the same ids and seq
+        edited = dict(fields)
+        records = orjson.loads(fields[b"d"])
+        records[-1]["x"]["amount"] = 1_000_000
+        edited[b"d"] = orjson.dumps(records)
+        # 3. a tag made with another key under the real key's id
+        wrong_key = dict(fields)
+        wrong_key[b"t"] = b"A" * 43
+        for entry in (forged, edited, wrong_key):
+            client.xadd(redis_stream, entry)
+        worker = await _drain(redis_url, redis_stream, pg_url, pg_schema)
+    finally:
+        client.close()
+    stats = worker.stats()
+    assert stats["refused_signature"] == 3
+    assert stats["inserted"] == 8  # the genuine 7 and the checkpoint, once each
+    rows = await _sql(pg_url, pg_schema, "SELECT actor_id, metadata FROM activity_logs")
+    assert "admin" not in {r["actor_id"] for r in rows}
+    assert all(orjson.loads(r["metadata"]).get("amount") != 1_000_000 for r in rows)
+    dead = await _sql(pg_url, pg_schema,
+                      "SELECT reason, error FROM activity_log_dead_letters ORDER BY id")
+    assert [d["reason"] for d in dead] == ["bad_signature"] * 3
+    assert "not signed" in dead[0]["error"] and "does not match" in dead[1]["error"]
+
+
+async def test_key_rotation_old_entries_accepted_rows_sealed_with_the_new_key(
+    redis_url: str, redis_stream: str, pg_url: str, pg_schema: str, tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    await db.init_db(pg_url, schema=pg_schema)
+    _log_trail(redis_url, redis_stream, 10, key=KEY)  # a producer not yet rotated
+    worker = await _drain(redis_url, redis_stream, pg_url, pg_schema, keys=f"{OTHER},{KEY}")
+    assert (worker.stats()["inserted"], worker.stats()["refused_signature"]) == (11, 0)
+    rows = await _sql(pg_url, pg_schema, "SELECT DISTINCT key_id FROM activity_logs")
+    assert [r["key_id"] for r in rows] == ["k2"]
+    ring = tmp_path / "ring.key"
+    ring.write_text(f"{OTHER}\n{KEY}\n")
+    code, report = await _verify(pg_url, pg_schema, ring, capsys)
+    assert code == 0, report
+    only_old = tmp_path / "old.key"
+    only_old.write_text(KEY)
+    code, report = await _verify(pg_url, pg_schema, only_old, capsys)
+    assert code == 1 and _kinds(report) == {"unknown_key"}
+
+
+async def test_worker_without_key_stores_signed_entries_unsealed(
+    redis_url: str, redis_stream: str, pg_url: str, pg_schema: str, key_file: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    await db.init_db(pg_url, schema=pg_schema)
+    _log_trail(redis_url, redis_stream, 5)
+    worker = await _drain(redis_url, redis_stream, pg_url, pg_schema, keys=None)
+    assert worker.stats()["inserted"] == 6  # nothing refused: stored, and visibly unsealed
+    code, report = await _verify(pg_url, pg_schema, key_file, capsys)
+    assert code == 1 and _kinds(report) == {"unsealed"}
+    code, report = await _verify(pg_url, pg_schema, None, capsys)
+    assert code == 0  # the links are whole: only the key can tell that nobody sealed them
+
+
+# --- the tamper matrix ------------------------------------------------------------------------
+
+#: name -> (SQL run against the intact copy, the problem kinds verify must report). ``$P`` is
+#: the producer id. Every case is checked on its own copy of one intact trail of 20 + 1 rows.
+TAMPERING: dict[str, tuple[list[str], set[str]]] = {
+    "update actor": (["UPDATE activity_logs SET actor_id = 'admin' WHERE seq = 5"], {"altered"}),
+    "update jsonb": (["UPDATE activity_logs SET metadata = metadata || '{\"amount\": 1}' "
+                      "WHERE seq = 6"], {"altered"}),
+    "update timestamp": (["UPDATE activity_logs SET timestamp = timestamp - interval '1 day' "
+                          "WHERE seq = 7"], {"altered"}),
+    "delete middle": (["DELETE FROM activity_logs WHERE seq = 10"], {"missing"}),
+    "delete tail before the checkpoint": (
+        ["DELETE FROM activity_logs WHERE seq IN (18, 19, 20)"], {"missing"}),
+    "delete tail and checkpoint": (["DELETE FROM activity_logs WHERE seq >= 18"], {"open_tail"}),
+    "delete head": (["DELETE FROM activity_logs WHERE seq <= 3"], {"head_missing"}),
+    "insert backdated fake": (
+        ["INSERT INTO activity_logs SELECT gen_random_uuid(), timestamp - interval '3 years', "
+         "activity_type, description, severity, level, actor_type, 'admin', target_type, "
+         "target_id, changes, metadata, ip_address, user_agent, request_id, http_method, path, "
+         "logger, hostname, process_id, producer_id, seq, key_id, prev_mac, mac, row_mac "
+         "FROM activity_logs WHERE seq = 15"], {"altered", "duplicate"}),
+    "duplicate seq": (
+        ["INSERT INTO activity_logs SELECT gen_random_uuid(), timestamp, activity_type, "
+         "description, severity, level, actor_type, actor_id, target_type, target_id, changes, "
+         "metadata, ip_address, user_agent, request_id, http_method, path, logger, hostname, "
+         "process_id, producer_id, seq, key_id, prev_mac, mac, row_mac "
+         "FROM activity_logs WHERE seq = 8"], {"altered", "duplicate"}),
+    "insert unsigned producer": (
+        ["INSERT INTO activity_logs (id, timestamp, activity_type, severity, level, producer_id, "
+         "seq) VALUES (gen_random_uuid(), now() - interval '2 years', 'refund', 'info', 20, "
+         "'ghost', 1)"], {"unsigned"}),
+    "strip seal": (["UPDATE activity_logs SET row_mac = NULL WHERE seq = 4"], {"unsealed"}),
+    "swap links": (["UPDATE activity_logs SET prev_mac = (SELECT prev_mac FROM activity_logs "
+                    "WHERE seq = 3) WHERE seq = 12"], {"altered", "broken_link"}),
+}
+
+
+@pytest.fixture
+def copies(pg_url: str) -> Iterator[list[str]]:
+    made: list[str] = []
+    yield made
+
+    async def drop() -> None:
+        conn = await asyncpg.connect(pg_url)
+        try:
+            for name in made:
+                await conn.execute(f'DROP SCHEMA IF EXISTS "{name}" CASCADE')
+        finally:
+            await conn.close()
+
+    import asyncio
+
+    asyncio.run(drop())
+
+
+async def _copy_schema(pg_url: str, source: str, copies: list[str]) -> str:
+    name = f"{source}_c{len(copies)}"
+    copies.append(name)
+    conn = await asyncpg.connect(pg_url)
+    try:
+        await conn.execute(f'CREATE SCHEMA "{name}"')
+        for table in ("activity_logs", "activity_log_cuts"):
+            await conn.execute(f'CREATE TABLE "{name}".{table} (LIKE "{source}".{table} INCLUDING ALL)')
+            await conn.execute(f'INSERT INTO "{name}".{table} SELECT * FROM "{source}".{table}')
+    finally:
+        await conn.close()
+    return name
+
+
+async def test_every_tampering_is_found_and_the_intact_trail_passes(
+    redis_url: str, redis_stream: str, pg_url: str, pg_schema: str, key_file: Path,
+    copies: list[str], capsys: pytest.CaptureFixture[str],
+) -> None:
+    await db.init_db(pg_url, schema=pg_schema)
+    _log_trail(redis_url, redis_stream, 20)
+    await _drain(redis_url, redis_stream, pg_url, pg_schema)
+    code, report = await _verify(pg_url, pg_schema, key_file, capsys, "--open-grace", "0")
+    assert code == 0, report
+    found: dict[str, set[str]] = {}
+    for name, (statements, _) in TAMPERING.items():
+        schema = await _copy_schema(pg_url, pg_schema, copies)
+        for sql in statements:
+            await _sql(pg_url, schema, sql)
+        code, report = await _verify(pg_url, schema, key_file, capsys, "--open-grace", "0")
+        found[name] = _kinds(report) if code else set()
+        assert code == 1, f"{name}: verify passed a tampered trail"
+    assert found == {name: expected for name, (_, expected) in TAMPERING.items()}
+
+
+async def test_retention_cut_passes_and_deletion_beyond_it_does_not(
+    redis_url: str, redis_stream: str, pg_url: str, pg_schema: str, key_file: Path,
+    copies: list[str], capsys: pytest.CaptureFixture[str],
+) -> None:
+    await db.init_db(pg_url, schema=pg_schema)
+    _log_trail(redis_url, redis_stream, 20)
+    await _drain(redis_url, redis_stream, pg_url, pg_schema)
+    # age the first 8 rows past the retention period (their seals are redone by hand: the
+    # test plays the producer that logged them long ago, not an attacker)
+    await _age_rows(pg_url, pg_schema, through_seq=8, days=200)
+    code, report = await _verify(pg_url, pg_schema, key_file, capsys)
+    assert code == 0, report
+
+    without_key = await _copy_schema(pg_url, pg_schema, copies)
+    with pytest.raises(Exception, match="signing key"):
+        await cleanup(pg_url, schema=without_key, retention_days=90, keyring=None)
+
+    result = await cleanup(pg_url, schema=pg_schema, retention_days=90, keyring=KeyRing.parse(KEY))
+    assert result.deleted_rows == 8
+    cuts = await _sql(pg_url, pg_schema, "SELECT producer_id, seq FROM activity_log_cuts")
+    assert [c["seq"] for c in cuts] == [8]
+    code, report = await _verify(pg_url, pg_schema, key_file, capsys)
+    assert code == 0, report  # what remains after cleanup verifies
+
+    beyond = await _copy_schema(pg_url, pg_schema, copies)
+    await _sql(pg_url, beyond, "DELETE FROM activity_logs WHERE seq IN (9, 10)")
+    code, report = await _verify(pg_url, beyond, key_file, capsys)
+    assert code == 1 and "head_missing" in _kinds(report)
+
+    no_marker = await _copy_schema(pg_url, pg_schema, copies)
+    await _sql(pg_url, no_marker, "DELETE FROM activity_log_cuts")
+    code, report = await _verify(pg_url, no_marker, key_file, capsys)
+    assert code == 1 and _kinds(report) == {"head_missing"}
+
+    forged_marker = await _copy_schema(pg_url, pg_schema, copies)
+    await _sql(pg_url, forged_marker, "UPDATE activity_log_cuts SET seq = 10")
+    await _sql(pg_url, forged_marker, "DELETE FROM activity_logs WHERE seq IN (9, 10)")
+    code, report = await _verify(pg_url, forged_marker, key_file, capsys)
+    assert code == 1 and _kinds(report) == {"bad_cut"}
+
+
+async def _age_rows(pg_url: str, schema: str, *, through_seq: int, days: int) -> None:
+    """Move rows back in time and reseal them with the key (as if logged ``days`` ago)."""
+    from activity_logging.chain_store import stream_rows
+    from activity_logging.signing import canonical_row, encode_mac
+
+    key = KeyRing.parse(KEY).current
+    await _sql(pg_url, schema, f"UPDATE activity_logs SET timestamp = timestamp - interval "
+               f"'{days} days' WHERE seq <= {through_seq}")
+    async with db.read_connection(pg_url, schema=schema) as conn:
+        rows = [r async for r in stream_rows(conn)]
+    for row in rows[:through_seq]:
+        seal = encode_mac(key.mac(b"activity_logging/row/1\x00", canonical_row(row)))
+        await _sql(pg_url, schema, "UPDATE activity_logs SET row_mac = $1 WHERE id = $2",
+                   seal, row["id"])
+
