@@ -15,6 +15,7 @@ import asyncpg
 import orjson
 import pytest
 import redis
+from hypothesis import strategies as st
 
 from activity_logging import db
 from activity_logging.cli import main
@@ -342,3 +343,58 @@ async def _age_rows(pg_url: str, schema: str, *, through_seq: int, days: int) ->
         await _sql(pg_url, schema, "UPDATE activity_logs SET row_mac = $1 WHERE id = $2",
                    seal, row["id"])
 
+
+
+# --- the seal survives PostgreSQL's own forms (jsonb numbers, inet, timestamptz) -------------
+
+_JSON = st.recursive(
+    st.none() | st.booleans() | st.integers(-(2**63), 2**63 - 1)
+    | st.floats(allow_nan=False, allow_infinity=False) | st.text(max_size=12).map(
+        lambda s: s.replace("\x00", "")),
+    lambda inner: st.lists(inner, max_size=4)
+    | st.dictionaries(st.text(max_size=6).map(lambda s: s.replace("\x00", "")), inner, max_size=4),
+    max_leaves=10)
+
+
+async def test_seals_made_by_the_writer_match_what_postgresql_reads_back(
+    pg_url: str, pg_schema: str,
+) -> None:
+    """Generated metadata/changes (any JSON: floats jsonb rewrites, big integers, nesting),
+    addresses and times: each row sealed as built, stored by the worker's store, read back
+    by verify's reader, must seal the same."""
+    from hypothesis import HealthCheck, given, settings
+
+    from activity_logging.chain_store import stream_rows
+    from activity_logging.signing import EntryAuth, row_seal_matches, seal
+    from activity_logging.store import make_store
+    from tests.crud_rows import make_rows
+
+    await db.init_db(pg_url, schema=pg_schema)
+    ring = KeyRing.parse(KEY)
+    values: list[Any] = []
+
+    @given(st.lists(st.tuples(_JSON, _JSON), min_size=1, max_size=20))
+    @settings(max_examples=40, deadline=None, suppress_health_check=list(HealthCheck))
+    def collect(batch: list[tuple[Any, Any]]) -> None:
+        values.extend(batch)
+
+    collect()
+    rows = make_rows(len(values), producer_id="jsonb")
+    auth = EntryAuth("k1", b"t" * 32, b"", len(rows), checked=True)
+    for position, (row, (meta, changes)) in enumerate(zip(rows, values, strict=True)):
+        row["metadata"] = meta if isinstance(meta, dict) else {"v": meta}
+        row["changes"] = changes if isinstance(changes, dict | list) else None
+        row["ip_address"] = ("::ffff:10.1.2.3", "2001:DB8::0:1", "192.0.2.1", None)[position % 4]
+        seal(row, ring.current, auth, position)
+    store = make_store(pg_url, schema=pg_schema)
+    try:
+        await store.connect()
+        await store.insert_activities(rows)
+    finally:
+        await store.close()
+    async with db.read_connection(pg_url, schema=pg_schema) as conn:
+        stored = [r async for r in stream_rows(conn)]
+    assert len(stored) == len(rows)
+    bad = [(r["seq"], r["metadata"], r["changes"]) for r in stored
+           if row_seal_matches(r, ring) is not True]
+    assert bad == []
