@@ -184,9 +184,14 @@ def probe_sqlite(path: Path, *, create: bool) -> None:
     ``asyncio.run`` has closed the loop, and that late answer is an exception in a thread
     (a warning, an error under pytest). Opened as aiosqlite would open it (read-write, or
     read-only when the file is write-protected), so the error is the one it would report;
-    ``create`` makes a missing file, as ``init-db`` does, and otherwise nothing is created.
+    ``create`` makes a missing file (0600, ``private_files.prepare_sqlite_file``), as
+    ``init-db`` does, and otherwise nothing is created.
     Nothing is read or written.
     """
+    if create:
+        from .private_files import prepare_sqlite_file
+
+        prepare_sqlite_file(path)  # 0600, as the store makes it
     sqlite3.connect(f"{path.resolve().as_uri()}?mode={'rwc' if create else 'rw'}", uri=True).close()
 
 

@@ -17,6 +17,7 @@ import contextlib
 import sqlite3
 import threading
 from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
 from typing import Any, Final
 
 import orjson
@@ -26,6 +27,7 @@ from sqlalchemy.schema import CreateIndex, CreateTable
 
 from .config import DEFAULT_TABLE
 from .exceptions import ConfigurationError, StoreUnavailableError
+from .private_files import prepare_sqlite_file
 from .schema import make_table
 from .store import is_bad_value
 from .urls import is_sqlite, redact_url, sqlite_file
@@ -132,9 +134,12 @@ class SQLiteStore:
     # --- synchronous work --------------------------------------------------------------------
 
     def connect_now(self) -> None:
-        """(Re)open the file. Raises ``StoreUnavailableError`` when it cannot be opened and
-        ``ConfigurationError`` when the table is missing and ``create`` is off."""
+        """(Re)open the file, creating a missing one 0600 (``private_files``). Raises
+        ``StoreUnavailableError`` when it cannot be opened and ``ConfigurationError`` when
+        the table is missing and ``create`` is off."""
         self.abort()
+        if self.path != ":memory:":
+            prepare_sqlite_file(Path(self.path))  # made 0600; an open one reported once
         try:
             conn = sqlite3.connect(self.path, timeout=5.0, isolation_level=None,
                                    check_same_thread=False)
