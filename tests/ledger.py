@@ -2,7 +2,7 @@
 
 A scenario gives every record it offers a unique key (``target_id`` = ``<tag>-<n>``), then
 reads back what arrived: distinct keys stored (PostgreSQL, SQLite or a stream), rows stored
-more than once, records in the dead-letter stream, and the library's own drop/loss counters.
+more than once, records in the dead-letter table, and the library's own drop/loss counters.
 Anything else is a silent loss, which must be 0, except in a documented window, where the
 loss must be *detected* (sequence gaps, see ``seq_gaps``).
 """
@@ -105,13 +105,20 @@ def keys_from_stream(redis_url: str, stream: str, tag: str) -> Counter[str]:
         client.close()
 
 
-def dead_letters(redis_url: str, dead_stream: str) -> int:
-    """Records in a dead-letter stream (one entry per record)."""
-    client = redis.Redis.from_url(redis_url)
-    try:
-        return int(client.xlen(dead_stream))
-    finally:
-        client.close()
+def dead_letters(pg_url: str, schema: str) -> list[Any]:
+    """The records (bounded excerpts, decoded JSON) in the schema's dead-letter table, one
+    dead letter per refused record (or per entry refused whole), oldest first."""
+    import orjson
+
+    async def read() -> list[Any]:
+        conn = await db.connect_pg(pg_url, schema=schema)
+        try:
+            found = await conn.fetch("SELECT record FROM activity_log_dead_letters ORDER BY id")
+        finally:
+            await conn.close()
+        return [orjson.loads(row["record"]) for row in found]
+
+    return asyncio.run(read())
 
 
 def ledger_of(offered: int, keys: Counter[str], **rest: int) -> Ledger:
