@@ -223,7 +223,10 @@ def log_activity(
 
     On success logs at ``severity`` with ``target_id`` taken from the result. When the
     function raises an ``Exception``, logs at ``error_severity`` with ``error_type`` and
-    ``error_message`` in metadata and re-raises the same exception object, traceback intact.
+    ``error_message`` (``str(error)``, cut to 2,048 characters) in metadata and re-raises the
+    same exception object, traceback intact. Exception messages often quote what failed
+    (``password=...`` in a DSN, a bearer token): ``error_message`` is one of the free-text
+    fields the handler's redaction scrubs (``redact.FREE_TEXT_KEYS``), as the message is.
     ``request`` and ``background_tasks`` arguments are passed through untouched (logging does
     not block, so nothing is deferred to a background task); a ``request=`` argument fills
     ip, user agent, method and path when no ``ActivityContextMiddleware`` set them. When the

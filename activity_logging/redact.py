@@ -76,6 +76,8 @@ NAME_KEYS: Final = ("name", "key", "field", "header", "attribute", "param")
 VALUE_KEYS: Final = frozenset({"value", "values", "old", "new", "before", "after", "from", "to"})
 _CHANGE_KEYS: Final = frozenset({"old", "new"})
 _CACHE_LIMIT: Final = 10_000
+#: Longer strings (a name-like value, a free-text key) are checked each time, not cached.
+_CACHED_CHARS: Final = 128
 #: Needles the byte scan adds for free text: auth schemes and the start of a JWT.
 _FREE_TEXT_NEEDLES: Final = (b"bearer", b"basic", b"eyj")
 #: Non-ASCII letters that ``str.lower`` turns into ASCII ones (KELVIN SIGN to ``k``, DOTTED
@@ -253,6 +255,7 @@ class Redactor:
         self.free_text = free_text and bool(self.entries)
         self._cache: dict[str, bool] = {}
         words = _needle_words(self.entries)
+        self._words = tuple(words)
         # bytes.lower() folds ASCII only: with a word that is not ASCII every record is walked
         self._walk_all = not all(w.isascii() for w in words)
         needles = [w.encode() for w in words]
@@ -273,9 +276,13 @@ class Redactor:
         text = key if type(key) is str else str(key)
         found = self._cache.get(text)
         if found is None:
-            parts = word_parts(text)
-            found = any(entry.matches(parts) for entry in self.entries)
-            if len(self._cache) < _CACHE_LIMIT:
+            low = text.lower()
+            if self._walk_all or any(word in low for word in self._words):
+                parts = word_parts(text)
+                found = any(entry.matches(parts) for entry in self.entries)
+            else:  # a secret key holds its entry's needle word: most keys stop here, in C
+                found = False
+            if len(text) <= _CACHED_CHARS and len(self._cache) < _CACHE_LIMIT:
                 self._cache[text] = found
         return found
 
