@@ -97,9 +97,9 @@ def make_table(metadata: MetaData, name: str = DEFAULT_TABLE, schema: str | None
         Column("seq", BigInteger),
         # the keyed chain (signing.py): NULL on an unauthenticated trail
         Column("key_id", Text, info={"max_chars": 32}),
-        Column("prev_mac", Text, info={"max_chars": 43}),
-        Column("mac", Text, info={"max_chars": 43}),
-        Column("row_mac", Text, info={"max_chars": 43}),
+        Column("prev_mac", Text, info={"max_chars": 64}),
+        Column("mac", Text, info={"max_chars": 64}),
+        Column("row_mac", Text, info={"max_chars": 64}),
         schema=schema,
     )
     # The queries people run: by time; who (actor) / what (target, type) over time; one request.

@@ -105,7 +105,7 @@ async def test_signed_trail_is_stored_sealed_and_verifies(
     assert worker.stats()["refused_signature"] == 0
     rows = await _sql(pg_url, pg_schema, "SELECT * FROM activity_logs ORDER BY seq")
     assert [r["seq"] for r in rows] == list(range(1, 42))
-    assert all(r["key_id"] == "k1" and len(r["row_mac"]) == 43 for r in rows)
+    assert all(r["key_id"] == "k1" and len(r["row_mac"]) == 64 for r in rows)
     assert rows[0]["prev_mac"] == ""  # the producer's first record
     assert all(b["prev_mac"] == a["mac"] for a, b in itertools.pairwise(rows))
     assert rows[-1]["activity_type"] == "activity_log.checkpoint"
@@ -146,7 +146,7 @@ async def test_forged_and_edited_entries_are_dead_lettered(
         edited[b"d"] = orjson.dumps(records)
         # 3. a tag made with another key under the real key's id
         wrong_key = dict(fields)
-        wrong_key[b"t"] = b"A" * 43
+        wrong_key[b"t"] = b"ab" * 32
         for entry in (forged, edited, wrong_key):
             client.xadd(redis_stream, entry)
         worker = await _drain(redis_url, redis_stream, pg_url, pg_schema)
