@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Final
 
@@ -114,18 +115,37 @@ async def gather_redis(status: PipelineStatus, redis_url: str, *, heartbeat_ttl:
     (a worker is live when its heartbeat is under ``heartbeat_ttl`` seconds old).
 
     Adds only the warnings of what could not be read; ``status_findings.judge_redis`` says
-    what the readings mean. Raises ``StoreUnavailableError`` when Redis cannot be reached.
+    what the readings mean. A reading Redis refuses (``WRONGTYPE``: the stream's key holds
+    something else; ``NOPERM``: an ACL) is a problem naming it, and the other readings go
+    on. Raises ``StoreUnavailableError`` when Redis cannot be reached, or is lost midway.
     """
     import redis.asyncio as aioredis
+    from redis.exceptions import ConnectionError as RedisConnectionError
+    from redis.exceptions import ResponseError
+    from redis.exceptions import TimeoutError as RedisTimeoutError
+
+    async def stream() -> None:
+        pending_min_ms = await _read_stream(client, status)
+        await _read_oldest_waiting(client, status, pending_min_ms)
 
     client = aioredis.Redis.from_url(redis_url, socket_timeout=5.0, socket_connect_timeout=5.0)
     try:
         await _ping(client, redis_url)
-        pending_min_ms = await _read_stream(client, status)
-        await _read_oldest_waiting(client, status, pending_min_ms)
-        await _read_consumers(client, status)
-        await _read_heartbeats(client, status, heartbeat_ttl)
-        await _read_server(client, status)
+        steps: tuple[tuple[str, Callable[[], Awaitable[None]]], ...] = (
+            (f"stream {status.stream!r}", stream),
+            (f"the consumers of group {status.group!r}", lambda: _read_consumers(client, status)),
+            ("the heartbeats", lambda: _read_heartbeats(client, status, heartbeat_ttl)),
+            ("the server's settings", lambda: _read_server(client, status)),
+        )
+        for what, step in steps:
+            try:
+                await step()
+            except ResponseError as exc:
+                status.problems.append(f"cannot read {what} from Redis: {exc}")
+            except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
+                raise StoreUnavailableError(
+                    f"lost Redis at {redact_url(redis_url)} while reading {what}: "
+                    f"{type(exc).__name__}: {exc}") from exc
     finally:
         await client.aclose()
 

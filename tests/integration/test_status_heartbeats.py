@@ -155,3 +155,21 @@ def test_status_shows_urls_without_their_passwords(
         assert secret not in out + err
         assert "password=***" in out
         assert code == 1  # no worker
+
+
+@pytest.mark.parametrize("make", ["string", "dead-letters-hash"])
+def test_a_key_of_another_type_is_a_problem_not_a_traceback(
+    redis_url: str, redis_stream: str, client: redis.Redis, db: str, make: str,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    if make == "string":
+        client.set(redis_stream, "not a stream")
+    else:
+        client.xgroup_create(redis_stream, GROUP, id="0", mkstream=True)
+        client.hset(f"{redis_stream}:dead", "x", "y")
+    _beat(client, redis_stream, "w1")
+    code, out, err = _status(redis_url, redis_stream, db, capsys)
+    assert code == 1, out + err
+    assert "Traceback" not in out + err
+    assert f"PROBLEM: cannot read stream '{redis_stream}' from Redis: WRONGTYPE" in out
+    assert "workers:          1 live of 1 seen" in out  # the other readings went on
