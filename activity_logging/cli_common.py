@@ -234,8 +234,9 @@ def report_database_error(command: str, exc: BaseException) -> int:
     ``init-db``: a missing database, schema or column is reported with the server's message.
     """
     from .db import is_missing_table  # lazy: db imports SQLAlchemy
+    from .terminal_text import printable
 
-    first = database_error_line(exc)
+    first = printable(database_error_line(exc))  # the server's text may quote stored values
     if is_missing_table(exc):
         print(f"activity-logging {command}: table not found ({first}); "
               "run `activity-logging init-db` first", file=sys.stderr)

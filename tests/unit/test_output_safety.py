@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import sqlite3
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +17,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from activity_logging.cli_common import report_database_error
 from activity_logging.cli_render import json_printable, printable, render_sequence_report
 from activity_logging.crud import ProducerSequence
 from tests.cli_run import run
@@ -193,3 +195,11 @@ def test_status_text_escapes_what_it_prints(
 ) -> None:
     _code, out, err = run(["status", "--database-url", hostile_db], capsys)
     _assert_terminal_safe(out + err)
+
+
+def test_a_database_error_line_is_escaped(capsys: pytest.CaptureFixture[str]) -> None:
+    code = report_database_error("query", sqlite3.OperationalError(f"near {EVIL}: syntax error"))
+    err = capsys.readouterr().err
+    assert code == 1
+    _assert_terminal_safe(err)
+    assert "near \\x1b[31mred" in err
