@@ -152,6 +152,9 @@ async def init_db(
     sqlite = is_sqlite(url)
     if partitioned and sqlite:
         raise ConfigurationError("partitioned tables need PostgreSQL, got a sqlite URL")
+    from .dead_letters import create_table as create_dead_letter_table  # helper B's table
+
+    await create_dead_letter_table(url, schema=schema, table=table)
     if sqlite:
         from .store_sqlite import SQLiteStore
 
@@ -181,6 +184,9 @@ async def init_db(
     try:
         if partitioned:
             await ensure_partitions(conn_pg, table=table, months_ahead=months_ahead)
+        from .chain_store import ensure_chain_schema_pg
+
+        await ensure_chain_schema_pg(conn_pg, table=table)  # upgrades a table made before the chain
         notice = await ensure_text_index(conn_pg, table=table)
     finally:
         await conn_pg.close()

@@ -41,6 +41,7 @@ _TYPE_LIMIT: Final = TEXT_LIMITS["activity_type"]
 _LOGGER_LIMIT: Final = TEXT_LIMITS["logger"]
 _DESCRIPTION_LIMIT: Final = TEXT_LIMITS["description"]
 _EPOCH: Final = datetime(1970, 1, 1, tzinfo=UTC)
+_UNSIGNED: Final = {"key_id": None, "prev_mac": None, "mac": None, "row_mac": None}
 _MIN_TS_US: Final = -62_135_596_800_000_000  # 0001-01-01T00:00:00Z
 _MAX_TS_US: Final = 253_402_300_799_999_999  # 9999-12-31T23:59:59.999999Z
 #: PostgreSQL ``bigint`` (``seq``) and ``integer`` (``process_id``): values outside are refused
@@ -248,6 +249,7 @@ def build_activity(wire: Mapping[str, Any], meta: Mapping[str, Any], *,
         row["seq"] = seq
     else:
         row["seq"] = None
+    row.update(_UNSIGNED)  # the chain's columns: signing.seal fills them on a signed trail
     return row
 
 

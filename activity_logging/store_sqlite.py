@@ -28,7 +28,8 @@ from sqlalchemy.schema import CreateIndex, CreateTable
 from .config import DEFAULT_TABLE
 from .exceptions import ConfigurationError, StoreUnavailableError
 from .private_files import prepare_sqlite_file
-from .schema import make_table
+from .schema import make_cuts_table, make_table
+from .signing import SIGNING_COLUMNS
 from .store import is_bad_value
 from .urls import is_sqlite, redact_url, sqlite_file
 
@@ -155,6 +156,8 @@ class SQLiteStore:
                         f"table {self.table_name!r} does not exist in {redact_url(self.url)}: "
                         "run `activity-logging init-db` first")
                 self._create_table(conn)
+            else:
+                self._add_chain_columns(conn)
         except sqlite3.Error as exc:
             conn.close()
             raise StoreUnavailableError(f"cannot open {redact_url(self.url)}: {exc}") from exc
@@ -166,7 +169,9 @@ class SQLiteStore:
 
     def _create_table(self, conn: sqlite3.Connection) -> None:
         """The table and its indexes, as ``schema.make_table`` defines them; idempotent."""
-        statements = [str(CreateTable(self._table, if_not_exists=True).compile(dialect=_DIALECT))]
+        statements = [str(CreateTable(self._table, if_not_exists=True).compile(dialect=_DIALECT)),
+                      str(CreateTable(make_cuts_table(MetaData(), self.table_name),
+                                      if_not_exists=True).compile(dialect=_DIALECT))]
         statements += [str(CreateIndex(index, if_not_exists=True).compile(dialect=_DIALECT))
                        for index in sorted(self._table.indexes, key=lambda i: str(i.name))]
         conn.execute("BEGIN IMMEDIATE")
@@ -177,6 +182,16 @@ class SQLiteStore:
         except BaseException:
             conn.execute("ROLLBACK")
             raise
+
+    def _add_chain_columns(self, conn: sqlite3.Connection) -> None:
+        """Upgrade a table made before the chain (signing.py): add its columns (and the cut
+        markers' table). ``ALTER TABLE ... ADD COLUMN`` rewrites nothing in SQLite."""
+        have = {row[1] for row in conn.execute(f"PRAGMA table_info({_quote_sqlite(self.table_name)})")}
+        missing = [c for c in SIGNING_COLUMNS if c not in have]
+        for column in missing:
+            conn.execute(f"ALTER TABLE {_quote_sqlite(self.table_name)} ADD COLUMN {column} TEXT")
+        cuts = make_cuts_table(MetaData(), self.table_name)
+        conn.execute(str(CreateTable(cuts, if_not_exists=True).compile(dialect=_DIALECT)))
 
     def insert_now(self, rows: Sequence[Mapping[str, Any]]) -> int:
         """Synchronous ``insert_activities``: all rows or none, in one transaction."""
@@ -203,3 +218,7 @@ class SQLiteStore:
         return tuple(value if proc is None or value is None else proc(value)
                      for proc, value in zip(self._processors,
                                             (row[key] for key in self._keys), strict=True))
+
+
+def _quote_sqlite(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'

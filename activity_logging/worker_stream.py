@@ -35,6 +35,7 @@ from .config import DEFAULT_HEARTBEAT_TTL, heartbeat_key
 from .dead_letters import WHOLE_ENTRY, DeadLetter
 from .entry_limits import MAX_EXCERPT_BYTES, entry_excerpt, oversized, payload_bytes
 from .rows import build_activity
+from .signing import KeyRing, SignatureError, SigningKey, check_entry, seal
 from .wire import decode_entry
 
 if TYPE_CHECKING:
@@ -115,6 +116,8 @@ class StreamSide:
     read_count: int
     claim_idle: float
     heartbeat_interval: float
+    keyring: KeyRing | None
+    sealing_key: SigningKey | None
     counters: WorkerCounters
     store: Store
     started_at: float
@@ -291,6 +294,13 @@ class StreamSide:
                 self._refuse_entry(batch, index, fields, too_big, "oversized")
                 counters.refused_oversized += 1
                 continue
+            try:  # before decoding: a forged entry costs one HMAC, nothing more
+                auth = check_entry(fields, self.keyring)
+            except SignatureError as exc:
+                batch.fields.append({})
+                self._refuse_entry(batch, index, fields, str(exc), "bad_signature")
+                counters.refused_signature += 1
+                continue
             batch.fields.append(fields)
             try:
                 meta, wires = decode_entry(fields)
@@ -300,6 +310,12 @@ class StreamSide:
                 self._refuse_entry(batch, index, fields, f"{type(exc).__name__}: {exc}",
                                    "undecodable")
                 counters.refused_undecodable += 1
+                continue
+            if auth is not None and auth.n != len(wires):  # signed by a producer with a bug
+                batch.fields[index] = {}
+                self._refuse_entry(batch, index, fields, (
+                    f"signed entry says n={auth.n} but holds {len(wires)} records"), "bad_signature")
+                counters.refused_signature += 1
                 continue
             if len(wires) > self.max_entry_records:  # its ``n`` said fewer
                 batch.fields[index] = {}
@@ -332,6 +348,8 @@ class StreamSide:
                         reason="out_of_window", position=position, record_id=str(row["id"]),
                     ))
                     continue
+                if auth is not None:
+                    seal(row, self.sealing_key, auth, position)
                 batch.rows.append(row)
                 batch.refs.append((index, position))
         if entries:
