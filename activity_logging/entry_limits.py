@@ -32,7 +32,8 @@ MAX_EXCERPT_BYTES: Final = 64 * 1024
 #: Why something is refused (a dead letter's ``reason``): an entry too big to decode, one
 #: that cannot be decoded, a record that cannot be a row, a record dated outside the
 #: accepted window, a record the database refused.
-REFUSAL_REASONS: Final = ("oversized", "undecodable", "malformed", "out_of_window", "refused")
+REFUSAL_REASONS: Final = ("oversized", "undecodable", "bad_signature", "malformed", "out_of_window",
+                           "refused")
 #: Characters of one header field (``p``, ``h``, ``pid``, ``n``...) an excerpt keeps.
 _FIELD_EXCERPT_CHARS: Final = 256
 
