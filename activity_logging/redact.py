@@ -287,34 +287,30 @@ class Redactor:
         return found
 
     def scrub(self, text: str) -> tuple[str, int]:
-        """``text`` with free-text secrets replaced, and how many were replaced."""
+        """``text`` with free-text secrets replaced, and how many were replaced.
+
+        Each pattern runs only on text holding the character or word it needs (``=`` or
+        ``:``; ``bearer`` or ``basic``; ``eyJ``), checked in C first.
+        """
         if not self.free_text:
             return text, 0
         count = 0
-
-        def auth(match: re.Match[str]) -> str:
-            nonlocal count
-            token = match["token"]
-            if match["scheme"].lower() == "basic":
-                try:
-                    decoded = base64.b64decode(token, validate=True)
-                except (binascii.Error, ValueError):
-                    return match[0]
-                if b":" not in decoded:
-                    return match[0]
-            elif token.isalpha() and token.islower() and len(token) < 20:
-                return match[0]  # prose ("bearer instrument"), not a token
-            count += 1
-            return f"{match['scheme']} {REDACTED}"
-
-        def jwt(match: re.Match[str]) -> str:
-            nonlocal count
-            count += 1
-            return REDACTED
-
-        text, count = self._scrub_key_values(text)
-        text = _AUTH_SCHEME.sub(auth, text)
-        text = _JWT.sub(jwt, text)
+        if "=" in text or ":" in text:
+            text, count = self._scrub_key_values(text)
+        low = text.lower()
+        if "bearer" in low or "basic" in low:
+            pieces: list[str] = []
+            done = 0
+            for match in _AUTH_SCHEME.finditer(text):
+                if _is_credential(match["scheme"], match["token"]):
+                    pieces += (text[done:match.start("token")], REDACTED)
+                    done = match.end()
+                    count += 1
+            if pieces:
+                text = "".join(pieces) + text[done:]
+        if "eyJ" in text:
+            text, n = _JWT.subn(REDACTED, text)
+            count += n
         return text, count
 
     def _scrub_key_values(self, text: str) -> tuple[str, int]:
@@ -358,30 +354,32 @@ class Redactor:
     def _walk_dict(self, obj: dict[Any, Any]) -> tuple[Any, int]:
         out: dict[Any, Any] | None = None
         count = 0
-        named = self._names_secret(obj)
+        named = not obj.keys().isdisjoint(NAME_KEYS) and self._names_secret(obj)
+        cache = self._cache
         for key, value in obj.items():
-            new = value
             if value is None:
-                pass
-            elif named and key in VALUE_KEYS:
-                new, n = _replace(value)
-                count += n
-            elif self.secret_key(key):
-                if type(value) is dict and value and value.keys() <= _CHANGE_KEYS:
+                continue
+            secret = cache.get(key)
+            if secret is None:
+                secret = self.secret_key(key)
+            kind = type(value)
+            if secret or (named and key in VALUE_KEYS):
+                if kind is dict and value and value.keys() <= _CHANGE_KEYS:
                     sides = {k: _replace(v) for k, v in value.items()}  # the shape is kept
-                    new = {k: v for k, (v, _) in sides.items()}
-                    count += sum(n for _, n in sides.values())
+                    new: Any = {k: v for k, (v, _) in sides.items()}
+                    n = sum(n for _, n in sides.values())
                 else:
                     new, n = _replace(value)
-                    count += n
-            elif type(value) is str:
-                if self.free_text and key in FREE_TEXT_KEYS:
-                    new, n = self.scrub(value)
-                    count += n
-            else:
+            elif kind is str:
+                if not self.free_text or key not in FREE_TEXT_KEYS:
+                    continue
+                new, n = self.scrub(value)
+            elif kind is dict or kind is list or kind is tuple or isinstance(value, dict | list | tuple):
                 new, n = self._walk(value)
+            else:
+                continue
+            if n:
                 count += n
-            if new is not value:
                 if out is None:
                     out = dict(obj)
                 out[key] = new
@@ -465,6 +463,17 @@ class Redactor:
         """``redact_records``, with the redacted bodies put in place of the originals."""
         for index, body in self.redact_records(bodies).items():
             bodies[index] = body
+
+
+def _is_credential(scheme: str, token: str) -> bool:
+    """Is ``token`` after ``Bearer``/``Basic`` a credential? Basic: base64 of ``user:pass``;
+    Bearer: anything but a short all-lower-case word (prose: "the bearer instrument")."""
+    if scheme.lower() == "basic":
+        try:
+            return b":" in base64.b64decode(token, validate=True)
+        except (binascii.Error, ValueError):
+            return False
+    return not (token.isalpha() and token.islower() and len(token) < 20)
 
 
 def _replace(value: Any) -> tuple[Any, int]:
