@@ -132,3 +132,23 @@ def test_no_generated_secret_reaches_the_embedded_store(logger: logging.Logger,
     stored = repr(rows).encode()
     files = b"".join(p.read_bytes() for p in tmp_path.iterdir() if p.is_file())
     assert_no_secret_in(stored + files, cases)
+
+
+def test_the_handler_takes_its_key_list_as_one_string(logger: logging.Logger) -> None:
+    """``redact_keys`` is a comma-separated string (dictConfig passes it as is)."""
+    client = fakeredis.FakeRedis()
+    sink = RedisStreamSink("redis://unused", "s")
+    sink._client = client
+    handler = ActivityHandler(redis_url="redis://127.0.0.1:1/0", spool_path="off",
+                              redact_keys="ssn, *pin$")
+    handler._sink = sink
+    logger.addHandler(handler)
+    logger.info("m", extra={"SSN": "078-05-1120", "userPin": "pin-7391", "password": "kept-pw",
+                            "pinned": "yes"})
+    assert handler.flush(10)
+    stats = handler.stats()
+    handler.close()
+    data = b"".join(v for _, fields in client.xrange("s") for v in fields.values())
+    assert b"078-05-1120" not in data and b"pin-7391" not in data
+    assert b"kept-pw" in data and b"yes" in data
+    assert stats["redacted"] == 2
