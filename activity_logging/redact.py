@@ -40,7 +40,15 @@ text (``exc``) and every string under a key named in ``FREE_TEXT_KEYS`` (``descr
 ``error_message``: what ``@log_activity`` stores...) are scrubbed of ``key=value`` and
 ``key: value`` with a secret key (the value: a quoted string, or an optional auth scheme
 and a run of non-space characters), ``Bearer <token>``, ``Basic <base64 of user:pass>``
-and JWTs (``eyJ...``).``None`` values are no secret and are left as they are.
+and JWTs (``eyJ...``). ``None`` values are no secret and are left as they are.
+
+**Cost.** The scan looks, in the lower-cased bytes, for one part of each entry (plus
+``bearer``, ``basic``, ``eyj`` for free text): every secret key holds the bytes of its
+entry's part, so a record the scan passes over has nothing to redact. With the optional
+``ahocorasick_rs`` package installed that is one pass over the batch for all the needles;
+without it, one ``bytes.find`` pass per needle (the same result, slower: figures in
+docs/performance.md). A record the scan hits (a secret, or a word like ``shipping`` that
+holds ``pin``) is decoded, walked and, only if something was replaced, re-encoded.
 """
 
 from __future__ import annotations
