@@ -44,6 +44,7 @@ from sqlalchemy import (
 
 from .config import DEFAULT_TABLE
 from .entry_limits import MAX_EXCERPT_BYTES, REFUSAL_REASONS
+from .exceptions import PermissionDeniedError
 from .schema import UTCDateTime
 
 if TYPE_CHECKING:
@@ -66,7 +67,6 @@ WHOLE_ENTRY: Final = -1
 #: Why a dead letter was written (the ``reason`` column).
 REASONS: Final = REFUSAL_REASONS
 
-_SQLSTATE_PRIVILEGE: Final = "42501"
 
 
 def dead_letter_table_name(table: str = DEFAULT_TABLE) -> str:
@@ -149,20 +149,14 @@ def _insert(table: Table, dialect: str) -> Any:
     return sqlite_insert(table).on_conflict_do_nothing()
 
 
-def _is_privilege_error(exc: BaseException) -> bool:
-    orig = getattr(exc, "orig", None)
-    for candidate in (exc, orig, getattr(orig, "__cause__", None)):
-        if getattr(candidate, "sqlstate", None) == _SQLSTATE_PRIVILEGE:
-            return True
-    return "permission denied" in str(exc).lower()
-
-
 class DeadLetterWriter:
     """Writes dead letters for one worker; its engine is made at the first write.
 
     ``write`` inserts in one transaction and returns how many were new; raises
-    ``StoreUnavailableError`` when the database cannot be reached, and the driver's error
-    (through SQLAlchemy) otherwise; the caller keeps the entries pending and tries again.
+    ``StoreUnavailableError`` when the database cannot be reached, ``PermissionDeniedError``
+    when the role may not write the table (no retry cures that: grant the writer role
+    ``INSERT`` on it and ``USAGE`` on its ``id`` sequence), and the driver's error (through
+    SQLAlchemy) otherwise; the caller keeps the entries pending and tries again.
     A missing table is created (``CREATE TABLE IF NOT EXISTS``) when the role may; else
     the error says to run ``init-db``. Not shared between event loops.
     """
@@ -193,22 +187,30 @@ class DeadLetterWriter:
         """Insert ``letters`` (idempotent on their source); how many were new."""
         if not letters:
             return 0
-        from .db import is_missing_table, reachable
+        from .db import is_missing_table, is_permission_error, reachable, server_message
 
         engine = self._get_engine()
         rows = [letter.values() for letter in letters]
-        async with reachable(self.url):
-            try:
-                written = await self._insert(engine, rows)
-            except Exception as exc:
-                if not is_missing_table(exc):
-                    raise
-                logger.warning("table %s is missing: creating it (init-db creates it too)",
-                               self.table.name)
-                async with engine.begin() as conn:
-                    await conn.run_sync(self.table.metadata.create_all, checkfirst=True)
-                written = await self._insert(engine, rows)
-            await self._maybe_purge(engine)
+        try:
+            async with reachable(self.url):
+                try:
+                    written = await self._insert(engine, rows)
+                except Exception as exc:
+                    if not is_missing_table(exc):
+                        raise
+                    logger.warning("table %s is missing: creating it (init-db creates it too)",
+                                   self.table.name)
+                    async with engine.begin() as conn:
+                        await conn.run_sync(self.table.metadata.create_all, checkfirst=True)
+                    written = await self._insert(engine, rows)
+                await self._maybe_purge(engine)
+        except Exception as exc:
+            if isinstance(exc, PermissionDeniedError) or not is_permission_error(exc):
+                raise
+            raise PermissionDeniedError(
+                f"this role may not write the dead-letter table {self.table.name} "
+                f"({server_message(getattr(exc, 'orig', None) or exc)}): grant it INSERT on "
+                f"the table and USAGE on {self.table.name}_id_seq, or run init-db") from exc
         return written
 
     async def _insert(self, engine: AsyncEngine, rows: list[dict[str, Any]]) -> int:
@@ -232,7 +234,9 @@ class DeadLetterWriter:
                                            older_than=timedelta(days=self.max_age_days),
                                            keep=self.max_rows, commit=False)
         except Exception as exc:
-            if not _is_privilege_error(exc):
+            from .db import is_permission_error
+
+            if not is_permission_error(exc):
                 raise
             self._may_purge = False
             logger.info("this role may not delete from %s: `activity-logging dead-letters "

@@ -90,6 +90,8 @@ class _Batch:
     refs: list[tuple[int, int]] = field(default_factory=list)
     rejects: list[_Reject] = field(default_factory=list)
     read_at: float = 0.0  # time.monotonic() when the reader handed it to the writers
+    # entries decoded again to dead-letter records the database refused (index -> records)
+    decoded: dict[int, list[Any]] = field(default_factory=dict)
 
 
 def _reraise_if_cancelled() -> None:
