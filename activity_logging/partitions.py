@@ -105,13 +105,47 @@ async def _exists(conn: asyncpg.Connection, name: str) -> bool:
     return bool(await conn.fetchval("SELECT to_regclass($1) IS NOT NULL", quote_identifier(name)))
 
 
+async def _like_parent(conn: asyncpg.Connection, table: str, name: str) -> None:
+    """Give partition ``name`` the owner and the grants of its parent ``table``.
+
+    A new table belongs to the role that created it: a login member of the maintenance role
+    (docs/roles.md) would own the partition itself, and no other member could drop it or
+    VACUUM it. The creator may create a partition only as the parent's owner (a member of
+    the owning role), so it may hand the partition to that role. The parent's grants are
+    copied too, so the reader can read a partition directly (a detached archive among
+    them), as ``roles.sql`` grants on the partitions that exist.
+    """
+    rows = await conn.fetch(
+        "SELECT p.relowner::regrole::text AS owner, c.relowner <> p.relowner AS differs, "
+        "a.grantee, a.privilege_type "
+        "FROM pg_class p CROSS JOIN pg_class c "
+        "LEFT JOIN LATERAL aclexplode(p.relacl) a ON a.grantee <> p.relowner "
+        "WHERE p.oid = to_regclass($1) AND c.oid = to_regclass($2)",
+        quote_identifier(table), quote_identifier(name))
+    if not rows:
+        return
+    if rows[0]["differs"]:
+        # regrole::text is already quoted as an identifier where needed.
+        await conn.execute(f"ALTER TABLE {quote_identifier(name)} OWNER TO {rows[0]['owner']}")
+    for row in rows:
+        if row["grantee"] is None:
+            continue
+        grantee = "PUBLIC" if row["grantee"] == 0 else await conn.fetchval(
+            "SELECT $1::oid::regrole::text", row["grantee"])
+        await conn.execute(
+            f"GRANT {row['privilege_type']} ON TABLE {quote_identifier(name)} TO {grantee}")
+
+
 async def create_partitions(
     conn: asyncpg.Connection, months: Iterable[tuple[int, int]], *, table: str = DEFAULT_TABLE
 ) -> list[str]:
     """Create the monthly partitions of ``table`` for ``months`` that do not exist yet.
 
     Safe against concurrent workers: creation runs under a transaction-scoped advisory lock
-    keyed on the table. Returns the names created (empty when all existed).
+    keyed on the table. A new partition gets the parent's owner and grants (``roles``: the
+    maintenance role owns them all, whichever member login created one). Returns the names
+    created (empty when all existed). A role that may not create partitions (the writer)
+    gets asyncpg's ``InsufficientPrivilegeError`` (SQLSTATE 42501) and creates nothing.
     """
     created: list[str] = []
     wanted = sorted(set(months))
@@ -132,6 +166,7 @@ async def create_partitions(
                 f"{quote_identifier(table)} "
                 f"FOR VALUES FROM ('{start.isoformat()}') TO ('{end.isoformat()}')"
             )
+            await _like_parent(conn, table, name)
             created.append(name)
     if created:
         logger.debug("created partitions %s", ", ".join(created))
@@ -155,6 +190,15 @@ async def ensure_partitions(
     return await create_partitions(
         conn, months_from(now or datetime.now(UTC), months_ahead), table=table
     )
+
+
+async def absent_months(
+    conn: asyncpg.Connection, months: Iterable[tuple[int, int]], *, table: str = DEFAULT_TABLE
+) -> list[tuple[int, int]]:
+    """The ``(year, month)`` pairs among ``months`` whose partition of ``table`` does not
+    exist, sorted. Reads only (no privilege on the table needed)."""
+    return [month for month in sorted(set(months))
+            if not await _exists(conn, partition_name(table, *month))]
 
 
 async def missing_partitions(
@@ -194,6 +238,7 @@ async def expired_partitions(
 
 
 __all__ = [
+    "absent_months",
     "create_partitions",
     "ensure_partitions",
     "expired_partitions",

@@ -28,14 +28,14 @@ from typing import TYPE_CHECKING, Final
 
 from .config import DEFAULT_TABLE
 from .db import quote_identifier
+from .dead_letters import DEAD_LETTER_TABLE
 from .exceptions import ConfigurationError
 
 if TYPE_CHECKING:
     import asyncpg
 
 DEFAULT_ROLE_PREFIX: Final = "activity_log_"
-#: The dead-letter table (helper of ``dead_letters``) and the retention cut markers.
-DEAD_LETTER_TABLE: Final = "activity_log_dead_letters"
+#: The retention cut markers' table.
 CUTS_TABLE: Final = "activity_log_cuts"
 #: Every table the roles are granted on, in the order ``roles.sql`` lists them.
 ROLE_TABLES: Final = (DEFAULT_TABLE, DEAD_LETTER_TABLE, CUTS_TABLE)

@@ -5,6 +5,13 @@ there yet; after a redelivery (a row already present), ``COPY`` into a per-conne
 temporary stage then ``INSERT ... SELECT ... ON CONFLICT DO NOTHING``, each in one
 transaction (figures in docs/performance.md, from benchmarks/bench_worker.py). Errors are
 classified by SQLSTATE (``is_data_error``).
+
+The store runs as the least-privileged writer role (docs/roles.md): ``connect`` checks the
+privileges it needs (INSERT and SELECT on the table, TEMPORARY on the database for the
+stage) and raises ``PermissionDeniedError`` naming what is missing; a permission error later
+(SQLSTATE 42501) is the same error, never taken for the rows' fault. On a partitioned table
+it creates a missing month's partition only when its role may; otherwise the batch raises
+``PartitionMissingError`` (transient: the maintenance side creates partitions ahead).
 """
 
 from __future__ import annotations
@@ -17,9 +24,22 @@ from typing import TYPE_CHECKING, Any, Final
 import orjson
 
 from .config import DEFAULT_TABLE
-from .db import connect_pg, quote_identifier
-from .exceptions import ActivityLoggingError, ConfigurationError
-from .partitions import create_partitions, ensure_partitions, is_partitioned
+from .db import as_permission_error, connect_pg, is_permission_error, quote_identifier
+from .exceptions import (
+    ActivityLoggingError,
+    ConfigurationError,
+    PartitionMissingError,
+    PermissionDeniedError,
+)
+from .partitions import (
+    absent_months,
+    create_partitions,
+    ensure_partitions,
+    is_partitioned,
+    missing_partitions,
+    partition_month,
+    partition_name,
+)
 from .schema import COLUMNS
 from .store import is_bad_value
 from .urls import asyncpg_dsn, redact_url
@@ -38,8 +58,12 @@ _quote: Final = quote_identifier
 # 54 program limit exceeded (e.g. a jsonb value too large): the *records* are at fault,
 # so the batch is split to isolate them. Everything else (connection loss, 57 operator
 # intervention/restart, 53 resources, 40 serialization, 42 a missing table) is about the
-# *database*: retry the whole batch later, dead-letter nothing.
+# *database*: retry the whole batch later, dead-letter nothing. A permission error (42501,
+# in class 42) is the role's, never the rows': ``PermissionDeniedError``.
 _DATA_ERROR_CLASSES: Final = ("22", "23", "54")
+#: The fix named in every permission error of the writer.
+WRITER_FIX: Final = ("grant it the writer role: GRANT activity_log_writer TO <role> "
+                     "(roles made by `activity-logging init-db --roles`, docs/roles.md)")
 
 
 def is_data_error(exc: BaseException) -> bool:
@@ -50,7 +74,7 @@ def is_data_error(exc: BaseException) -> bool:
     """
     if is_bad_value(exc):  # asyncpg's encoders refused it before it reached the server
         return True
-    if isinstance(exc, ActivityLoggingError):
+    if isinstance(exc, ActivityLoggingError) or is_permission_error(exc):
         return False
     sqlstate = getattr(exc, "sqlstate", None)
     return isinstance(sqlstate, str) and sqlstate[:2] in _DATA_ERROR_CLASSES
@@ -115,6 +139,8 @@ class PostgresStore:
         self.table = table
         self.conn: asyncpg.Connection | None = None
         self.partitioned = False
+        #: The role the connection runs as (``current_user``), once connected.
+        self.role: str | None = None
         self._known_months: set[tuple[int, int]] = set()
         self._stage_batches_left = 0
         cols = ", ".join(_quote(c) for c in COLUMNS)
@@ -124,24 +150,43 @@ class PostgresStore:
         )
 
     async def connect(self) -> None:
-        """(Re)connect and prepare the stage table. Raises ``StoreUnavailableError``.
+        """(Re)connect and prepare the stage table.
 
-        Also raises ``ConfigurationError`` when the table does not exist (run ``init-db``).
+        Raises ``StoreUnavailableError`` (unreachable), ``ConfigurationError`` when the
+        table does not exist (run ``init-db``), and ``PermissionDeniedError`` when the login
+        is refused or the role lacks INSERT or SELECT on the table or TEMPORARY on the
+        database (the message names each missing privilege and the fix).
         """
         await self.close()
         conn = await connect_pg(self.url, schema=self.schema)
         try:
-            if not await conn.fetchval("SELECT to_regclass($1) IS NOT NULL", _quote(self.table)):
+            found = await conn.fetchrow(
+                "SELECT t.oid IS NOT NULL AS present, current_user AS role, "
+                "current_database() AS database, "
+                "t.oid IS NULL OR has_table_privilege(t.oid, 'INSERT') AS can_insert, "
+                "t.oid IS NULL OR has_table_privilege(t.oid, 'SELECT') AS can_select, "
+                "has_database_privilege(current_database(), 'TEMPORARY') AS can_temp "
+                "FROM (SELECT to_regclass($1) AS oid) t", _quote(self.table))
+            assert found is not None  # one row, always
+            if not found["present"]:
                 raise ConfigurationError(
                     f"table {self.table!r} does not exist in {redact_url(self.url)}"
                     + (f" schema {self.schema!r}" if self.schema else "")
                     + ": run `activity-logging init-db` first"
                 )
-            # ON COMMIT DELETE ROWS empties the stage at every commit; no TRUNCATE round trip.
-            await conn.execute(
-                f"CREATE TEMP TABLE IF NOT EXISTS {STAGE_TABLE} "
-                f"(LIKE {_quote(self.table)} INCLUDING DEFAULTS) ON COMMIT DELETE ROWS"
-            )
+            self.role = str(found["role"])
+            self._require_privileges(found)
+            try:
+                # ON COMMIT DELETE ROWS empties the stage at every commit; no TRUNCATE round trip.
+                await conn.execute(
+                    f"CREATE TEMP TABLE IF NOT EXISTS {STAGE_TABLE} "
+                    f"(LIKE {_quote(self.table)} INCLUDING DEFAULTS) ON COMMIT DELETE ROWS"
+                )
+            except Exception as exc:
+                if is_permission_error(exc):
+                    raise as_permission_error(exc, role=self.role, doing="create the COPY stage",
+                                              fix=WRITER_FIX) from exc
+                raise
             self.partitioned = await is_partitioned(conn, self.table)
             await set_fast_codecs(conn)
         except BaseException:
@@ -150,16 +195,66 @@ class PostgresStore:
         self.conn = conn
         self._known_months.clear()
 
+    def _require_privileges(self, found: Mapping[str, Any]) -> None:
+        """Raise ``PermissionDeniedError`` naming every privilege the writer lacks."""
+        missing = [what for what, held in (
+            (f"INSERT on {self.table} (to store rows)", found["can_insert"]),
+            (f"SELECT on {self.table} (the COPY stage copies its columns)", found["can_select"]),
+            (f"TEMPORARY on database {found['database']} (the COPY stage, which makes a "
+             "redelivered record a no-op, is a temporary table)", found["can_temp"]),
+        ) if not held]
+        if missing:
+            raise PermissionDeniedError(
+                f"role {self.role!r} lacks {', '.join(missing)}: {WRITER_FIX}")
+
     def is_data_error(self, exc: BaseException) -> bool:
         """See ``is_data_error``: the rows were refused, not the connection."""
         return is_data_error(exc)
 
     async def ensure_partitions(self, months_ahead: int = 3) -> list[str]:
-        """Create upcoming monthly partitions if the table is partitioned; see module function."""
+        """Create the current month's partition and ``months_ahead`` after it when missing
+        (a partitioned table only; see ``partitions.ensure_partitions``). Returns the names
+        created.
+
+        Reads first: when all exist (the maintenance side made them ahead) nothing is
+        attempted, so the writer role never fails here. When some are missing and this role
+        may not create them, raises ``PartitionMissingError`` naming them.
+        """
         conn = await self._conn()
         if not self.partitioned:
             return []
-        return await ensure_partitions(conn, table=self.table, months_ahead=months_ahead)
+        names = await missing_partitions(conn, table=self.table, months_ahead=months_ahead)
+        if not names:
+            return []
+        try:
+            return await ensure_partitions(conn, table=self.table, months_ahead=months_ahead)
+        except Exception as exc:
+            if not is_permission_error(exc):
+                raise
+            months = [m for m in (partition_month(self.table, n) for n in names) if m is not None]
+            raise await self._missing_error(conn, months, exc, upcoming=True) from exc
+
+    async def _missing_error(self, conn: asyncpg.Connection, months: list[tuple[int, int]],
+                             exc: BaseException, *, upcoming: bool) -> PartitionMissingError:
+        """The one-line ``PartitionMissingError`` for ``months``, naming the fix."""
+        owner = await conn.fetchval("SELECT relowner::regrole::text FROM pg_class "
+                                    "WHERE oid = to_regclass($1)", _quote(self.table))
+        names = [partition_name(self.table, *m) for m in months]
+        listed = ", ".join(f"{y:04d}-{m:02d} ({n})" for (y, m), n in zip(months, names,
+                                                                          strict=True))
+        flags = " ".join(f"--month {y:04d}-{m:02d}" for y, m in months)
+        reason = " ".join(str(getattr(exc, "message", None) or exc).split())
+        if upcoming:
+            what = "upcoming months have no partition of"
+            how, after = " (or `cleanup`, which the scheduler runs daily)", " before they begin"
+        else:
+            what, how = "records wait for a missing partition of", ""
+            after = "; the entries stay pending and are stored once it exists"
+        return PartitionMissingError(
+            f"{what} {self.table}: {listed}, and role {self.role!r} may not create partitions "
+            f"({reason}); the maintenance side makes them ahead: run `activity-logging "
+            f"partitions {flags}`{how} as a member of {owner} (the table's owner){after}",
+            months=months, partitions=names)
 
     async def _conn(self) -> asyncpg.Connection:
         if self.conn is None or self.conn.is_closed():
@@ -173,20 +268,39 @@ class PostgresStore:
         # A backlog can hold records from months before the current one, or clocks can be
         # off: make sure every month in the batch has its partition before inserting.
         months = {(r["timestamp"].year, r["timestamp"].month) for r in rows} - self._known_months
-        if months:
-            await create_partitions(conn, months, table=self.table)
-            self._known_months |= months
+        if not months:
+            return
+        absent = await absent_months(conn, months, table=self.table)
+        if absent:
+            try:
+                await create_partitions(conn, absent, table=self.table)
+            except Exception as exc:
+                if not is_permission_error(exc):
+                    raise
+                raise await self._missing_error(conn, absent, exc, upcoming=False) from exc
+        self._known_months |= months
 
     async def insert_activities(self, rows: Sequence[Mapping[str, Any]]) -> int:
         """Insert ``rows`` (``rows.build_activity`` dicts) in one transaction.
 
         Returns how many rows were newly inserted; the rest were already stored (same id)
         and were skipped. All or nothing: on any error nothing is committed. Raises the
-        asyncpg error as is (``is_data_error`` tells a bad record from a database problem)
-        and ``StoreUnavailableError`` when it cannot connect.
+        asyncpg error as is (``is_data_error`` tells a bad record from a database problem),
+        ``StoreUnavailableError`` when it cannot connect, ``PermissionDeniedError`` when the
+        role is refused (see ``connect``), and ``PartitionMissingError`` when a month of the
+        batch has no partition and this role may not create it.
         """
         if not rows:
             return 0
+        try:
+            return await self._insert(rows)
+        except Exception as exc:
+            if isinstance(exc, ActivityLoggingError) or not is_permission_error(exc):
+                raise
+            raise as_permission_error(exc, role=self.role, doing=f"insert into {self.table}",
+                                      fix=WRITER_FIX) from exc
+
+    async def _insert(self, rows: Sequence[Mapping[str, Any]]) -> int:
         conn = await self._conn()
         if self.partitioned:
             await self._ensure_months(conn, rows)
