@@ -57,7 +57,12 @@ from .config import (
 )
 from .dead_letters import DeadLetterWriter
 from .entry_limits import MAX_ENTRY_BYTES, MAX_ENTRY_RECORDS
-from .exceptions import ConfigurationError, StoreUnavailableError
+from .exceptions import (
+    ConfigurationError,
+    PartitionMissingError,
+    PermissionDeniedError,
+    StoreUnavailableError,
+)
 from .rows import MAX_JSON_BYTES
 from .store import Store, make_store, store_rows
 from .urls import is_sqlite, redact_url
@@ -565,10 +570,34 @@ class ActivityWorker(StreamSide):
             logger.warning("on_batch hook failed: %s: %s", type(exc).__name__, exc)
 
     async def _store_batch(self, batch: _Batch, store: Store) -> None:
+        """Store the batch's rows, retrying database trouble with backoff (entries pending).
+
+        A permission error (``PermissionDeniedError``: the role lacks a privilege, the login
+        is refused) is raised, not retried: no retry can cure it, and ``run`` ends with it
+        (the CLI prints one line). A month without a partition that this role may not
+        create (``PartitionMissingError``: the writer role) is transient: said once, in one
+        line naming the month and the fix, then retried quietly until the maintenance side
+        creates it; the entries stay pending, nothing is dead-lettered.
+        """
         backoff = Backoff(BACKOFF_INITIAL, BACKOFF_MAX)
+        waiting_for: list[str] | None = None  # partitions this batch waits for, once said
         while True:
             try:
                 stored = await store_rows(store, batch.rows, attempts=self.max_attempts)
+            except PermissionDeniedError:
+                raise
+            except PartitionMissingError as exc:
+                _reraise_if_cancelled()
+                self.counters.retried += 1
+                delay = backoff.next()
+                if waiting_for != exc.partitions:
+                    waiting_for = exc.partitions
+                    logger.error("%s", exc)
+                else:
+                    logger.debug("still no partition %s; retrying in %.1fs",
+                                 ", ".join(exc.partitions), delay)
+                await self._pause(delay)
+                continue
             except Exception as exc:
                 _reraise_if_cancelled()
                 if isinstance(exc, ConfigurationError):
@@ -583,6 +612,8 @@ class ActivityWorker(StreamSide):
                 # A warm stop still tries to commit the batch in hand, until its deadline.
                 await self._pause(delay)
                 continue
+            if waiting_for is not None:
+                logger.info("partition %s now exists: batch stored", ", ".join(waiting_for))
             self.counters.inserted += stored.inserted
             self.counters.duplicates_skipped += stored.duplicates
             for refused in stored.rejected:
@@ -639,7 +670,15 @@ class ActivityWorker(StreamSide):
         self._last_partition_check = now
         try:
             created = await store.ensure_partitions(self.months_ahead)
+        except PermissionDeniedError:
+            raise  # the role is refused more than partitions: run ends with one line
+        except PartitionMissingError as exc:
+            # The writer role makes no partitions: the maintenance side must, before those
+            # months begin. Said once per partition_interval while they are missing.
+            logger.warning("%s", exc)
+            return
         except Exception as exc:  # retried at the next interval; inserts create months they need
+            _reraise_if_cancelled()
             logger.warning("could not create upcoming partitions: %s", exc)
             return
         self.counters.partitions_created += len(created)
