@@ -10,7 +10,8 @@ lazily so ``--help`` stays fast (``cli_worker``: init-db, worker; ``cli_status``
 verb modules import those two and never each other.
 
 Exit codes: 0 success, 1 unhealthy / operation failed, 2 bad arguments, 3 a service
-(Redis, the database) could not be reached, 141 (128 + SIGPIPE, what the shell reports for
+(Redis, the database) could not be reached, 4 the database refused this role (a missing
+privilege, a refused login: ``PermissionDeniedError``), 141 (128 + SIGPIPE, what the shell reports for
 a command killed by a closed pipe) when stdout's reader went away, as in
 ``activity-logging query --format jsonl | head -1``: that ends the command quietly, with
 no traceback, stdout pointed at ``/dev/null`` so the interpreter's final flush cannot fail.
@@ -41,10 +42,11 @@ from . import (
 from .cli_common import (
     EXIT_BROKEN_PIPE,
     EXIT_INTERRUPTED,
+    EXIT_PERMISSION_DENIED,
     EXIT_UNAVAILABLE,
     EXIT_USAGE,
 )
-from .exceptions import ConfigurationError, StoreUnavailableError
+from .exceptions import ConfigurationError, PermissionDeniedError, StoreUnavailableError
 
 #: The verb modules, in the order their verbs are listed in ``--help``.
 VERB_MODULES: Final = (cli_worker, cli_status, cli_query, cli_maintenance, cli_verify,
@@ -89,6 +91,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except StoreUnavailableError as exc:
         print(f"activity-logging {args.command}: {exc}", file=sys.stderr)
         return EXIT_UNAVAILABLE
+    except PermissionDeniedError as exc:
+        print(f"activity-logging {args.command}: {exc}", file=sys.stderr)
+        return EXIT_PERMISSION_DENIED
     except KeyboardInterrupt:
         return EXIT_INTERRUPTED
     return code

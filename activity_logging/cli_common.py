@@ -50,6 +50,9 @@ EXIT_FAILED: Final = 1
 EXIT_USAGE: Final = 2
 #: Redis or the database could not be reached (``StoreUnavailableError``).
 EXIT_UNAVAILABLE: Final = 3
+#: The database refused this role: a missing privilege or a refused login
+#: (``PermissionDeniedError``; retrying cannot help, so a supervisor should not restart).
+EXIT_PERMISSION_DENIED: Final = 4
 #: A command ended by signal N exits with this plus N, as a shell reports it.
 EXIT_SIGNAL_BASE: Final = 128
 EXIT_INTERRUPTED: Final = EXIT_SIGNAL_BASE + signal.SIGINT

@@ -30,13 +30,14 @@ from .config import DEFAULT_TABLE
 from .db import quote_identifier
 from .dead_letters import DEAD_LETTER_TABLE
 from .exceptions import ConfigurationError
+from .schema import cuts_table_name
 
 if TYPE_CHECKING:
     import asyncpg
 
 DEFAULT_ROLE_PREFIX: Final = "activity_log_"
 #: The retention cut markers' table.
-CUTS_TABLE: Final = "activity_log_cuts"
+CUTS_TABLE: Final = cuts_table_name(DEFAULT_TABLE)
 #: Every table the roles are granted on, in the order ``roles.sql`` lists them.
 ROLE_TABLES: Final = (DEFAULT_TABLE, DEAD_LETTER_TABLE, CUTS_TABLE)
 #: The line of each SQL file after which its statements start (above it: psql settings).
