@@ -59,6 +59,7 @@ import importlib
 import re
 from bisect import bisect_right
 from collections.abc import Iterable, Sequence
+from itertools import accumulate
 from typing import Any, Final
 
 import orjson
@@ -216,16 +217,13 @@ class _Scan:
 
     def hits(self, bodies: Sequence[bytes]) -> set[int]:
         """Positions of the bodies that hold a needle anywhere (ASCII lower-cased)."""
-        offsets: list[int] = []
-        pos = 0
-        for body in bodies:
-            offsets.append(pos)
-            pos += len(body) + 1
         low = b"\x00".join(bodies).lower()
         hit: set[int] = set()
+        offsets: list[int] = []  # where each body starts in ``low``: made at the first hit
         if self._automaton is not None:
             # non-overlapping matches: one hidden by an overlap lies in the same body
             for _, start, _ in self._automaton.find_matches_as_indexes(low):
+                offsets = offsets or _offsets(bodies)
                 hit.add(bisect_right(offsets, start) - 1)
             return hit
         ascii_only = low.isascii()  # one fast pass spares the non-ASCII needles' passes
@@ -234,10 +232,16 @@ class _Scan:
                 continue
             i = low.find(needle)
             while i != -1:
+                offsets = offsets or _offsets(bodies)
                 index = bisect_right(offsets, i) - 1
                 hit.add(index)
                 i = low.find(needle, offsets[index + 1] if index + 1 < len(offsets) else len(low))
         return hit
+
+
+def _offsets(bodies: Sequence[bytes]) -> list[int]:
+    """Where each of ``bodies`` starts in their ``b"\\x00"``-join."""
+    return [total + i for i, total in enumerate(accumulate(map(len, bodies), initial=0))][:len(bodies)]
 
 
 class Redactor:
