@@ -181,3 +181,15 @@ def test_a_bad_redis_url_is_reported_without_its_password(
     _assert_no_secret(code, out, err, caplog)
     assert code == 2, err
 
+
+
+@pytest.mark.xfail(strict=True, reason="cli_demo.py:96 names a non-SQLite URL with {url!r}, "
+                   "unredacted (not this module's file); strict: drop this mark once fixed")
+def test_demo_refuses_a_database_url_without_its_password(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    code, out, err = run(["demo", "--database-url", f"postgresql://u:{SECRET}@127.0.0.1:1/db"],
+                         capsys)
+    assert code == 2
+    assert SECRET not in out + err
