@@ -1,10 +1,12 @@
-"""The drainer's verbs: ``activity-logging init-db`` (create the table) and ``worker`` (drain
-the Redis stream into it).
+"""The drainer's verbs: ``activity-logging init-db`` (create the table, and with ``--roles``
+the least-privilege roles) and ``worker`` (drain the Redis stream into it).
 
 ``db`` and ``worker`` (SQLAlchemy, asyncpg, redis) are imported inside the verbs so
 ``--help`` stays fast; the worker's numeric defaults are shown in help through
 ``LibraryDefault``. Bad arguments raise ``ConfigurationError`` (exit 2), an unreachable
-database ``StoreUnavailableError`` (exit 3); ``cli.main`` maps both. Other expected database
+database ``StoreUnavailableError`` (exit 3), a role the database refuses
+``PermissionDeniedError`` (exit 4: a missing privilege, a refused login; the worker stops
+instead of retrying); ``cli.main`` maps them. Other expected database
 failures (no such database or schema, an SQLite file that cannot be opened) print one
 line, exit 1. ``worker`` exits 0 on a warm
 stop (the first SIGTERM/SIGINT) and ``128 + signal number`` on a cold stop (the second: 143
@@ -46,7 +48,7 @@ from .config import (
     resolve_redis_url,
 )
 from .exceptions import ConfigurationError
-from .urls import redact_url, sqlite_file
+from .urls import is_sqlite, redact_url, sqlite_file
 
 if TYPE_CHECKING:
     from .worker import ActivityWorker
@@ -59,6 +61,9 @@ _STOP_SIGNALS: Final = _startup.STOP_SIGNALS
 #: ``metrics.DEFAULT_METRICS_HOST``, copied: that module needs the optional metrics extra,
 #: and ``worker --help`` must work without it (a unit test checks that the two agree).
 _METRICS_HOST: Final = "127.0.0.1"
+#: ``roles.DEFAULT_ROLE_PREFIX``, copied: that module pulls in SQLAlchemy, and ``--help``
+#: must stay cheap (a unit test checks that the two agree).
+_ROLE_PREFIX: Final = "activity_log_"
 #: The worker's tuning options, passed on only when given: ``worker.DEFAULT_<NAME>`` otherwise.
 _TUNING: Final = ("batch_size", "max_wait", "claim_idle", "heartbeat_interval", "writers",
                   "stop_timeout")
@@ -80,6 +85,19 @@ def register(subparsers: Any) -> None:
     p.add_argument("--months-ahead", type=int, default=MONTHS_AHEAD,
                    help="with --partitioned: months of partitions to create ahead "
                         "(default: %(default)s)")
+    p.add_argument("--roles", action="store_true",
+                   help="PostgreSQL: also create the NOLOGIN group roles <prefix>writer, "
+                        "<prefix>reader and <prefix>maintenance and grant them least "
+                        "privilege (idempotent; the SQL is shipped: --print-sql; docs/roles.md)")
+    p.add_argument("--role-prefix", default=_ROLE_PREFIX,
+                   help="with --roles: prefix of the role names (default: %(default)s)")
+    p.add_argument("--reject-updates", action=argparse.BooleanOptionalAction, default=None,
+                   help="PostgreSQL: triggers refusing UPDATE and TRUNCATE of activity_logs "
+                        "(retention's DELETE and partition drops still work; default: on "
+                        "with --roles, else off)")
+    p.add_argument("--print-sql", action="store_true",
+                   help="print the SQL --roles / --reject-updates run (for psql -f), and exit "
+                        "without connecting")
     p.set_defaults(func=cmd_init_db)
 
 
@@ -133,21 +151,41 @@ def _default(name: str) -> LibraryDefault:
 
 
 def cmd_init_db(args: argparse.Namespace) -> int:
-    """``init-db``: create the table (and partitions) idempotently."""
+    """``init-db``: create the table (and partitions) idempotently; with ``--roles`` /
+    ``--reject-updates``, then the roles and the append-only triggers (``roles.setup``)."""
+    import asyncpg
     from sqlalchemy.exc import DBAPIError
 
-    from .db import init_db
+    from . import roles
+    from .db import as_permission_error, init_db, is_permission_error
 
     url, schema = database(args)
     if args.months_ahead < 0:
         raise ConfigurationError(f"--months-ahead must be >= 0, got {args.months_ahead}")
+    append_only = args.roles if args.reject_updates is None else args.reject_updates
+    if args.roles or append_only or args.print_sql:
+        roles.role_names(args.role_prefix)  # a bad prefix is exit 2 before anything is made
+        if args.print_sql:
+            return _print_role_sql(with_roles=args.roles, append_only=append_only)
+        if is_sqlite(url):
+            raise ConfigurationError("--roles and --reject-updates need PostgreSQL "
+                                     "(SQLite has no roles), got a sqlite URL")
     try:
         path = sqlite_file(url)
         if path is not None and not args.partitioned:  # init_db refuses partitioned SQLite itself
             probe_sqlite(path, create=True)
         notice = asyncio.run(init_db(url, schema=schema, partitioned=args.partitioned,
                                      months_ahead=args.months_ahead))
-    except (DBAPIError, sqlite3.Error) as exc:
+        done: roles.RolesSetup | None = None
+        if args.roles or append_only:
+            done = asyncio.run(roles.setup(url, schema=schema, prefix=args.role_prefix,
+                                           roles=args.roles, append_only=append_only))
+    except (DBAPIError, asyncpg.PostgresError, sqlite3.Error) as exc:
+        if is_permission_error(exc):
+            raise as_permission_error(
+                exc, role=None, doing="create the tables",
+                fix="run init-db as the schema's owner or a superuser, or as a member of the "
+                    "maintenance role once the roles exist (docs/roles.md)") from exc
         print(f"activity-logging init-db: database error at {redact_url(url)}: "
               f"{database_error_line(exc)}", file=sys.stderr)
         return EXIT_FAILED
@@ -158,8 +196,28 @@ def cmd_init_db(args: argparse.Namespace) -> int:
         print(f"activity-logging init-db: {notice}", file=sys.stderr)
     print(f"activity_logs ready in {redact_url(url)}{f' schema {schema}' if schema else ''}"
           f"{' (partitioned by month)' if args.partitioned else ''}")
+    if done is not None and done.names is not None:
+        names = done.names
+        print(f"roles {', '.join(names.all())} ready, granted on {', '.join(done.tables)}; "
+              f"log in as a member: CREATE ROLE app_worker LOGIN PASSWORD '...' "
+              f"IN ROLE {names.writer}")
+    if done is not None and done.append_only:
+        print("activity_logs is append-only: UPDATE and TRUNCATE are refused by triggers")
     return EXIT_OK
 
+
+def _print_role_sql(*, with_roles: bool, append_only: bool) -> int:
+    """``init-db --print-sql``: the shipped SQL files, as ``psql -f`` runs them."""
+    from . import roles
+
+    if not (with_roles or append_only):
+        raise ConfigurationError("--print-sql prints what --roles or --reject-updates runs: "
+                                 "give one of them")
+    files = ([roles.ROLES_SQL] if with_roles else []) + (
+        [roles.APPEND_ONLY_SQL] if append_only else [])
+    for name in files:
+        sys.stdout.write(roles.sql_file(name))
+    return EXIT_OK
 
 
 def cmd_worker(args: argparse.Namespace) -> int:
