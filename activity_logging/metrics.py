@@ -78,6 +78,7 @@ HANDLER_STATS: Final[dict[str, tuple[Kind, str]]] = {
     "send_failures": ("counter", "Sends to the sink that failed."),
     "send_timeouts": ("counter", "Sends to the sink that timed out."),
     "reconnects": ("counter", "Times the sink answered again after being down."),
+    "checkpoints": ("counter", "Checkpoint records written (signed trails: periodic and at close)."),
     "spooled": ("counter", "Records written to the local spool while the sink was down."),
     "spool_replayed": ("counter", "This producer's spooled records replayed to the sink."),
     "spool_adopted": ("counter", "Records replayed from other producers' spool files."),
@@ -127,6 +128,8 @@ WORKER_COUNTERS: Final[dict[str, tuple[str, Kind, str]]] = {
                               "Records dated outside [now - max_age, now + max_future]."),
     "refused_by_database": ("refused_by_database", "counter",
                             "Records the database refused (isolated by bisection)."),
+    "refused_signature": ("refused_signature", "counter",
+                          "Entries whose signature did not check, or unsigned (with a key ring)."),
     "entries_vanished": ("entries_vanished", "counter",
                          "Entries delivered but deleted from the stream before being read "
                          "(lost in transit)."),
