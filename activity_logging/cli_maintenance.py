@@ -1,7 +1,12 @@
-"""Retention: ``activity-logging cleanup``, ``vacuum`` and ``scheduler``.
+"""Retention and maintenance: ``activity-logging cleanup``, ``vacuum``, ``partitions`` and
+``scheduler``.
 
 ``cleanup`` removes what is older than the retention period (rows, or whole monthly
-partitions), ``vacuum`` reclaims the space, ``scheduler`` runs both on a timetable.
+partitions), ``vacuum`` reclaims the space, ``partitions`` creates monthly partitions ahead
+(or for given months), ``scheduler`` runs cleanup and vacuum on a timetable. They are the
+maintenance role's work (docs/roles.md): a permission error is ``PermissionDeniedError``
+(one line naming the fix, exit 4), and ``vacuum`` refuses to run as a role that does not
+own the table (PostgreSQL would skip it and report success).
 ``retention`` and ``scheduler`` pull in SQLAlchemy: they are imported inside the verbs, so
 building the parser stays cheap. Bad arguments are exit 2, an unreachable database exit 3
 (``cli.main``), other expected database failures one line, exit 1.
@@ -10,18 +15,22 @@ building the parser stays cheap. Bad arguments are exit 2, an unreachable databa
 from __future__ import annotations
 
 import argparse
+import functools
 import logging
 import os
 import signal
 import sys
 import time
 import zoneinfo
+from collections.abc import Callable
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Final
 
 from .cli_common import (
     EXIT_FAILED,
     EXIT_OK,
     MONTHS_AHEAD,
+    AsyncVerb,
     LibraryDefault,
     database,
     database_options,
@@ -34,7 +43,8 @@ from .cli_common import (
 )
 from .cli_render import render_cleanup
 from .config import DEFAULT_RETENTION_DAYS, ENV_RETENTION_DAYS, resolve_redis_url, resolve_stream
-from .exceptions import ConfigurationError
+from .exceptions import ActivityLoggingError, ConfigurationError
+from .urls import is_sqlite
 
 if TYPE_CHECKING:
     from .handler import ActivityHandler
@@ -71,6 +81,19 @@ def register(sub: Any) -> None:
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(func=cmd_vacuum)
 
+    p = sub.add_parser("partitions", help="create monthly partitions ahead (partitioned table)",
+                       description="Create the partitions of the current month and --months-ahead "
+                       "after it, and of each --month, that do not exist yet. The maintenance "
+                       "side's job: the worker, running as the writer role, may not create them.")
+    database_options(p)
+    p.add_argument("--months-ahead", type=_months, default=MONTHS_AHEAD,
+                   help="months after the current one (default: %(default)s)")
+    p.add_argument("--month", type=_year_month, action="append", default=[], metavar="YYYY-MM",
+                   help="also this month (a backlog's, say); repeatable")
+    p.add_argument("--dry-run", action="store_true", help="list what would be created")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.set_defaults(func=cmd_partitions)
+
     p = sub.add_parser("scheduler", help="run cleanup daily and vacuum weekly (long-running)",
                        description="Run maintenance on a schedule: cleanup daily at --cleanup-at, "
                        "vacuum weekly on --vacuum-day at --vacuum-at, local time (--tz to set it). "
@@ -88,10 +111,52 @@ def register(sub: Any) -> None:
     p.set_defaults(func=cmd_scheduler)
 
 
-# --- cleanup, vacuum --------------------------------------------------------------------------
+def _months(text: str) -> int:
+    """argparse type: an integer >= 0."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
+    return value
+
+
+def _year_month(text: str) -> tuple[int, int]:
+    """argparse type: ``YYYY-MM`` as ``(year, month)``."""
+    try:
+        when = datetime.strptime(text, "%Y-%m")
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a month as YYYY-MM: {text!r}") from None
+    return when.year, when.month
+
+
+def _maintenance_work(doing: str) -> Callable[[AsyncVerb], AsyncVerb]:
+    """Turn the server's refusal of this role (SQLSTATE 42501, class 28) in a verb into
+    ``PermissionDeniedError`` (exit 4) naming ``doing`` and the maintenance role, instead of
+    a database error or a traceback (the partition DDL runs on raw asyncpg)."""
+    def wrap(func: AsyncVerb) -> AsyncVerb:
+        @functools.wraps(func)
+        async def run(args: argparse.Namespace) -> int:
+            from .db import as_permission_error, is_permission_error
+            from .roles import MAINTENANCE_FIX
+
+            try:
+                return await func(args)
+            except Exception as exc:
+                if isinstance(exc, ActivityLoggingError) or not is_permission_error(exc):
+                    raise
+                raise as_permission_error(exc, role=None, doing=doing,
+                                          fix=MAINTENANCE_FIX) from exc
+        return run
+    return wrap
+
+
+# --- cleanup, vacuum, partitions --------------------------------------------------------------
 
 
 @verb
+@_maintenance_work("remove expired activities")
 async def cmd_cleanup(args: argparse.Namespace) -> int:
     """Remove activities older than the retention period (``--dry-run``: count them only)."""
     from .export import ProgressLine
@@ -121,17 +186,78 @@ async def cmd_cleanup(args: argparse.Namespace) -> int:
 
 
 @verb
+@_maintenance_work("vacuum")
 async def cmd_vacuum(args: argparse.Namespace) -> int:
-    """VACUUM (ANALYZE) the table."""
+    """VACUUM (ANALYZE) the table; refused up front for a role that does not own it."""
     from .retention import vacuum
 
     url, schema = database(args)
     require_store(url)
+    if not is_sqlite(url):
+        from .config import DEFAULT_TABLE
+        from .db import connect_pg
+        from .roles import require_owner
+
+        conn = await connect_pg(url, schema=schema)
+        try:
+            await require_owner(conn, DEFAULT_TABLE, doing="vacuum")
+        finally:
+            await conn.close()
     result = await vacuum(url, schema=schema, analyze=not args.no_analyze)
     if args.json:
         print_json(result.to_dict())
     else:
         print(f"{result.statement}: done in {result.seconds:.1f} s")
+    return EXIT_OK
+
+
+@verb
+@_maintenance_work("create partitions")
+async def cmd_partitions(args: argparse.Namespace) -> int:
+    """Create the missing partitions of the current month, ``--months-ahead`` and ``--month``."""
+    from .config import DEFAULT_TABLE
+    from .db import connect_pg, quote_identifier
+    from .partitions import (
+        absent_months,
+        create_partitions,
+        is_partitioned,
+        months_from,
+        partition_name,
+    )
+
+    url, schema = database(args)
+    if is_sqlite(url):
+        raise ConfigurationError("partitions need PostgreSQL (a partitioned table), got a "
+                                 "sqlite URL")
+    wanted = sorted(set(months_from(datetime.now(UTC), args.months_ahead)) | set(args.month))
+    table = DEFAULT_TABLE
+    conn = await connect_pg(url, schema=schema)
+    try:
+        if not await conn.fetchval("SELECT to_regclass($1) IS NOT NULL", quote_identifier(table)):
+            print(f"activity-logging partitions: table {table} not found; run "
+                  "`activity-logging init-db --partitioned` first", file=sys.stderr)
+            return EXIT_FAILED
+        if not await is_partitioned(conn, table):
+            print(f"activity-logging partitions: {table} is a plain table (no partitions to "
+                  "make; init-db --partitioned makes a partitioned one)", file=sys.stderr)
+            return EXIT_FAILED
+        if args.dry_run:
+            names = [partition_name(table, *m) for m in await absent_months(conn, wanted,
+                                                                            table=table)]
+        else:
+            names = await create_partitions(conn, wanted, table=table)
+    finally:
+        await conn.close()
+    if args.json:
+        print_json({"created": [] if args.dry_run else names,
+                    "would_create": names if args.dry_run else [],
+                    "existing": len(wanted) - len(names), "dry_run": args.dry_run})
+    elif names:
+        print(f"{'would create' if args.dry_run else 'created'} {', '.join(names)}")
+    else:
+        first, last = wanted[0], wanted[-1]
+        print(f"all {len(wanted)} partitions exist ({first[0]:04d}-{first[1]:02d} .. "
+              f"{last[0]:04d}-{last[1]:02d})")
     return EXIT_OK
 
 

@@ -27,9 +27,9 @@ from importlib import resources
 from typing import TYPE_CHECKING, Final
 
 from .config import DEFAULT_TABLE
-from .db import quote_identifier
+from .db import as_permission_error, connect_pg, is_permission_error, quote_identifier
 from .dead_letters import DEAD_LETTER_TABLE
-from .exceptions import ConfigurationError
+from .exceptions import ConfigurationError, PermissionDeniedError
 from .schema import cuts_table_name
 
 if TYPE_CHECKING:
@@ -127,6 +127,76 @@ async def reject_updates(conn: asyncpg.Connection, *, schema: str | None = None)
     await _run(conn, APPEND_ONLY_SQL, {"schema": schema or ""})
 
 
+#: What to do when the server refuses to set the roles up.
+SETUP_FIX: Final = ("run `init-db --roles` as a superuser, or as the owner of the tables, the "
+                    "schema and the database who has CREATEROLE (docs/roles.md)")
+
+
+@dataclass(frozen=True, slots=True)
+class RolesSetup:
+    """What ``setup`` did: the role names (None without ``roles``), the tables found and
+    granted on (in ``ROLE_TABLES`` order), and whether the append-only triggers are on."""
+
+    names: RoleNames | None
+    tables: tuple[str, ...]
+    append_only: bool
+
+
+async def setup(url: str, *, schema: str | None = None, prefix: str = DEFAULT_ROLE_PREFIX,
+                roles: bool = True, append_only: bool = True) -> RolesSetup:
+    """Connect to ``url`` and run ``apply_roles`` (``roles``) then ``reject_updates``
+    (``append_only``), each idempotent; what ``init-db --roles`` does after the tables.
+
+    Raises ``ConfigurationError`` (bad prefix or URL), ``StoreUnavailableError``
+    (unreachable), ``PermissionDeniedError`` when the server refuses this role the work
+    (naming it and ``SETUP_FIX``), asyncpg's ``PostgresError`` for anything else refused
+    (a missing schema).
+    """
+    names = role_names(prefix) if roles else None
+    conn = await connect_pg(url, schema=schema)
+    try:
+        role = str(await conn.fetchval("SELECT current_user"))
+        try:
+            if roles:
+                await apply_roles(conn, schema=schema, prefix=prefix)
+            if append_only:
+                await reject_updates(conn, schema=schema)
+        except Exception as exc:
+            if is_permission_error(exc):
+                raise as_permission_error(exc, role=role, doing="set up the roles",
+                                          fix=SETUP_FIX) from exc
+            raise
+        found = tuple([table for table in ROLE_TABLES if await conn.fetchval(
+            "SELECT to_regclass($1) IS NOT NULL", quote_identifier(table))])
+    finally:
+        await conn.close()
+    return RolesSetup(names=names, tables=found, append_only=append_only)
+
+
+#: What to do when maintenance work is refused.
+MAINTENANCE_FIX: Final = ("run it as a member of the maintenance role, the tables' owner "
+                          "(GRANT activity_log_maintenance TO <role>; docs/roles.md)")
+
+
+async def require_owner(conn: asyncpg.Connection, table: str, *, doing: str) -> None:
+    """Raise ``PermissionDeniedError`` unless this role owns ``table`` (directly or as a
+    member of its owner) or is a superuser.
+
+    For ``VACUUM``, which PostgreSQL does not refuse but *skips* with a warning for a table
+    the role does not own: without this check a vacuum by the wrong role reports success
+    and does nothing. A missing table passes (the statement itself then says so).
+    """
+    found = await conn.fetchrow(
+        "SELECT current_user AS role, c.relowner::regrole::text AS owner, "
+        "pg_has_role(current_user, c.relowner, 'USAGE') "
+        "OR (SELECT rolsuper FROM pg_roles WHERE rolname = current_user) AS owns "
+        "FROM pg_class c WHERE c.oid = to_regclass($1)", quote_identifier(table))
+    if found is not None and not found["owns"]:
+        raise PermissionDeniedError(
+            f"role {found['role']!r} may not {doing}: {table} belongs to {found['owner']} "
+            f"and PostgreSQL skips a table its owner did not ask for; {MAINTENANCE_FIX}")
+
+
 async def table_privileges(conn: asyncpg.Connection, role: str, table: str) -> dict[str, bool]:
     """``{privilege: held}`` for ``role`` on ``table`` (resolved through ``search_path``),
     for every privilege of ``TABLE_PRIVILEGES``, as ``has_table_privilege`` says (inherited
@@ -144,16 +214,21 @@ __all__ = [
     "CUTS_TABLE",
     "DEAD_LETTER_TABLE",
     "DEFAULT_ROLE_PREFIX",
+    "MAINTENANCE_FIX",
     "MAX_PREFIX_LENGTH",
     "REJECT_TRIGGERS",
     "ROLES_SQL",
     "ROLE_TABLES",
+    "SETUP_FIX",
     "STATEMENTS_MARKER",
     "TABLE_PRIVILEGES",
     "RoleNames",
+    "RolesSetup",
     "apply_roles",
     "reject_updates",
+    "require_owner",
     "role_names",
+    "setup",
     "sql_file",
     "statements",
     "table_privileges",
