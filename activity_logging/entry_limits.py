@@ -72,12 +72,14 @@ def entry_bytes(fields: Mapping[Any, Any]) -> int:
 
 
 def oversized(fields: Mapping[Any, Any], *, max_records: int = MAX_ENTRY_RECORDS,
-              max_bytes: int = MAX_ENTRY_BYTES) -> str | None:
+              max_bytes: int = MAX_ENTRY_BYTES, size: int | None = None) -> str | None:
     """Why an entry is too big to decode (a sentence), or None when it is within the caps.
 
-    Reads only ``n`` and the lengths of the fields: constant work, whatever the entry holds.
+    Reads only ``n`` and the lengths of the fields (``size``, when the caller has measured
+    them already): constant work, whatever the entry holds.
     """
-    size = entry_bytes(fields)
+    if size is None:
+        size = entry_bytes(fields)
     if size > max_bytes:
         return f"entry of {size} bytes is over the limit of {max_bytes} bytes per entry"
     claimed = claimed_records(fields)

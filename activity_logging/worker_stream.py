@@ -33,7 +33,13 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from ._internal import Backoff, as_text
 from .config import DEFAULT_HEARTBEAT_TTL, heartbeat_key
 from .dead_letters import WHOLE_ENTRY, DeadLetter
-from .entry_limits import MAX_EXCERPT_BYTES, entry_excerpt, oversized, payload_bytes
+from .entry_limits import (
+    MAX_EXCERPT_BYTES,
+    entry_bytes,
+    entry_excerpt,
+    oversized,
+    payload_bytes,
+)
 from .rows import build_activity
 from .signing import KeyRing, SignatureError, SigningKey, check_entry, seal
 from .wire import decode_entry
@@ -137,6 +143,9 @@ class StreamSide:
     _claim_cursor: bytes
     _in_flight: set[bytes]
     _records_per_entry: float
+    #: Bytes per entry, as read lately (None until the first read): bounds how many entries
+    #: one XREADGROUP asks for, so one reply holds about ``max_entry_bytes`` at most.
+    _bytes_per_entry: float | None = None
 
     def stats(self) -> dict[str, Any]:
         raise NotImplementedError
@@ -222,7 +231,10 @@ class StreamSide:
             reading_pending = self._read_id != b">"
             # Entries carry many records each: ask for about as many as fill the batch.
             wanted = (self.batch_size - len(batch.rows)) / self._records_per_entry
-            count = max(1, min(self.read_count, int(wanted + 0.999)))
+            # ...and no more than about max_entry_bytes of them: Redis sends a reply whole,
+            # so big entries are read one at a time (one, until their size is known).
+            room = self.max_entry_bytes / (self._bytes_per_entry or self.max_entry_bytes)
+            count = max(1, min(self.read_count, int(wanted + 0.999), int(room)))
             response: Any = await self._r.xreadgroup(
                 self.group, self.consumer, {self.stream: self._read_id},
                 count=count, block=None if reading_pending else block,
@@ -274,6 +286,7 @@ class StreamSide:
         """
         counters = self.counters
         records_before = counters.read
+        read_bytes = 0
         now = time.time()
         earliest = datetime.fromtimestamp(now - self.max_age, UTC)
         latest = datetime.fromtimestamp(now + self.max_future, UTC)
@@ -288,8 +301,10 @@ class StreamSide:
                 logger.warning("entry %s was deleted from the stream while pending: its records "
                                "are lost in transit", as_text(entry_id))
                 continue
+            size = entry_bytes(fields)
+            read_bytes += size
             too_big = oversized(fields, max_records=self.max_entry_records,
-                                max_bytes=self.max_entry_bytes)
+                                max_bytes=self.max_entry_bytes, size=size)
             if too_big is not None:
                 # Never decoded, and not kept: the batch holds a bounded excerpt of it only.
                 batch.fields.append({})
@@ -357,6 +372,10 @@ class StreamSide:
         if entries:
             per_entry = (counters.read - records_before) / len(entries)
             self._records_per_entry = max(1.0, 0.5 * self._records_per_entry + 0.5 * per_entry)
+            seen = read_bytes / len(entries)
+            # a jump up counts at once (the next read is kept small), a fall by halves
+            self._bytes_per_entry = max(
+                1.0, seen, 0.5 * (self._bytes_per_entry or seen) + 0.5 * seen)
 
     def _refuse_entry(self, batch: _Batch, index: int, fields: Mapping[Any, Any], error: str,
                       reason: str) -> None:

@@ -254,3 +254,34 @@ def test_undecodable_entry_is_kept_as_a_bounded_excerpt() -> None:
     letter = worker._dead_letters(batch)[0]
     assert "\x00" not in letter.record and letter.source_id == "1-0"
     assert worker.stats()["refused_undecodable"] == 1
+
+
+class _Replies:
+    """Stands in for redis-py's ``xreadgroup``: hands out ``entries``, ``count`` at a time,
+    and remembers the counts asked for."""
+
+    def __init__(self, entries: list[dict[bytes, bytes]]) -> None:
+        self.entries = [(f"{i + 1}-0".encode(), e) for i, e in enumerate(entries)]
+        self.counts: list[int] = []
+
+    async def xreadgroup(self, group: str, consumer: str, streams: dict[str, bytes], *,
+                         count: int, block: int | None) -> list[Any]:
+        self.counts.append(count)
+        given, self.entries = self.entries[:count], self.entries[count:]
+        return [[b"s", given]] if given else []
+
+
+def test_big_entries_are_read_a_few_at_a_time_so_one_reply_stays_bounded() -> None:
+    """Redis sends an XREADGROUP reply whole: count is cut so that one reply holds about
+    max_entry_bytes, one entry while their size is unknown."""
+    worker = make_worker(max_entry_bytes=1_000_000, batch_size=100_000)
+    fat = [entry([record(i, pad="x" * 300_000)]) for i in range(6)]
+    thin = [entry([record(100 + i)]) for i in range(30)]
+    replies = _Replies(fat + thin)
+    worker._redis = replies  # type: ignore[assignment]  # the read path only calls xreadgroup
+    worker._read_id = b">"
+    batch = asyncio.run(worker._read_batch())
+    assert len(batch.rows) == 36
+    assert replies.counts[0] == 1  # nothing known yet
+    assert max(replies.counts[:4]) <= 3  # ~300 KB entries: three per 1 MB reply
+    assert replies.counts[-1] > 3  # small entries again: many per reply
