@@ -257,9 +257,10 @@ class StreamSide:
         if now - self._last_claim < min(self.claim_idle, 30.0) / 2 and self._claim_cursor == b"0-0":
             return None
         self._last_claim = now
+        room = self.max_entry_bytes / (self._bytes_per_entry or self.max_entry_bytes)
         result: Any = await self._r.xautoclaim(
             self.stream, self.group, self.consumer, min_idle_time=int(self.claim_idle * 1000),
-            start_id=self._claim_cursor, count=self.read_count,
+            start_id=self._claim_cursor, count=max(1, min(self.read_count, int(room))),
         )
         self._claim_cursor = result[0] if isinstance(result[0], bytes) else str(result[0]).encode()
         if len(result) > 2 and result[2]:  # Redis 7: pending ids whose entries no longer exist
