@@ -70,8 +70,8 @@ def _heartbeat_warnings(status: PipelineStatus) -> None:
         status.warnings.append(
             f"{plural(len(ahead), 'heartbeat is', 'heartbeats are')} dated in the future, "
             f"more than {HEARTBEAT_MAX_AHEAD:g} s ahead of this host's clock: {names}{more}; "
-            "not counted as live. A worker host's clock is wrong, or the key was written by "
-            "someone else (check who can write to this Redis; "
+            "not counted as live. A clock is wrong (this host's or the worker's), or the key "
+            "was written by someone else (check who can write to this Redis; "
             f"`DEL {heartbeat_key(status.stream, '<consumer>')}` clears one)")
     forever = [w for w in status.workers if not w.expires]
     if forever:
