@@ -126,16 +126,24 @@ class DeadLetter:
     dead_at: datetime = field(default_factory=lambda: datetime.now(UTC))
 
     def values(self) -> dict[str, Any]:
-        """The row's column values (``id`` left to the database)."""
+        """The row's column values (``id`` left to the database), every text bounded and
+        without NUL (PostgreSQL's text refuses it, and a dead letter that cannot be written
+        would hold its entry pending for ever)."""
         return {
-            "dead_at": self.dead_at, "reason": self.reason, "source_stream": self.source_stream,
-            "source_id": self.source_id, "position": self.position,
-            "record_id": None if self.record_id is None else self.record_id[:64],
-            "consumer": None if self.consumer is None else self.consumer[:255],
-            "error": self.error[:MAX_ERROR_CHARS].replace("\x00", "\ufffd"),
-            "attempts": self.attempts, "record": self.record[:MAX_EXCERPT_BYTES],
-            "record_bytes": self.record_bytes, "record_sha256": self.record_sha256,
+            "dead_at": self.dead_at, "reason": _clean(self.reason, 64),
+            "source_stream": _clean(self.source_stream, 1024),
+            "source_id": _clean(self.source_id, 64), "position": self.position,
+            "record_id": None if self.record_id is None else _clean(self.record_id, 64),
+            "consumer": None if self.consumer is None else _clean(self.consumer, 255),
+            "error": _clean(self.error, MAX_ERROR_CHARS),
+            "attempts": self.attempts, "record": _clean(self.record, MAX_EXCERPT_BYTES),
+            "record_bytes": self.record_bytes, "record_sha256": _clean(self.record_sha256, 64),
         }
+
+
+def _clean(text: str, limit: int) -> str:
+    text = text[:limit]
+    return text.replace("\x00", "\ufffd") if "\x00" in text else text
 
 
 def _insert(table: Table, dialect: str) -> Any:

@@ -244,3 +244,19 @@ def test_a_dead_letter_that_cannot_be_written_leaves_its_entry_pending(
         assert client.xpending(redis_stream, "activity_log_workers")["pending"] == 2
     finally:
         client.close()
+
+
+def test_a_dead_letter_of_hostile_text_is_written_not_retried_for_ever(
+    redis_url: str, redis_stream: str, pg_url: str, pg_schema: str
+) -> None:
+    """What a dead letter records comes from the attacker too: a record id with NUL (which
+    PostgreSQL's text refuses) must not make the dead letter unwritable."""
+    asyncio.run(db.init_db(pg_url, schema=pg_schema))
+    nul_id = {**record(0), "id": "\x00evil" * 100}
+    xadd(redis_url, redis_stream, entry([nul_id, record(1)], producer="p\x00"))
+    worker = drain(redis_url, pg_url, redis_stream, pg_schema)
+    (letter,) = dead(pg_url, pg_schema)
+    assert letter["reason"] == "malformed" and "\x00" not in letter["record_id"]
+    assert len(letter["record_id"]) <= 64
+    assert stored(pg_url, pg_schema) == 1
+    assert worker.stats()["retried"] == 0
