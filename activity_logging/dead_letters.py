@@ -142,7 +142,8 @@ class DeadLetter:
 
 
 def _clean(text: str, limit: int) -> str:
-    text = text[:limit]
+    # a lone surrogate cannot be encoded by the driver: "?" (rare text, cheap enough)
+    text = text[:limit].encode("utf-8", "replace").decode("utf-8")
     return text.replace("\x00", "\ufffd") if "\x00" in text else text
 
 
