@@ -59,9 +59,12 @@ def _settings_warnings(status: PipelineStatus) -> None:
 
 def _heartbeat_warnings(status: PipelineStatus) -> None:
     """Heartbeats a worker of this library would not write: dated in the future (not live:
-    a clock set wrong, or a key written by hand to make ``status`` healthy) or without an
-    expiry (a worker's beat always expires). Warnings: a real live worker next to them keeps
-    the pipeline healthy; without one, "no live worker" is the problem."""
+    a clock set wrong, or a key written by hand to make ``status`` healthy), naming a
+    consumer the group does not know although it has delivered entries (live all the same:
+    a worker beats before its first read), or without an expiry (a worker's beat always
+    expires). Warnings: a real live worker next to them keeps the pipeline healthy; without
+    one, "no live worker" is the problem. Only signed heartbeats could tell a forged
+    present-time beat from a worker's; these catch the forgeries that cost nothing."""
     ahead = [w for w in status.workers if w.ahead_seconds is not None]
     if ahead:
         names = ", ".join(f"{w.consumer!r} ({format_age(w.ahead_seconds)} ahead)"
@@ -73,6 +76,18 @@ def _heartbeat_warnings(status: PipelineStatus) -> None:
             "not counted as live. A clock is wrong (this host's or the worker's), or the key "
             "was written by someone else (check who can write to this Redis; "
             f"`DEL {heartbeat_key(status.stream, '<consumer>')}` clears one)")
+    delivered = status.last_delivered_id not in (None, "0-0")
+    if status.group_exists and delivered:  # Redis 7.0 adds a consumer at its first entry
+        known = {c.name for c in status.consumers}
+        strangers = [w for w in status.workers if w.live and w.consumer not in known]
+        if strangers:
+            names = ", ".join(repr(w.consumer) for w in strangers[:5])
+            more = f" and {len(strangers) - 5} more" if len(strangers) > 5 else ""
+            status.warnings.append(
+                f"{plural(len(strangers), 'live heartbeat names', 'live heartbeats name')} "
+                f"no consumer of group {status.group!r}: {names}{more}. A worker joins the "
+                "group at its first read: it has only just started, or the key was written "
+                "by someone else")
     forever = [w for w in status.workers if not w.expires]
     if forever:
         names = ", ".join(repr(w.consumer) for w in forever[:5])

@@ -173,3 +173,24 @@ def test_a_key_of_another_type_is_a_problem_not_a_traceback(
     assert "Traceback" not in out + err
     assert f"PROBLEM: cannot read stream '{redis_stream}' from Redis: WRONGTYPE" in out
     assert "workers:          1 live of 1 seen" in out  # the other readings went on
+
+
+def test_a_present_time_ghost_is_named_until_it_reads_from_the_group(
+    redis_url: str, redis_stream: str, client: redis.Redis, db: str,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    client.xgroup_create(redis_stream, GROUP, id="0", mkstream=True)
+    _beat(client, redis_stream, "ghost")
+    code, out, _ = _status(redis_url, redis_stream, db, capsys)
+    assert code == 0 and "no consumer of group" not in out  # nothing delivered yet
+    client.xadd(redis_stream, {"v": "1"})
+    client.xreadgroup(GROUP, "w-real", {redis_stream: ">"}, count=1)
+    _beat(client, redis_stream, "w-real")
+    code, out, _ = _status(redis_url, redis_stream, db, capsys)
+    assert code == 0, out  # unsigned, a beat in the present looks like a worker's
+    assert "1 live heartbeat names no consumer of group" in out and "'ghost'" in out
+    assert "'w-real'" not in out.split("no consumer of group")[1]
+    client.xadd(redis_stream, {"v": "2"})
+    client.xreadgroup(GROUP, "ghost", {redis_stream: ">"}, count=1)  # what a worker does
+    code, out, _ = _status(redis_url, redis_stream, db, capsys)
+    assert code == 0 and "no consumer of group" not in out

@@ -33,11 +33,13 @@ def _beat(**fields: object) -> bytes:
                          "started": time.time(), "counters": {}, **fields})
 
 
-def _status(*workers: WorkerInfo, consumers: tuple[ConsumerInfo, ...] = ()) -> PipelineStatus:
+def _status(*workers: WorkerInfo, consumers: tuple[ConsumerInfo, ...] = (),
+            delivered: str = "0-0") -> PipelineStatus:
     status = PipelineStatus(checked_at=datetime.now(UTC), database_url="sqlite:///a.db",
                             redis_url="redis://127.0.0.1:6379/0", stream="s", group="g",
                             dead_stream="s:dead", stream_length=0, group_exists=True,
-                            dead_letters=0, workers=list(workers), consumers=list(consumers))
+                            dead_letters=0, workers=list(workers), consumers=list(consumers),
+                            last_delivered_id=delivered)
     judge_redis(status, heartbeat_ttl=TTL, max_lag=300)
     return status
 
@@ -142,3 +144,17 @@ def test_the_report_lists_at_most_max_listed_workers_and_consumers() -> None:
     assert "7 more workers" in report and "3 more consumers" in report
     assert sum(1 for line in report.splitlines() if line.startswith("  w")) == MAX_LISTED
     assert sum(1 for line in report.splitlines() if line.startswith("  consumer ")) == MAX_LISTED
+
+
+def test_a_live_beat_of_a_consumer_the_group_never_saw_is_a_warning() -> None:
+    now = time.time()
+    w = _worker_from_beat("ghost", _beat(), now, TTL)
+    assert w is not None
+    status = _status(w, consumers=(ConsumerInfo("w1", 0, 0.1),), delivered="5-0")
+    assert status.healthy  # a present-time beat cannot be told from a worker's, unsigned
+    assert any("1 live heartbeat names no consumer of group 'g': 'ghost'" in x
+               for x in status.warnings)
+    known = _status(w, consumers=(ConsumerInfo("ghost", 0, 0.1),), delivered="5-0")
+    assert not any("no consumer of group" in x for x in known.warnings)
+    fresh = _status(w)  # nothing delivered yet: a worker is no consumer before its first entry
+    assert not any("no consumer of group" in x for x in fresh.warnings)
