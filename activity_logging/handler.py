@@ -159,7 +159,11 @@ class ActivityHandler(ListenerLoop, logging.handlers.QueueHandler):
             or ``""`` switch it off. Direct mode spools only where a path is given.
         spool_max_bytes: Size limit of this producer's spool file.
         max_record_bytes: Encoded size limit of one record; larger ones are cut and counted.
-        redact_keys: Comma-separated key fragments whose values are replaced by ``[REDACTED]``.
+        redact_keys: Comma-separated entries; a key whose word parts hold one has its value
+            replaced by ``[REDACTED]`` (syntax and defaults in ``activity_logging.redact``).
+        redact_free_text: Also scrub the message, exception text, ``description`` and
+            ``error_message`` of ``key=value`` with a secret key, Bearer/Basic credentials
+            and JWTs (default True).
         context_filter: Add the current request context (``activity_context``, the middleware)
             to every record, never overwriting ``extra``: what ``ContextFilter`` does, done
             inside ``emit`` (still in the caller's thread) because a filter costs a few
@@ -202,6 +206,7 @@ class ActivityHandler(ListenerLoop, logging.handlers.QueueHandler):
         spool_max_bytes: int | None = None,
         max_record_bytes: int | None = None,
         redact_keys: str = DEFAULT_REDACT_KEYS,
+        redact_free_text: bool = True,
         context_filter: bool = True,
         close_timeout: float | None = None,
         reconnect_delay: float | None = None,
@@ -261,6 +266,7 @@ class ActivityHandler(ListenerLoop, logging.handlers.QueueHandler):
         self.spool_max_bytes = int(tuned["spool_max_bytes"])
         self.max_record_bytes = int(tuned["max_record_bytes"])
         self.redact_keys = redact_keys
+        self.redact_free_text = bool(redact_free_text)
         self.close_timeout = float(tuned["close_timeout"])
         self.reconnect_delay = float(tuned["reconnect_delay"])
         self.max_reconnect_delay = 30.0
@@ -308,7 +314,7 @@ class ActivityHandler(ListenerLoop, logging.handlers.QueueHandler):
         self._dq: deque[QueuedRecord] = deque()
         self._queue_view = _BoundedQueueView(self)
         self.producer_id = uuid.uuid4().hex[:16]
-        self._redactor = Redactor(self.redact_keys)
+        self._redactor = Redactor(self.redact_keys, free_text=self.redact_free_text)
         self._snapshot = Snapshotter(max_record_bytes=self.max_record_bytes,
                                      redactor=self._redactor, context=self.context_filter)
         key = self._keyring.current if self._keyring is not None else None

@@ -88,7 +88,7 @@ HANDLER_STATS: Final[dict[str, tuple[Kind, str]]] = {
     "spool_damaged_bytes": ("counter", "Damaged spool bytes moved aside."),
     "spool_damaged_regions": ("counter", "Damaged spool regions moved aside."),
     "truncated": ("counter", "Records cut to the size limits (max_record_bytes)."),
-    "redacted": ("counter", "Records with a secret redacted."),
+    "redacted": ("counter", "Values redacted (a secret key's value or a free-text match)."),
     "sanitized": ("counter", "Records re-encoded with values orjson refused made storable."),
     "rejected": ("counter", "Direct mode: records left out because they could not become rows "
                             "or the database refused them (also counted in sent)."),
