@@ -20,7 +20,7 @@ from .cli_common import EXIT_FAILED, EXIT_OK
 from .config import DEFAULT_SQLITE_URL, ENV_DATABASE_URL, resolve_database_url
 from .context import activity_context
 from .exceptions import ActivityLoggingError, ConfigurationError
-from .urls import is_sqlite
+from .urls import is_sqlite, shown_url
 
 _AGENTS = ["agent-ana", "agent-ben", "agent-chen", "agent-dara", "agent-eli"]
 _STATUSES = ["available", "on_call", "wrap_up", "break", "offline"]
@@ -93,7 +93,7 @@ def run(args: argparse.Namespace) -> int:
 
     url = resolve_database_url(args.database_url, default=DEFAULT_SQLITE_URL) or DEFAULT_SQLITE_URL
     if not is_sqlite(url):
-        raise ConfigurationError(f"demo writes to the embedded SQLite store; got {url!r}")
+        raise ConfigurationError(f"demo writes to the embedded SQLite store; got {shown_url(url)}")
     if args.count < 1:
         raise ConfigurationError(f"--count must be >= 1, got {args.count}")
     store = SQLiteStore(url, create=True)

@@ -35,7 +35,7 @@ from ..db import create_async_engine_for, quote_identifier, reachable
 from ..exceptions import ConfigurationError
 from ..export import EXPORT_FORMATS, encode_csv, encode_jsonl
 from ..schema import activity_logs
-from ..urls import is_sqlite, normalize_async_url, sqlite_file
+from ..urls import is_sqlite, normalize_async_url, shown_url, sqlite_file
 
 EXPORT_BATCH_ROWS: Final = 2_000
 DEFAULT_STATEMENT_TIMEOUT: Final = 30.0
@@ -62,7 +62,7 @@ def read_only_sqlite_url(url: str) -> str:
     """
     path = sqlite_file(url)
     if path is None:
-        raise ConfigurationError(f"the viewer needs a SQLite database file, got {url!r}")
+        raise ConfigurationError(f"the viewer needs a SQLite database file, got {shown_url(url)}")
     parsed = make_url(normalize_async_url(url))
     query = {k: v for k, v in parsed.query.items() if k not in ("mode", "uri")}
     query.update(mode="ro", uri="true")

@@ -183,8 +183,6 @@ def test_a_bad_redis_url_is_reported_without_its_password(
 
 
 
-@pytest.mark.xfail(strict=True, reason="cli_demo.py:96 names a non-SQLite URL with {url!r}, "
-                   "unredacted (not this module's file); strict: drop this mark once fixed")
 def test_demo_refuses_a_database_url_without_its_password(
     capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
 ) -> None:
