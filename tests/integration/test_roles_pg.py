@@ -348,6 +348,34 @@ def test_worker_as_the_writer_stores_a_batch_on_a_partitioned_table(
     assert asyncio.run(_count(test_roles.url, test_roles.schema)) == 200
 
 
+def test_worker_as_the_writer_writes_dead_letters(
+        test_roles: Roles, redis_url: str, redis_stream: str,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """The writer may INSERT dead letters (and draw their ids) but not purge them."""
+    assert test_roles.init_db(capsys, "--partitioned", "--roles")[0] == 0
+    writer_url = test_roles.login(test_roles.names.writer, "app")
+    _xadd(redis_url, redis_stream, _entries(2, 10))
+    # Records dated before the accepted window: refused before any partition is looked for.
+    encoder = wire.WireEncoder("roles-old")
+    rec = logging.LogRecord("activity", logging.INFO, __file__, 1, "call_created", None, None)
+    rec.created = time.time() - 10 * 86400
+    _xadd(redis_url, redis_stream, [encoder.encode_batch([snapshot.queued_from_record(rec)])])
+    worker = ActivityWorker(redis_url, writer_url, stream=redis_stream, schema=test_roles.schema,
+                            max_wait=0.1, max_age=86400.0)
+    asyncio.run(worker.run(stop_when_idle=True))
+    stats = worker.stats()
+    assert (stats["read"], stats["inserted"], stats["dead_lettered"]) == (21, 20, 1)
+    assert stats["refused_out_of_window"] == 1
+    letters = asyncio.run(_fetch(test_roles.url, f"SELECT reason FROM "
+                                 f"{quote_identifier(test_roles.schema)}.activity_log_dead_letters"))
+    assert [r["reason"] for r in letters] == ["out_of_window"]
+    client = redis.Redis.from_url(redis_url)
+    try:
+        assert client.xpending(redis_stream, "activity_log_workers")["pending"] == 0
+    finally:
+        client.close()
+
+
 def test_worker_as_the_writer_waits_for_a_missing_month_in_one_line(
         test_roles: Roles, redis_url: str, redis_stream: str,
         capsys: pytest.CaptureFixture[str], caplog: pytest.LogCaptureFixture) -> None:
