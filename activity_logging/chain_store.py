@@ -164,3 +164,22 @@ async def record_cuts(conn: AsyncConnection, cutoff: datetime, keyring: KeyRing 
     await conn.commit()
     return moved
 
+
+
+#: Rows ``status`` reads to say whether the trail is signed (the newest, by timestamp).
+AUTH_SAMPLE: Final = 1_000
+
+
+async def recent_authentication(conn: AsyncConnection, *, table: str = DEFAULT_TABLE,
+                                sample: int = AUTH_SAMPLE) -> tuple[int, int, list[str]]:
+    """Of the newest ``sample`` rows: (rows read, rows sealed, the key ids that sealed
+    them). One index scan on ``timestamp``; it checks no seal (``verify`` does)."""
+    t, _ = _tables(table)
+    newest = (select(t.c.row_mac, t.c.key_id).order_by(t.c.timestamp.desc()).limit(sample)
+              .subquery())
+    total, sealed = (await conn.execute(
+        select(func.count(), func.count(newest.c.row_mac)))).one()
+    keys = [str(k) for (k,) in await conn.execute(
+        select(newest.c.key_id).where(newest.c.row_mac.is_not(None)).distinct()
+        .order_by(newest.c.key_id))]
+    return int(total), int(sealed), keys

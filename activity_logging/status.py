@@ -127,6 +127,20 @@ class PipelineStatus:
     recent_sequence: SequenceGaps | None = None
     lost_in_transit: int | None = None
     lost_in_transit_unit: str | None = None
+    #: Of the newest rows (``chain_store.AUTH_SAMPLE``): how many were read, how many are
+    #: sealed, and by which key ids. None when the table could not say (an older table).
+    auth_rows: int | None = None
+    auth_sealed: int | None = None
+    auth_keys: list[str] = field(default_factory=list)
+
+    @property
+    def authentication(self) -> str:
+        """``"signed"``, ``"unauthenticated"``, ``"partly signed"``, or ``"unknown"``."""
+        if self.auth_rows is None:
+            return "unknown"
+        if not self.auth_rows or not self.auth_sealed:
+            return "unauthenticated"
+        return "signed" if self.auth_sealed == self.auth_rows else "partly signed"
 
     @property
     def healthy(self) -> bool:
@@ -145,6 +159,7 @@ class PipelineStatus:
         out["newest_activity"] = self.newest_activity.isoformat() if self.newest_activity else None
         out["healthy"] = self.healthy
         out["live_workers"] = self.live_workers
+        out["authentication"] = self.authentication
         return out
 
 
@@ -262,6 +277,7 @@ async def gather_database(
             status.rows_last_24h = await activity_log_crud.count(conn, day)
             status.recent_sequence = await recent_sequence_gaps(
                 conn, now=status.checked_at, settled_before=_settled_before(status, gap_settle))
+            await _gather_authentication(status, conn)
     except DBAPIError as exc:
         if is_missing_table(exc):
             status.problems.append(
@@ -273,6 +289,26 @@ async def gather_database(
         status.newest_activity_age_seconds = round(
             (status.checked_at - newest).total_seconds(), 3)
     _sequence_problem(status)
+
+
+async def _gather_authentication(status: PipelineStatus, conn: Any) -> None:
+    """Whether the newest rows are sealed (signing.py). A table made before the chain
+    columns existed says nothing (``unknown``, and a warning naming the fix)."""
+    from sqlalchemy.exc import DBAPIError
+
+    from .chain_store import recent_authentication
+
+    try:  # the block's last statement: a failure here leaves nothing else undone
+        rows, sealed, keys = await recent_authentication(conn)
+    except DBAPIError:
+        status.warnings.append("the table has no chain columns (made by an older version): "
+                               "run `activity-logging init-db` to add them")
+        return
+    status.auth_rows, status.auth_sealed, status.auth_keys = rows, sealed, keys
+    if sealed and sealed < rows:
+        status.warnings.append(
+            f"{rows - sealed} of the newest {rows} rows are not sealed: a producer or a worker "
+            "runs without the signing key (`activity-logging verify` names them)")
 
 
 def _sequence_problem(status: PipelineStatus) -> None:

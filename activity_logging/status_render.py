@@ -97,6 +97,19 @@ def _sequence_line(status: PipelineStatus) -> str:
             f"{gaps.missing} missing")
 
 
+def _authentication_line(status: PipelineStatus) -> str:
+    state = status.authentication
+    if state == "unauthenticated":
+        detail = ("no signing key: anyone who can write to Redis or the table can forge or "
+                  "rewrite history undetected (docs/security.md)")
+    elif state == "unknown":
+        detail = "the table cannot say"
+    else:
+        detail = (f"{status.auth_sealed} of the newest {status.auth_rows} rows sealed, key "
+                  f"{', '.join(status.auth_keys)}; `activity-logging verify` checks the seals")
+    return f"trail:            {state} ({detail})"
+
+
 def render_status(status: PipelineStatus) -> str:
     """A human-readable report, one fact per line, problems and warnings last; each line
     escaped with ``printable`` (a value with a newline stays on its line)."""
@@ -116,6 +129,7 @@ def render_status(status: PipelineStatus) -> str:
         f"rows last 24 h:   {_or_dash(status.rows_last_24h)}",
         _sequence_line(status),
         _loss_line(status),
+        _authentication_line(status),
     ]
     lines += [f"PROBLEM: {p}" for p in status.problems]
     lines += [f"warning: {w}" for w in status.warnings]

@@ -349,3 +349,36 @@ def test_mac_is_hmac_sha256(secret: bytes) -> None:
 
     key = SigningKey("k", secret)
     assert key.mac(b"abc", b"", b"def" * 100) == hmac.digest(secret, b"abc" + b"def" * 100, hashlib.sha256)
+
+
+def test_status_says_whether_the_trail_is_signed(tmp_path: Path) -> None:
+    import asyncio
+
+    from activity_logging.status import gather_status
+    from activity_logging.status_render import render_status
+
+    url = f"sqlite:///{tmp_path / 'trail.db'}"
+
+    def log_some(key: str, n: int) -> None:
+        handler = ActivityHandler(database_url=url, signing_key=key, flush_interval=0.01)
+        log = logging.getLogger(f"activity.signing.status.{key[:2]}")
+        log.propagate = False
+        log.setLevel(logging.INFO)
+        log.addHandler(handler)
+        for i in range(n):
+            log.info("x", extra={"i": i})
+        log.removeHandler(handler)
+        handler.close()
+
+    log_some("", 3)
+    status = asyncio.run(gather_status(url))
+    assert status.authentication == "unauthenticated"
+    assert "trail:            unauthenticated (no signing key" in render_status(status)
+    log_some(KEY, 5)
+    status = asyncio.run(gather_status(url))
+    assert (status.authentication, status.auth_sealed, status.auth_keys) == ("partly signed", 6, ["k1"])
+    assert any("3 of the newest 9 rows are not sealed" in w for w in status.warnings)
+    with sqlite3.connect(tmp_path / "trail.db") as conn:
+        conn.execute("DELETE FROM activity_logs WHERE row_mac IS NULL")
+    status = asyncio.run(gather_status(url))
+    assert status.authentication == "signed" and status.to_dict()["authentication"] == "signed"
