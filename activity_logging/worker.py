@@ -64,6 +64,7 @@ from .exceptions import (
     StoreUnavailableError,
 )
 from .rows import MAX_JSON_BYTES
+from .signing import KeyRing, resolve_keyring
 from .store import Store, make_store, store_rows
 from .urls import is_sqlite, redact_url
 from .wire import decode_entry
@@ -126,7 +127,8 @@ class WorkerCounters:
     decoded, their records not in ``read``), ``refused_undecodable`` entries that could not
     be decoded, ``refused_malformed`` records that cannot be rows (no id, seq outside
     bigint...), ``refused_out_of_window`` records dated outside the accepted window,
-    ``refused_by_database`` records the database refused. So ``read`` = ``inserted`` +
+    ``refused_by_database`` records the database refused, ``refused_signature`` entries
+    whose signature did not check or that had none (with a key ring). So ``read`` = ``inserted`` +
     ``duplicates_skipped`` + ``refused_malformed`` + ``refused_out_of_window`` +
     ``refused_by_database``. ``claimed`` entries
     taken over from idle consumers; ``acked`` entries acknowledged and deleted;
@@ -146,6 +148,7 @@ class WorkerCounters:
     refused_malformed: int = 0
     refused_out_of_window: int = 0
     refused_by_database: int = 0
+    refused_signature: int = 0
     claimed: int = 0
     acked: int = 0
     batches: int = 0
@@ -201,6 +204,12 @@ class ActivityWorker(StreamSide):
             else ``DEFAULT_MAX_AGE``, a year and a day); older records are dead-lettered.
         max_future: seconds after now of the newest timestamp accepted
             (``ACTIVITY_LOG_MAX_FUTURE``, else a day); newer records are dead-lettered.
+        signing_keys: the key ring (``signing.KeyRing``, or its text: ``secret`` or
+            ``id:secret``, several separated by commas) that checks entries and seals rows;
+            default ``ACTIVITY_LOG_SIGNING_KEY`` or the file ``ACTIVITY_LOG_SIGNING_KEY_FILE``
+            names; ``""`` for none. With a key ring an entry whose tag does not check, or
+            that has none, is dead-lettered (``refused_signature``), and every row is sealed
+            with the first key; without one, signed entries are stored unsealed.
         writers: batches inserted concurrently, each over its own PostgreSQL connection.
         stop_timeout: seconds a warm stop gives the batch in hand to be committed and
             acknowledged before leaving it pending (``request_stop``).
@@ -239,8 +248,12 @@ class ActivityWorker(StreamSide):
         max_json_bytes: int | None = None,
         max_age: float | None = None,
         max_future: float | None = None,
+        signing_keys: str | KeyRing | None = None,
     ) -> None:
         resolved_redis = resolve_redis_url(redis_url)
+        self.keyring = (signing_keys if isinstance(signing_keys, KeyRing)
+                        else resolve_keyring(signing_keys))
+        self.sealing_key = self.keyring.current if self.keyring is not None else None
         if resolved_redis is None:
             raise ConfigurationError("the worker needs redis_url (or REDIS_URL)")
         resolved_db = resolve_database_url(database_url)
@@ -631,7 +644,8 @@ class ActivityWorker(StreamSide):
     async def _write_dead_letters(self, batch: _Batch) -> None:
         """Write the batch's dead letters, retrying with backoff until they are written (the
         entries stay pending meanwhile: a dead letter is never lost); a warm stop still
-        tries until its deadline."""
+        tries until its deadline. ``PermissionDeniedError`` (the role may not write the
+        table) is raised, as ``_store_batch`` raises it, the entries left pending."""
         if not batch.rejects:
             return
         letters = self._dead_letters(batch)
@@ -639,6 +653,8 @@ class ActivityWorker(StreamSide):
         while True:
             try:
                 await self.dead_letter_writer.write(letters)
+            except PermissionDeniedError:
+                raise  # no retry cures a missing privilege: run ends with one line
             except Exception as exc:
                 _reraise_if_cancelled()
                 self.counters.retried += 1
@@ -656,9 +672,13 @@ class ActivityWorker(StreamSide):
 
     @staticmethod
     def _wire_record(batch: _Batch, ref: tuple[int, int]) -> bytes:
-        """The record as the producer sent it, so an operator can fix and re-inject it."""
+        """The record as the producer sent it, so an operator can fix and re-inject it.
+
+        Each entry is decoded again once, however many of its records were refused."""
         try:
-            _, wires = decode_entry(batch.fields[ref[0]])
+            wires = batch.decoded.get(ref[0])
+            if wires is None:
+                wires = batch.decoded[ref[0]] = decode_entry(batch.fields[ref[0]])[1]
             return orjson.dumps(wires[ref[1]], default=str)
         except Exception:
             return b"null"
