@@ -142,7 +142,8 @@ async def init_db(
     every partition has it). Returns ``None`` when all is in place, or a one-line notice
     when the extension cannot be created (no privilege, not installed on the server): the
     table is ready and text search works, without an index. SQLite always returns ``None``
-    (it has no such index; text search scans).
+    (it has no such index; text search scans). It also makes the daily rollup summaries read
+    (``rollup.ensure_rollup``; a notice too when the server is older than PostgreSQL 15).
 
     Raises ``ConfigurationError`` (bad URL, partitioned SQLite), ``StoreUnavailableError``
     (PostgreSQL unreachable), ``OSError`` carrying SQLite's reason when the SQLite file
@@ -188,6 +189,10 @@ async def init_db(
 
         await ensure_chain_schema_pg(conn_pg, table=table)  # upgrades a table made before the chain
         notice = await ensure_text_index(conn_pg, table=table)
+        from .rollup import ensure_rollup  # the daily rollup of summaries (helper E's module)
+
+        rollup_notice = await ensure_rollup(conn_pg, table=table)
+        notice = "; ".join(n for n in (notice, rollup_notice) if n) or None
     finally:
         await conn_pg.close()
     return notice
