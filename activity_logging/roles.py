@@ -30,6 +30,7 @@ from .config import DEFAULT_TABLE
 from .db import as_permission_error, connect_pg, is_permission_error, quote_identifier
 from .dead_letters import DEAD_LETTER_TABLE
 from .exceptions import ConfigurationError, PermissionDeniedError
+from .rollup import rollup_table_name
 from .schema import cuts_table_name
 
 if TYPE_CHECKING:
@@ -38,8 +39,10 @@ if TYPE_CHECKING:
 DEFAULT_ROLE_PREFIX: Final = "activity_log_"
 #: The retention cut markers' table.
 CUTS_TABLE: Final = cuts_table_name(DEFAULT_TABLE)
+#: The summaries' daily rollup (written by its SECURITY DEFINER triggers, not by the writer).
+ROLLUP_TABLE: Final = rollup_table_name(DEFAULT_TABLE)
 #: Every table the roles are granted on, in the order ``roles.sql`` lists them.
-ROLE_TABLES: Final = (DEFAULT_TABLE, DEAD_LETTER_TABLE, CUTS_TABLE)
+ROLE_TABLES: Final = (DEFAULT_TABLE, DEAD_LETTER_TABLE, CUTS_TABLE, ROLLUP_TABLE)
 #: The line of each SQL file after which its statements start (above it: psql settings).
 STATEMENTS_MARKER: Final = "-- activity_logging: statements --"
 ROLES_SQL: Final = "roles.sql"
@@ -219,6 +222,7 @@ __all__ = [
     "REJECT_TRIGGERS",
     "ROLES_SQL",
     "ROLE_TABLES",
+    "ROLLUP_TABLE",
     "SETUP_FIX",
     "STATEMENTS_MARKER",
     "TABLE_PRIVILEGES",

@@ -7,9 +7,10 @@
 --                        activity_log_cuts, TEMPORARY on the database (the COPY stage),
 --                        USAGE on the schema and on the tables' own sequences.
 --                        No UPDATE, no DELETE, no TRUNCATE.
---   <prefix>reader       query, export, verify, status, the viewer: SELECT on the three tables.
+--   <prefix>reader       query, export, verify, status, the viewer: SELECT on the four tables.
 --   <prefix>maintenance  init-db, partitions, cleanup, vacuum, the scheduler: OWNER of the
---                        three tables and of every partition (PostgreSQL lets only the owner
+--                        four tables (with activity_log_daily, the summaries' rollup,
+--                        which its SECURITY DEFINER triggers keep) and of every partition (PostgreSQL lets only the owner
 --                        create, detach or drop partitions and VACUUM a table), CREATE on
 --                        the schema.
 --
@@ -19,16 +20,17 @@
 --   CREATE ROLE auditor    LOGIN PASSWORD '...' IN ROLE activity_log_reader;
 --   CREATE ROLE ops        LOGIN PASSWORD '...' IN ROLE activity_log_maintenance;
 --
--- Run it as a superuser, or as the role that owns the tables, the schema and the database
--- and has CREATEROLE (that role is then made a member of <prefix>maintenance, so it still
--- manages the tables it hands over):
+-- Run it as a superuser, or as the role that owns the tables and the schema and has
+-- CREATEROLE (that role is then made a member of <prefix>maintenance, so it still manages
+-- the tables it hands over). Only the database's owner can grant CONNECT and TEMPORARY on
+-- it; for another role those grants are skipped while PUBLIC holds them (the default):
 --
 --   psql "$DATABASE_URL" -v schema=public -v role_prefix=activity_log_ -f roles.sql
 --
 -- `activity-logging init-db --roles [--schema S] [--role-prefix P]` runs the same
 -- statement (everything below the "statements" line), with the settings from its flags.
 -- Idempotent: run it again after a table is added (init-db creates activity_logs,
--- activity_log_dead_letters and activity_log_cuts) and it grants what is there now; tables
+-- activity_log_dead_letters, activity_log_cuts and activity_log_daily) and it grants what is there now; tables
 -- that do not exist yet are skipped, never an error. Each run converges: the writer and
 -- the reader end up with exactly the privileges above on each table (anything else
 -- granted to them directly on these tables is revoked).
@@ -89,10 +91,25 @@ BEGIN
         EXECUTE format('GRANT %I TO %I', maint, current_user);
     END IF;
 
-    -- 2. The database and the schema.
-    EXECUTE format('GRANT CONNECT, TEMPORARY ON DATABASE %I TO %I, %I',
-                   current_database(), writer, maint);
-    EXECUTE format('GRANT CONNECT ON DATABASE %I TO %I', current_database(), reader);
+    -- 2. The database and the schema. Only the database's owner may grant on it: for
+    -- another role these grants are skipped when the roles hold the privilege already
+    -- (PostgreSQL gives CONNECT and TEMPORARY to PUBLIC by default), else it is an error.
+    BEGIN
+        EXECUTE format('GRANT CONNECT, TEMPORARY ON DATABASE %I TO %I, %I',
+                       current_database(), writer, maint);
+        EXECUTE format('GRANT CONNECT ON DATABASE %I TO %I', current_database(), reader);
+    EXCEPTION WHEN insufficient_privilege THEN
+        -- (one privilege per call: a list would mean "any of them")
+        IF NOT (has_database_privilege(writer, current_database(), 'CONNECT')
+                AND has_database_privilege(writer, current_database(), 'TEMPORARY')
+                AND has_database_privilege(maint, current_database(), 'CONNECT')
+                AND has_database_privilege(maint, current_database(), 'TEMPORARY')
+                AND has_database_privilege(reader, current_database(), 'CONNECT')) THEN
+            RAISE;
+        END IF;
+        RAISE NOTICE 'not the owner of database %: CONNECT and TEMPORARY come from PUBLIC',
+            current_database();
+    END;
     EXECUTE format('GRANT USAGE ON SCHEMA %I TO %I, %I, %I', target, writer, reader, maint);
     EXECUTE format('GRANT CREATE ON SCHEMA %I TO %I', target, maint);
     -- Tables the maintenance role creates itself (under SET ROLE) are readable by the reader.
@@ -103,7 +120,7 @@ BEGIN
 
     -- 3. The tables that exist now; the others are skipped (run this again once they do).
     FOREACH tbl IN ARRAY ARRAY['activity_logs', 'activity_log_dead_letters',
-                               'activity_log_cuts'] LOOP
+                               'activity_log_cuts', 'activity_log_daily'] LOOP
         rel := to_regclass(format('%I.%I', target, tbl));
         CONTINUE WHEN rel IS NULL;
         -- The owner: the maintenance role, for the table, its partitions (every level), its
@@ -117,7 +134,7 @@ BEGIN
             EXECUTE format('GRANT SELECT ON TABLE %s TO %I', child, reader);
             IF tbl = 'activity_log_cuts' THEN
                 EXECUTE format('GRANT SELECT ON TABLE %s TO %I', child, writer);
-            ELSE
+            ELSIF tbl <> 'activity_log_daily' THEN  -- the rollup's triggers write it for them
                 EXECUTE format('GRANT SELECT, INSERT ON TABLE %s TO %I', child, writer);
             END IF;
         END LOOP;
@@ -128,7 +145,7 @@ BEGIN
                    WHERE d.classid = 'pg_class'::regclass AND d.refclassid = 'pg_class'::regclass
                      AND d.refobjid = rel AND d.deptype IN ('a', 'i') LOOP
             EXECUTE format('REVOKE ALL ON SEQUENCE %s FROM %I, %I', seq, writer, reader);
-            IF tbl <> 'activity_log_cuts' THEN
+            IF tbl IN ('activity_logs', 'activity_log_dead_letters') THEN
                 EXECUTE format('GRANT USAGE, SELECT ON SEQUENCE %s TO %I', seq, writer);
             END IF;
         END LOOP;

@@ -181,7 +181,8 @@ def test_roles_have_least_privilege_on_every_table(
             for name, privileges in held[names.writer].items()}
     assert only == {"activity_logs": {"SELECT", "INSERT"},
                     "activity_log_dead_letters": {"SELECT", "INSERT"},
-                    "activity_log_cuts": {"SELECT"}}
+                    "activity_log_cuts": {"SELECT"},
+                    "activity_log_daily": set()}
     assert {name: {p for p, ok in privileges.items() if ok}
             for name, privileges in held[names.reader].items()} == {
         table: {"SELECT"} for table in roles.ROLE_TABLES}
@@ -556,6 +557,47 @@ def test_sql_file_with_psql_grants_what_the_cli_grants(
         asyncio.run(_execute(pg_url, f"DROP SCHEMA IF EXISTS {quote_identifier(other.schema)} "
                                      "CASCADE"))
         asyncio.run(_drop_roles(pg_url, list(other.names.all())))
+
+
+def test_a_non_superuser_schema_owner_with_createrole_sets_the_roles_up(
+        test_roles: Roles, pg_url: str, capsys: pytest.CaptureFixture[str]) -> None:
+    """Not the database's owner: CONNECT and TEMPORARY come from PUBLIC, the rest is granted;
+    the DDL role becomes a member of the maintenance role and keeps managing the tables."""
+    admin = f"{test_roles.prefix}admin"
+    test_roles.logins.append(admin)
+    schema = f"{test_roles.schema}_own"
+    asyncio.run(_execute(pg_url, f"CREATE ROLE {quote_identifier(admin)} LOGIN CREATEROLE",
+                         f"CREATE SCHEMA {quote_identifier(schema)} AUTHORIZATION "
+                         f"{quote_identifier(admin)}"))
+    admin_url = url_as(pg_url, admin)
+    try:
+        for _ in range(2):
+            code, _, err = run(["init-db", "--database-url", admin_url, "--schema", schema,
+                                  "--partitioned", "--roles", "--role-prefix",
+                                  test_roles.prefix], capsys)
+            assert code == 0, err
+        writer_url = test_roles.login(test_roles.names.writer, "app")
+        assert asyncio.run(_member_of(pg_url, admin, test_roles.names.maintenance))
+
+        async def store_as_writer() -> int:
+            store = PostgresStore(writer_url, schema=schema)
+            try:
+                return await store.insert_activities([_row(1)])
+            finally:
+                await store.close()
+
+        assert asyncio.run(store_as_writer()) == 1
+        # The admin still manages the table it handed over (a partition, as its member).
+        code, _, err = run(["partitions", "--database-url", admin_url, "--schema", schema,
+                            "--months-ahead", "5"], capsys)
+        assert code == 0, err
+    finally:
+        asyncio.run(_execute(pg_url, f"DROP SCHEMA IF EXISTS {quote_identifier(schema)} CASCADE"))
+
+
+async def _member_of(url: str, role: str, group: str) -> bool:
+    rows = await _fetch(url, "SELECT pg_has_role($1, $2, 'MEMBER') AS m", role, group)
+    return bool(rows[0]["m"])
 
 
 def test_init_db_roles_refused_to_a_plain_login_is_one_line_exit_4(
