@@ -57,7 +57,7 @@ PIPELINE_GAUGES: Final = (
     ("pending", "pending", "Entries delivered to a worker and not yet acknowledged."),
     ("oldest_waiting_seconds", "oldest_waiting_seconds",
      "Age of the oldest entry not yet acknowledged (how far behind the workers are)."),
-    ("dead_letters", "dead_letters", "Records in the dead-letter stream."),
+    ("dead_letters", "dead_letters", "Dead letters (records or entries the worker refused) in the table."),
     ("newest_activity_age_seconds", "newest_activity_age_seconds",
      "Age of the newest stored activity."),
     ("rows_last_24h", "rows_last_24h", "Rows stored with a timestamp in the last 24 hours."),

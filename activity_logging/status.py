@@ -103,7 +103,9 @@ class PipelineStatus:
     pending: int | None = None
     oldest_waiting_seconds: float | None = None
     consumers: list[ConsumerInfo] = field(default_factory=list)
+    #: Rows of ``activity_log_dead_letters`` (what the worker refused), and of the last 24 h.
     dead_letters: int | None = None
+    dead_letters_last_24h: int | None = None
     workers: list[WorkerInfo] = field(default_factory=list)
     redis_settings: dict[str, str] = field(default_factory=dict)
     newest_activity: datetime | None = None
@@ -277,6 +279,7 @@ async def gather_database(
             status.rows_last_24h = await activity_log_crud.count(conn, day)
             status.recent_sequence = await recent_sequence_gaps(
                 conn, now=status.checked_at, settled_before=_settled_before(status, gap_settle))
+            await _gather_dead_letters(status, conn)
             await _gather_authentication(status, conn)
     except DBAPIError as exc:
         if is_missing_table(exc):
@@ -289,6 +292,30 @@ async def gather_database(
         status.newest_activity_age_seconds = round(
             (status.checked_at - newest).total_seconds(), 3)
     _sequence_problem(status)
+
+
+async def _gather_dead_letters(status: PipelineStatus, conn: Any) -> None:
+    """Count the dead letters (the table the worker writes; none yet before its first).
+    One written in the last 24 hours is a problem: records were refused recently; older
+    ones are a warning until they are purged (``dead-letters purge``)."""
+    from sqlalchemy import func, inspect, select
+
+    from .dead_letters import dead_letters
+
+    if not await conn.run_sync(lambda sync: inspect(sync).has_table(dead_letters.name)):
+        return
+    recent = status.checked_at - timedelta(days=1)
+    total, last_day = (await conn.execute(select(
+        func.count(), func.count().filter(dead_letters.c.dead_at >= recent)))).one()
+    status.dead_letters, status.dead_letters_last_24h = int(total), int(last_day)
+    if last_day:
+        status.problems.append(
+            f"{last_day} dead letter(s) in the last 24 h ({total} in all): records the worker "
+            "refused or could not store (`activity-logging dead-letters list`)")
+    elif total:
+        status.warnings.append(
+            f"{total} dead letter(s), none in the last 24 h: look at them with "
+            "`activity-logging dead-letters list`, then `dead-letters purge`")
 
 
 async def _gather_authentication(status: PipelineStatus, conn: Any) -> None:

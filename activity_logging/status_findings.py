@@ -28,11 +28,6 @@ def judge_redis(status: PipelineStatus, *, heartbeat_ttl: float, max_lag: float)
     _restart_warnings(status)
     _stream_loss(status)
     _vanished_problem(status)
-    if status.dead_letters:
-        status.problems.append(
-            f"{status.dead_letters} dead letter(s) in {status.dead_stream!r}: "
-            "records the worker could not store"
-        )
     if status.live_workers == 0:
         status.problems.append(f"no live worker (no heartbeat under {heartbeat_ttl:g} s)")
     if not status.group_exists and status.stream_length:

@@ -178,7 +178,6 @@ async def _read_stream(client: aioredis.Redis, status: PipelineStatus) -> int | 
     if isinstance(length, Exception):  # e.g. WRONGTYPE: not a stream at all
         raise length
     status.stream_length = int(length)
-    status.dead_letters = int(await client.xlen(status.dead_stream))
     if not isinstance(stream_info, Exception):
         _apply_stream_info(status, _decode_map(stream_info))
     found = [] if isinstance(groups, Exception) else [_decode_map(g) for g in groups]

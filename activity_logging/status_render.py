@@ -50,7 +50,6 @@ def _redis_lines(status: PipelineStatus) -> list[str]:
            f"undelivered {status.undelivered}, pending {status.pending}, "
            f"entries read {_or_dash(status.entries_read)}"),
         f"oldest waiting:   {format_age(status.oldest_waiting_seconds)}",
-        f"dead letters:     {status.dead_letters}  ({status.dead_stream})",
         f"workers:          {status.live_workers} live of {len(status.workers)} seen",
     ]
     lines += [_worker_line(w) for w in status.workers[:MAX_LISTED]]
@@ -127,6 +126,8 @@ def render_status(status: PipelineStatus) -> str:
         f"database:         {status.database_url}",
         f"newest activity:  {newest}",
         f"rows last 24 h:   {_or_dash(status.rows_last_24h)}",
+        f"dead letters:     {_or_dash(status.dead_letters)}  (last 24 h: "
+        f"{_or_dash(status.dead_letters_last_24h)}; activity-logging dead-letters list)",
         _sequence_line(status),
         _loss_line(status),
         _authentication_line(status),

@@ -11,6 +11,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import asyncpg
 import orjson
 import pytest
 import redis
@@ -155,12 +156,28 @@ async def test_dead_letters_are_unhealthy_and_pending_is_shown_per_consumer(
     assert status.pending == 1
     assert status.undelivered == 0
 
-    client.xadd(dead_stream_for(redis_stream), {"reason": "bad record"})
+    client.xadd(dead_stream_for(redis_stream), {"reason": "bad record"})  # no longer read
     client.close()
     status = await gather_status(pg_url, redis_url, schema=pg_schema, stream=redis_stream)
-    assert status.dead_letters == 1
+    assert status.healthy and status.dead_letters == 0
+
+    conn = await asyncpg.connect(pg_url, server_settings={"search_path": pg_schema})
+    try:
+        for age in ("3 days", "1 hour"):
+            await conn.execute(
+                "INSERT INTO activity_log_dead_letters (dead_at, reason, source_stream, "
+                "source_id, position, attempts, record_bytes, record_sha256) VALUES "
+                f"(now() - interval '{age}', 'malformed', $1, $2, 0, 1, 2, 'x')", redis_stream, age)
+            status = await gather_status(pg_url, redis_url, schema=pg_schema, stream=redis_stream)
+            if age == "3 days":  # an old one: a warning until it is purged
+                assert status.healthy and status.dead_letters == 1
+                assert any("none in the last 24 h" in w for w in status.warnings)
+    finally:
+        await conn.close()
+    assert (status.dead_letters, status.dead_letters_last_24h) == (2, 1)
     assert len(status.problems) == 1
-    assert "dead letter" in status.problems[0]
+    assert "1 dead letter(s) in the last 24 h (2 in all)" in status.problems[0]
+    assert "dead letters:     2  (last 24 h: 1" in render_status(status)
 
 
 @pytest.mark.anyio
