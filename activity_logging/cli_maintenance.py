@@ -71,6 +71,9 @@ def register(sub: Any) -> None:
                    help="count the rows and list the partitions a run would remove; change nothing")
     p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
                    help="progress line on stderr while deleting (default: when stderr is a terminal)")
+    p.add_argument("--signing-key-file", metavar="PATH", default=None,
+                   help="key ring that signs the retention cut markers of a signed trail "
+                        "(default ACTIVITY_LOG_SIGNING_KEY or ACTIVITY_LOG_SIGNING_KEY_FILE)")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(func=cmd_cleanup)
 
@@ -108,6 +111,9 @@ def register(sub: Any) -> None:
     p.add_argument("--retention-days", type=positive_int, default=None, help=_RETENTION_HELP)
     p.add_argument("--detach", action="store_true", help="detach expired partitions")
     p.add_argument("--once", action="store_true", help="run cleanup then vacuum now, and exit")
+    p.add_argument("--signing-key-file", metavar="PATH", default=None,
+                   help="key ring for cleanup's cut markers (and the scheduler's own records); "
+                        "sets ACTIVITY_LOG_SIGNING_KEY_FILE for this process")
     p.set_defaults(func=cmd_scheduler)
 
 
@@ -172,10 +178,13 @@ async def cmd_cleanup(args: argparse.Namespace) -> int:
         bar.total = total
         bar.update(done)
 
+    from .signing import resolve_keyring
+
     result = await cleanup(url, schema=schema, retention_days=args.retention_days,
                            batch_size=resolve(args.batch_size), detach=args.detach,
                            months_ahead=args.months_ahead, dry_run=args.dry_run,
-                           on_progress=progress if bar.enabled else None)
+                           on_progress=progress if bar.enabled else None,
+                           keyring=resolve_keyring(key_file=args.signing_key_file))
     if bar.enabled:
         bar.update(result.deleted_rows, final=True)
     if args.json:
@@ -271,6 +280,11 @@ def cmd_scheduler(args: argparse.Namespace) -> int:
 
     url, schema = database(args)
     resolve_cleanup_days(args.retention_days)  # fail now (exit 2), not at 02:00
+    if args.signing_key_file:
+        from .signing import KEY_FILE_ENV, KeyRing
+
+        KeyRing.from_file(args.signing_key_file)  # a bad file is exit 2 now, not at 02:00
+        os.environ[KEY_FILE_ENV] = args.signing_key_file
     if args.tz:
         _set_timezone(args.tz)
     sched = MaintenanceScheduler(

@@ -135,6 +135,9 @@ def register(subparsers: Any) -> None:
     w.add_argument("--stop-timeout", type=float, default=_default("DEFAULT_STOP_TIMEOUT"),
                    help="seconds a warm stop waits for the batch in hand to be stored before "
                         "leaving it pending (default: %(default)s)")
+    w.add_argument("--signing-key-file", metavar="PATH", default=None,
+                   help="signing key ring file (one key per line, the first current; default "
+                        "ACTIVITY_LOG_SIGNING_KEY or ACTIVITY_LOG_SIGNING_KEY_FILE)")
     w.add_argument("--exit-when-idle", action="store_true",
                    help="exit 0 once the stream has nothing left to read (one-shot drain)")
     w.add_argument("--metrics-port", type=int, default=None,
@@ -232,13 +235,15 @@ def cmd_worker(args: argparse.Namespace) -> int:
 
     previous = {sig: signal.signal(sig, hold) for sig in _STOP_SIGNALS}
     try:
+        from .signing import resolve_keyring
         from .worker import ActivityWorker, tune_gc_for_draining
 
         options = given(args, _TUNING)
         redis_url = resolve_redis_url(args.redis_url)
         worker = ActivityWorker(
             redis_url, resolve_database_url(args.database_url), stream=args.stream,
-            group=args.group, consumer=args.consumer, schema=args.schema, **options,
+            group=args.group, consumer=args.consumer, schema=args.schema,
+            signing_keys=resolve_keyring(key_file=args.signing_key_file), **options,
         )
         if args.metrics_port is not None:
             _serve_metrics(worker, args.metrics_port, args.metrics_host)

@@ -6,6 +6,9 @@ from __future__ import annotations
 import itertools
 import json
 import logging
+import os
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -398,3 +401,31 @@ async def test_seals_made_by_the_writer_match_what_postgresql_reads_back(
     bad = [(r["seq"], r["metadata"], r["changes"]) for r in stored
            if row_seal_matches(r, ring) is not True]
     assert bad == []
+
+
+async def test_worker_cli_takes_the_key_file_and_refuses_unsigned_entries(
+    redis_url: str, redis_stream: str, pg_url: str, pg_schema: str, key_file: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    await db.init_db(pg_url, schema=pg_schema)
+    _log_trail(redis_url, redis_stream, 3)  # signed: 3 activities and the closing checkpoint
+    handler = ActivityHandler(redis_url=redis_url, stream=redis_stream, signing_key="")
+    log = logging.getLogger("activity.sign.unsigned")
+    log.propagate = False
+    log.addHandler(handler)
+    log.warning("unsigned_one")
+    log.removeHandler(handler)
+    handler.close()
+    args = [sys.executable, "-m", "activity_logging", "worker", "--redis-url", redis_url,
+            "--database-url", pg_url, "--schema", pg_schema, "--stream", redis_stream,
+            "--exit-when-idle", "--max-wait", "0.1", "--signing-key-file", str(key_file)]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ACTIVITY_LOG_SIGNING")}
+    done = await anyio.to_thread.run_sync(lambda: subprocess.run(
+        args, env=env, capture_output=True, text=True, timeout=60, check=False))
+    assert done.returncode == 0, done.stderr
+    rows = await _sql(pg_url, pg_schema, "SELECT count(*) AS n, count(row_mac) AS s FROM activity_logs")
+    assert (rows[0]["n"], rows[0]["s"]) == (4, 4)
+    dead = await _sql(pg_url, pg_schema, "SELECT reason FROM activity_log_dead_letters")
+    assert [d["reason"] for d in dead] == ["bad_signature"]
+    code, report = await _verify(pg_url, pg_schema, key_file, capsys)
+    assert code == 0, report
