@@ -27,6 +27,7 @@ from typing import Any, Final
 
 from . import config
 from ._internal import Backoff, is_refused_logger, reporter
+from .entry_limits import MAX_ENTRY_BYTES, MAX_ENTRY_RECORDS
 from .exceptions import ConfigurationError
 from .handler_lifecycle import (
     arguments_dropped_by_dictconfig,
@@ -324,7 +325,11 @@ class ActivityHandler(ListenerLoop, logging.handlers.QueueHandler):
                                      socket_timeout=self._send_timeout, signing_key=key)
         self._last_checkpoint = time.monotonic()
         self._spool = (
-            Spool(self.spool_path, self.producer_id, self.spool_max_bytes) if self.spool_path else None
+            Spool(self.spool_path, self.producer_id, self.spool_max_bytes,
+                  # this producer's own entries are never refused on replay, however large
+                  max_entry_records=max(MAX_ENTRY_RECORDS, self.batch_size),
+                  max_entry_bytes=max(MAX_ENTRY_BYTES, self.batch_size * self.max_record_bytes))
+            if self.spool_path else None
         )
         self._counts = dict.fromkeys(_COUNTERS, 0)
         self._prepare_sink()
