@@ -45,6 +45,7 @@ from .config import DEFAULT_TABLE, require_positive, resolve_retention_days
 from .db import connect_pg, quote_identifier, read_connection
 from .exceptions import ConfigurationError
 from .partitions import ensure_partitions, expired_partitions, is_partitioned, missing_partitions
+from .rollup import forget_partitions
 from .schema import activity_logs, make_table
 from .signing import KeyRing, resolve_keyring
 from .urls import is_sqlite
@@ -243,6 +244,8 @@ async def cleanup(
             partitioned = await is_partitioned(pg, table)
             if partitioned:
                 dropped = await expire_partitions(pg, cutoff, table=table, detach=detach)
+                # DROP/DETACH fire no trigger: recount those months in the daily rollup
+                await forget_partitions(pg, dropped, table=table)
                 created = await ensure_partitions(
                     pg, table=table, months_ahead=months_ahead, now=current
                 )
