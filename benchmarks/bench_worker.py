@@ -2,6 +2,7 @@
 
     .venv/bin/python benchmarks/bench_worker.py inserts [--rows 100000] [--batch 10000]
     .venv/bin/python benchmarks/bench_worker.py drain [--records 200000] [--per-entry 500]
+                                                      [--signing-key id:secret]
     .venv/bin/python benchmarks/bench_worker.py backlog [--entries 1000000] [--per-entry 1]
 
 ``inserts`` measures each way of inserting ``build_activity`` rows idempotently
@@ -203,14 +204,19 @@ async def bench_inserts(n: int, batch: int, repeat: int) -> None:
 # --- drain --------------------------------------------------------------------------------------
 
 
-def fill_stream(client: redis.Redis, stream: str, records: int, per_entry: int) -> int:
-    """XADD ``records`` records in entries of ``per_entry``; returns the number of entries."""
-    enc = wire.WireEncoder("bench-producer")
+def fill_stream(client: redis.Redis, stream: str, records: int, per_entry: int,
+                signing_key: str = "") -> int:
+    """XADD ``records`` records in entries of ``per_entry`` (signed with ``signing_key`` when
+    given); returns the number of entries."""
+    from activity_logging.signing import EntrySigner, KeyRing
+
+    signer = EntrySigner(KeyRing.parse(signing_key).current) if signing_key else None
+    enc = wire.WireEncoder("bench-producer", signer=signer)
     entries = 0
     pipe = client.pipeline(transaction=False)
     for start in range(0, records, per_entry):
         size = min(per_entry, records - start)
-        pipe.xadd(stream, enc.encode_batch([sample_queued(start + j) for j in range(size)]))
+        pipe.xadd(stream, enc.batch([sample_queued(start + j) for j in range(size)]).entry())
         entries += 1
         if entries % 1000 == 0:
             pipe.execute()
@@ -247,7 +253,8 @@ def rss_kib() -> int:
 
 
 async def bench_drain(
-    records: int, per_entry: int, batch_size: int, sample_rss: bool, writers: int = 1
+    records: int, per_entry: int, batch_size: int, sample_rss: bool, writers: int = 1,
+    signing_key: str = "",
 ) -> None:
     schema = f"bench_{uuid.uuid4().hex[:8]}"
     stream = f"activity_bench:{schema}"
@@ -255,13 +262,14 @@ async def bench_drain(
     await fresh_schema(schema)
     try:
         start = time.perf_counter()
-        entries = fill_stream(client, stream, records, per_entry)
+        entries = fill_stream(client, stream, records, per_entry, signing_key)
         fill = time.perf_counter() - start
         print(f"# backlog: {records} records in {entries} entries ({per_entry}/entry), "
               f"filled in {fill:.1f}s")
         tune_gc_for_draining()  # as the `worker` command does
         worker = ActivityWorker(REDIS_URL, PG_URL, stream=stream, schema=schema,
-                                batch_size=batch_size, consumer="bench", writers=writers)
+                                batch_size=batch_size, consumer="bench", writers=writers,
+                                signing_keys=signing_key)
         rss: list[int] = []
         done = asyncio.Event()
 
@@ -284,7 +292,8 @@ async def bench_drain(
         await conn.close()
         rate = stats["inserted"] / elapsed
         print(f"drained {stats['inserted']} rows in {elapsed:.1f}s: {rate:,.0f} rows/s "
-              f"(batch_size={batch_size}, writers={writers}; distinct ids in table: {count}; "
+              f"(batch_size={batch_size}, writers={writers}, signed={bool(signing_key)}; "
+              f"distinct ids in table: {count}; "
               f"stream left: {client.xlen(stream)})")
         copy_rate = await raw_copy_rate(schema, batch_size)
         print(f"raw COPY of the same rows into an identical table: {copy_rate:,.0f} rows/s; "
@@ -312,6 +321,8 @@ def main() -> None:
     p.add_argument("--per-entry", type=int, default=500)
     p.add_argument("--batch-size", type=int, default=10_000)
     p.add_argument("--writers", type=int, default=1)
+    p.add_argument("--signing-key", default="",
+                   help="sign the entries and give the worker the key (id:secret)")
     p = sub.add_parser("backlog")
     p.add_argument("--entries", type=int, default=1_000_000)
     p.add_argument("--per-entry", type=int, default=1)
@@ -321,7 +332,7 @@ def main() -> None:
         asyncio.run(bench_inserts(args.rows, args.batch, args.repeat))
     elif args.what == "drain":
         asyncio.run(bench_drain(args.records, args.per_entry, args.batch_size, sample_rss=True,
-                                writers=args.writers))
+                                writers=args.writers, signing_key=args.signing_key))
     else:
         asyncio.run(bench_drain(args.entries * args.per_entry, args.per_entry, args.batch_size,
                                 sample_rss=True))
