@@ -98,6 +98,9 @@ def register(subparsers: Any) -> None:
     p.add_argument("--print-sql", action="store_true",
                    help="print the SQL --roles / --reject-updates run (for psql -f), and exit "
                         "without connecting")
+    p.add_argument("--rebuild-rollup", action="store_true",  # helper E's (rollup.py)
+                   help="PostgreSQL: recount the summaries' daily rollup from every row "
+                        "(writers wait meanwhile; docs/queries.md)")
     p.set_defaults(func=cmd_init_db)
 
 
@@ -179,6 +182,11 @@ def cmd_init_db(args: argparse.Namespace) -> int:
             probe_sqlite(path, create=True)
         notice = asyncio.run(init_db(url, schema=schema, partitioned=args.partitioned,
                                      months_ahead=args.months_ahead))
+        if args.rebuild_rollup:  # helper E's: the daily rollup recounted (rollup.py)
+            from .rollup import rebuild_rollup_at
+
+            counted = asyncio.run(rebuild_rollup_at(url, schema=schema))
+            print(f"daily rollup rebuilt: {counted} rows (day, type, severity, actor type)")
         done: roles.RolesSetup | None = None
         if args.roles or append_only:
             done = asyncio.run(roles.setup(url, schema=schema, prefix=args.role_prefix,

@@ -46,7 +46,9 @@ from sqlalchemy import BigInteger, Column, Date, MetaData, Table, Text
 
 from .config import DEFAULT_TABLE
 from .db import quote_identifier
+from .exceptions import ConfigurationError
 from .partitions import month_bounds, partition_month
+from .urls import is_sqlite
 
 if TYPE_CHECKING:
     import asyncpg
@@ -182,7 +184,7 @@ async def ensure_rollup(conn: asyncpg.Connection, *, table: str = DEFAULT_TABLE)
     (writers wait for it; none is lost or counted twice). A re-run with everything in place
     only reads the catalogs. Returns ``None``, or a one-line notice when the server is older
     than PostgreSQL 15 (nothing is created; summaries read the rows). Raises
-    ``ConfigurationError``-free asyncpg errors as they come (no such table: run init-db).
+    ``LookupError`` when ``table`` does not exist, and asyncpg's errors as they come.
     """
     version = int(await conn.fetchval("SHOW server_version_num"))
     if version < MIN_SERVER_VERSION:
@@ -286,6 +288,32 @@ async def rebuild_rollup(
         return await _rebuild(conn, _names(schema, table), first_day, last_day)
 
 
+async def rebuild_rollup_at(
+    url: str,
+    *,
+    schema: str | None = None,
+    table: str = DEFAULT_TABLE,
+    first_day: date | None = None,
+    last_day: date | None = None,
+) -> int:
+    """``rebuild_rollup`` on a connection of its own to ``url`` (``init-db
+    --rebuild-rollup``). Raises ``ConfigurationError`` for a SQLite URL (no rollup there),
+    ``StoreUnavailableError`` when the server cannot be reached, and ``ConfigurationError``
+    too when the rollup does not exist (PostgreSQL before 15; ``init-db`` never ran)."""
+    from .db import connect_pg  # a connection only for this call
+
+    if is_sqlite(url):
+        raise ConfigurationError("the daily rollup is PostgreSQL's: SQLite summaries count "
+                                 "the rows, there is nothing to rebuild")
+    conn = await connect_pg(url, schema=schema)
+    try:
+        return await rebuild_rollup(conn, table=table, first_day=first_day, last_day=last_day)
+    except LookupError as exc:  # PostgreSQL before 15, or init-db never ran
+        raise ConfigurationError(str(exc)) from exc
+    finally:
+        await conn.close()
+
+
 def partition_days(table: str, partitions: Iterable[str]) -> list[tuple[date, date]]:
     """The ``(first day, last day)`` of each monthly partition of ``table`` named in
     ``partitions`` (names ``partitions.partition_name`` did not make are skipped)."""
@@ -325,6 +353,7 @@ __all__ = [
     "make_rollup_table",
     "partition_days",
     "rebuild_rollup",
+    "rebuild_rollup_at",
     "rollup_function_name",
     "rollup_present",
     "rollup_table_name",

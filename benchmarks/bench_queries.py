@@ -35,8 +35,9 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from activity_logging.crud import ActivityFilter, activity_log_crud, build_select
+from activity_logging.crud import ActivityFilter, activity_log_crud, as_utc, build_select
 from activity_logging.db import create_async_engine_for, init_db, text_index_name
+from activity_logging.rollup import rebuild_rollup, rollup_table_name
 from activity_logging.store_pg import PostgresStore
 from tests.crud_rows import BASE, make_rows, seed_sql
 
@@ -158,6 +159,60 @@ async def text_search(args: argparse.Namespace) -> None:
         await admin.close()
 
 
+async def lean_indexes(conn: asyncpg.Connection) -> list[str]:
+    """Drop the indexes neither summary path reads (``--lean``); returns their names."""
+    names = [r["indexname"] for r in await conn.fetch(
+        "SELECT indexname FROM pg_indexes WHERE schemaname = current_schema() "
+        "AND tablename = 'activity_logs' AND indexname NOT IN "
+        "('activity_logs_pkey', 'ix_activity_logs_timestamp')")]
+    for name in names:
+        await conn.execute(f'DROP INDEX "{name}"')
+    return names
+
+
+async def summaries(conn: asyncpg.Connection, engine: Any, args: argparse.Namespace) -> None:
+    """The 30-day summary side by side in one run: counted from the rows of the window (what
+    ``get_activity_summary`` did before the rollup, and still does without one) and read from
+    the daily rollup (``rollup.py``), alternating; the two must be equal."""
+    now = BASE + SPAN
+    first, last = (now - timedelta(days=29)).date(), now.date()
+    in_window = await conn.fetchval(
+        "SELECT count(*) FROM activity_logs WHERE \"timestamp\" >= $1 AND \"timestamp\" < $2",
+        as_utc(first), as_utc(last, end=True))
+    groups = await conn.fetchval(
+        f"SELECT count(*) FROM {rollup_table_name()} WHERE day BETWEEN $1 AND $2", first, last)
+    runs = max(5, args.runs // 3)
+    samples: dict[str, list[float]] = {"rows": [], "rollup": [], "get_activity_summary": []}
+    results: dict[str, Any] = {}
+    async with AsyncSession(engine) as db:
+        calls: dict[str, Callable[[], Awaitable[Any]]] = {
+            "rows": lambda: activity_log_crud.summary_from_rows(db, first, last),
+            "rollup": lambda: activity_log_crud.summary_from_rollup(db, first, last),
+            "get_activity_summary": lambda: activity_log_crud.get_activity_summary(
+                db, days=30, now=now),
+        }
+        for call in calls.values():
+            await call()  # warm: both read from memory
+        for _ in range(runs):
+            for name, call in calls.items():
+                t0 = time.perf_counter()
+                results[name] = await call()
+                samples[name].append((time.perf_counter() - t0) * 1000)
+    assert results["rows"] == results["rollup"] == results["get_activity_summary"], results
+    print(f"## summary, 30 days ({in_window:,} rows in the window, {groups:,} rollup rows), "
+          f"{runs} runs each, alternating:")
+    for name, got in samples.items():
+        got.sort()
+        print(f"    {name:>22}: median {statistics.median(got):.2f} ms, "
+              f"p95 {got[int(len(got) * 0.95) - 1]:.2f} ms")
+    for label, bounds in (("one day", {"first_day": last, "last_day": last}),
+                          ("the whole table", {})):
+        t0 = time.perf_counter()
+        written = await rebuild_rollup(conn, **bounds)  # type: ignore[arg-type]
+        print(f"## rebuild_rollup, {label}: {time.perf_counter() - t0:.2f} s "
+              f"({written:,} rollup rows, writers held off meanwhile)")
+
+
 async def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--rows", type=int, default=1_000_000)
@@ -167,6 +222,11 @@ async def main() -> None:
                         help="run the trigram-index case (read and write side) only")
     parser.add_argument("--text-rows", type=int, default=200_000)
     parser.add_argument("--insert-rows", type=int, default=100_000)
+    parser.add_argument("--summary-only", action="store_true",
+                        help="time only the summary (from the rows, from the rollup)")
+    parser.add_argument("--lean", action="store_true",
+                        help="seed without the indexes the summary does not use (all but the "
+                             "primary key and the timestamp index): a faster 10M-row seed")
     args = parser.parse_args()
     if args.text_search:
         await text_search(args)
@@ -179,6 +239,9 @@ async def main() -> None:
     engine = create_async_engine_for(PG_URL, schema=schema)
     try:
         if await conn.fetchval("SELECT count(*) FROM activity_logs") < args.rows:
+            if args.lean:
+                dropped = await lean_indexes(conn)
+                print(f"--lean: seeded without {', '.join(dropped)}")
             t0 = time.perf_counter()
             step = SPAN / args.rows
             await seed_sql(conn, args.rows, step=step, actors=500)
@@ -235,18 +298,14 @@ async def main() -> None:
              lambda db: activity_log_crud.get_activities_by_date_range(
                  db, day, day + timedelta(days=1), text="refund")),
         ]
-        for name, stmt, call in cases:
+        for name, stmt, call in [] if args.summary_only else cases:
             async with AsyncSession(engine) as db:
                 med, p95, n = await timed(lambda call=call, db=db: call(db), args.runs)  # type: ignore[misc]
             print(f"## {name}: median {med:.2f} ms, p95 {p95:.2f} ms, {n} rows")
             for line in essence(await explain(conn, stmt, engine.dialect)):
                 print("    " + line.strip())
             print()
-        async with AsyncSession(engine) as db:
-            med, p95, _ = await timed(
-                lambda: activity_log_crud.get_activity_summary(db, days=30, now=BASE + SPAN),
-                max(3, args.runs // 10))
-        print(f"## summary, 30 days (~333k rows): median {med:.1f} ms, p95 {p95:.1f} ms")
+        await summaries(conn, engine, args)
     finally:
         await engine.dispose()
         await conn.close()

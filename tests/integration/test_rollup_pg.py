@@ -30,6 +30,7 @@ from activity_logging.rollup import (
 )
 from activity_logging.schema import COLUMNS
 from activity_logging.store_pg import PostgresStore
+from tests.cli_run import run
 from tests.crud_rows import make_rows, seed
 
 pytestmark = pytest.mark.integration
@@ -310,6 +311,29 @@ async def test_summary_from_the_rollup_equals_the_summary_from_the_rows(
     assert fast == slow == chosen
     assert fast.total > 1_000
     assert list(fast.by_type.values()) == sorted(fast.by_type.values(), reverse=True)
+
+
+@pytest.mark.anyio
+async def test_init_db_rebuild_rollup_recounts_from_the_rows(
+    pg_url: str, pg_schema: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    await seed(pg_url, make_rows(400, start=NOW - timedelta(days=5), step=timedelta(minutes=20)),
+               schema=pg_schema)
+    async with connect(pg_url, pg_schema) as conn:
+        await conn.execute(f'UPDATE "{rollup_table_name()}" SET count = 1')
+        assert await rollup(conn) != await full_count(conn)
+    argv = ["init-db", "--database-url", pg_url, "--schema", pg_schema, "--rebuild-rollup"]
+    code, out, err = await asyncio.to_thread(run, argv, capsys)
+    assert code == 0, err
+    want = await assert_agrees(pg_url, pg_schema)
+    assert f"daily rollup rebuilt: {len(want)} rows" in out
+
+
+def test_rebuild_rollup_refuses_sqlite(tmp_path: Any, capsys: pytest.CaptureFixture[str]) -> None:
+    url = f"sqlite:///{tmp_path}/a.db"
+    code, _, err = run(["init-db", "--database-url", url, "--rebuild-rollup"], capsys)
+    assert code == 2
+    assert "SQLite summaries count the rows" in err
 
 
 @asynccontextmanager
