@@ -311,6 +311,11 @@ async def test_summary_from_the_rollup_equals_the_summary_from_the_rows(
     assert fast == slow == chosen
     assert fast.total > 1_000
     assert list(fast.by_type.values()) == sorted(fast.by_type.values(), reverse=True)
+    async with connect(pg_url, pg_schema) as conn:  # the rollup is what the summary reads
+        await conn.execute(f'UPDATE "{rollup_table_name()}" SET count = count * 2')
+    async with session(pg_url, pg_schema) as db:
+        doubled = await activity_log_crud.get_activity_summary(db, days=30, now=NOW)
+    assert doubled.total == 2 * fast.total
 
 
 @pytest.mark.anyio
