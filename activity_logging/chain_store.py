@@ -183,3 +183,19 @@ async def recent_authentication(conn: AsyncConnection, *, table: str = DEFAULT_T
         select(newest.c.key_id).where(newest.c.row_mac.is_not(None)).distinct()
         .order_by(newest.c.key_id))]
     return int(total), int(sealed), keys
+
+
+async def unchained_rows(conn: AsyncConnection, *, table: str = DEFAULT_TABLE,
+                         since: datetime | None = None, limit: int = 20
+                         ) -> tuple[int, list[tuple[str, datetime]]]:
+    """Rows without a producer or a ``seq`` (no producer of this library writes one): how
+    many, and the first ``limit`` (id, timestamp) by time. On a signed trail each is a row
+    made behind the library's back."""
+    t, _ = _tables(table)
+    cond: ColumnElement[bool] = t.c.producer_id.is_(None) | t.c.seq.is_(None)
+    if since is not None:
+        cond = and_(cond, t.c.timestamp >= since)
+    total = int((await conn.execute(select(func.count()).where(cond))).scalar_one())
+    first = [(str(i), ts) for i, ts in await conn.execute(
+        select(t.c.id, t.c.timestamp).where(cond).order_by(t.c.timestamp, t.c.id).limit(limit))]
+    return total, first

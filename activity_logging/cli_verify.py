@@ -31,6 +31,8 @@ from .when import parse_when
 #: Seconds after which a signed trail that has not ended with its closing checkpoint is
 #: reported (``--open-grace``): well past the producers' checkpoint interval (60 s).
 DEFAULT_OPEN_GRACE: Final = 900.0
+#: The report that holds rows without a producer or a ``seq`` (none of ours has either missing).
+UNCHAINED: Final = "(no producer)"
 
 
 def _seconds(text: str) -> float:
@@ -86,8 +88,8 @@ def cmd_keygen(args: argparse.Namespace) -> int:
 @verb
 async def cmd_verify(args: argparse.Namespace) -> int:
     """Check sequences and chains; exit 1 when any record is missing or any row is wrong."""
-    from .chain import ChainVerifier
-    from .chain_store import load_cuts, stream_rows
+    from .chain import ChainReport, ChainVerifier, Problem
+    from .chain_store import load_cuts, stream_rows, unchained_rows
     from .crud import activity_log_crud  # lazy: SQLAlchemy
     from .db import read_connection
     from .signing import describe, resolve_keyring
@@ -108,6 +110,14 @@ async def cmd_verify(args: argparse.Namespace) -> int:
             verifier.feed(row)
         chains = [c for c in verifier.finish() if c.sealed or c.problem_count or c.checkpoints
                   or keyring is not None]
+        if keyring is not None:  # a row no producer wrote: outside every chain
+            count, first = await unchained_rows(conn, since=since, limit=args.max_gaps)
+            if count and args.producer is None:
+                loose = ChainReport(UNCHAINED, rows=count, problem_count=count)
+                loose.problems = [Problem("unsigned", UNCHAINED, None, rid,
+                                          f"a row without producer_id or seq, dated {ts}")
+                                  for rid, ts in first]
+                chains.append(loose)
     seconds = time.monotonic() - started
     missing = sum(r.missing for r in reports)
     problems = sum(c.problem_count for c in chains)

@@ -232,6 +232,9 @@ TAMPERING: dict[str, tuple[list[str], set[str]]] = {
         ["INSERT INTO activity_logs (id, timestamp, activity_type, severity, level, producer_id, "
          "seq) VALUES (gen_random_uuid(), now() - interval '2 years', 'refund', 'info', 20, "
          "'ghost', 1)"], {"unsigned"}),
+    "insert row without producer": (
+        ["INSERT INTO activity_logs (id, timestamp, activity_type, severity, level) VALUES "
+         "(gen_random_uuid(), now() - interval '2 years', 'refund', 'info', 20)"], {"unsigned"}),
     "strip seal": (["UPDATE activity_logs SET row_mac = NULL WHERE seq = 4"], {"unsealed"}),
     "swap links": (["UPDATE activity_logs SET prev_mac = (SELECT prev_mac FROM activity_logs "
                     "WHERE seq = 3) WHERE seq = 12"], {"altered", "broken_link"}),
