@@ -273,13 +273,18 @@ async def _copy_schema(pg_url: str, source: str, copies: list[str]) -> str:
     return name
 
 
+async def _intact_trail(redis_url: str, stream: str, pg_url: str, schema: str, n: int) -> None:
+    """A table holding one producer's signed trail of ``n`` activities and its checkpoint."""
+    await db.init_db(pg_url, schema=schema)
+    _log_trail(redis_url, stream, n)
+    await _drain(redis_url, stream, pg_url, schema)
+
+
 async def test_every_tampering_is_found_and_the_intact_trail_passes(
     redis_url: str, redis_stream: str, pg_url: str, pg_schema: str, key_file: Path,
     copies: list[str], capsys: pytest.CaptureFixture[str],
 ) -> None:
-    await db.init_db(pg_url, schema=pg_schema)
-    _log_trail(redis_url, redis_stream, 20)
-    await _drain(redis_url, redis_stream, pg_url, pg_schema)
+    await _intact_trail(redis_url, redis_stream, pg_url, pg_schema, 20)
     code, report = await _verify(pg_url, pg_schema, key_file, capsys, "--open-grace", "0")
     assert code == 0, report
     found: dict[str, set[str]] = {}
@@ -297,9 +302,7 @@ async def test_retention_cut_passes_and_deletion_beyond_it_does_not(
     redis_url: str, redis_stream: str, pg_url: str, pg_schema: str, key_file: Path,
     copies: list[str], capsys: pytest.CaptureFixture[str],
 ) -> None:
-    await db.init_db(pg_url, schema=pg_schema)
-    _log_trail(redis_url, redis_stream, 20)
-    await _drain(redis_url, redis_stream, pg_url, pg_schema)
+    await _intact_trail(redis_url, redis_stream, pg_url, pg_schema, 20)
     # age the first 8 rows past the retention period (their seals are redone by hand: the
     # test plays the producer that logged them long ago, not an attacker)
     await _age_rows(pg_url, pg_schema, through_seq=8, days=200)
