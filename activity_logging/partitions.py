@@ -167,6 +167,9 @@ async def create_partitions(
                 f"FOR VALUES FROM ('{start.isoformat()}') TO ('{end.isoformat()}')"
             )
             await _like_parent(conn, table, name)
+            from .rollup import ensure_partition_triggers  # helper E's: the daily rollup
+
+            await ensure_partition_triggers(conn, name, table=table)
             created.append(name)
     if created:
         logger.debug("created partitions %s", ", ".join(created))

@@ -164,6 +164,89 @@ async def test_partitioned_retention_forgets_removed_months(
     assert sum(want.values()) == sum(1 for r in rows if r["timestamp"] >= cutoff)
 
 
+async def _triggers_on(conn: asyncpg.Connection, relation: str) -> set[str]:
+    return {r["tgname"] for r in await conn.fetch(
+        "SELECT tgname FROM pg_trigger WHERE tgrelid = to_regclass($1) AND NOT tgisinternal",
+        relation)} & set(rollup_trigger_names().values())
+
+
+@pytest.mark.anyio
+async def test_partitioned_batches_go_to_their_partitions_and_are_counted_once(
+    pg_url: str, pg_schema: str
+) -> None:
+    # one batch over three months: each month's rows COPYed into its partition, whose own
+    # statement trigger counts them (the parent's does not fire for those statements)
+    rows = make_rows(900, start=NOW - timedelta(days=70), step=timedelta(hours=1, minutes=50))
+    await seed(pg_url, [], schema=pg_schema, partitioned=True)
+    assert await insert(pg_url, pg_schema, rows) == 900
+    assert await insert(pg_url, pg_schema, rows) == 0  # re-delivery through the stage
+    assert sum((await assert_agrees(pg_url, pg_schema)).values()) == 900
+    async with connect(pg_url, pg_schema) as conn:
+        for name in ("activity_logs_p202602", "activity_logs_p202603", "activity_logs_p202604"):
+            assert await _triggers_on(conn, name) == set(rollup_trigger_names().values())
+            assert await conn.fetchval(f"SELECT count(*) FROM {name}") > 0
+        # a statement naming a partition is counted by the partition's trigger
+        more = make_rows(10, start=datetime(2026, 3, 3, tzinfo=UTC))
+        await conn.copy_records_to_table(
+            "activity_logs_p202603", columns=COLUMNS,
+            records=[tuple(_plain(r[c]) for c in COLUMNS) for r in more])
+        await conn.execute("DELETE FROM activity_logs_p202603 WHERE seq % 5 = 0")
+        assert await rollup(conn) == await full_count(conn)
+        await conn.execute("TRUNCATE activity_logs_p202602")  # its month's days only
+        assert await rollup(conn) == await full_count(conn)
+    assert await insert(pg_url, pg_schema, rows) > 0  # the truncated and deleted rows again
+    assert await insert(pg_url, pg_schema, make_rows(5, start=NOW)) == 5
+    await assert_agrees(pg_url, pg_schema)
+
+
+@pytest.mark.anyio
+async def test_a_partition_without_the_triggers_is_written_through_the_parent_then_repaired(
+    pg_url: str, pg_schema: str
+) -> None:
+    await seed(pg_url, make_rows(100, start=datetime(2026, 3, 5, tzinfo=UTC)),
+               schema=pg_schema, partitioned=True)
+    async with connect(pg_url, pg_schema) as conn:
+        for name in rollup_trigger_names().values():
+            await conn.execute(f'DROP TRIGGER "{name}" ON activity_logs_p202603')
+    # the writer sees the partition uncounted and COPYs through the parent: still counted
+    assert await insert(pg_url, pg_schema, make_rows(60, start=datetime(2026, 3, 9,
+                                                                           tzinfo=UTC))) == 60
+    await assert_agrees(pg_url, pg_schema)
+    async with connect(pg_url, pg_schema) as conn:  # a write behind the rollup's back
+        stray = make_rows(7, start=datetime(2026, 3, 20, tzinfo=UTC))
+        await conn.copy_records_to_table(
+            "activity_logs_p202603", columns=COLUMNS,
+            records=[tuple(_plain(r[c]) for c in COLUMNS) for r in stray])
+        assert await rollup(conn) != await full_count(conn)
+    await init_db(pg_url, schema=pg_schema)  # restores the triggers, recounts that month
+    assert sum((await assert_agrees(pg_url, pg_schema)).values()) == 167
+    async with connect(pg_url, pg_schema) as conn:
+        assert await _triggers_on(conn, "activity_logs_p202603") == set(
+            rollup_trigger_names().values())
+
+
+@pytest.mark.anyio
+async def test_a_copy_into_a_partition_detached_meanwhile_is_undone_and_goes_to_the_table(
+    pg_url: str, pg_schema: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from activity_logging import rollup as rollup_module
+
+    await seed(pg_url, [], schema=pg_schema, partitioned=True)
+    async with connect(pg_url, pg_schema) as conn:
+        await conn.execute("CREATE TABLE stray (LIKE activity_logs)")
+
+    async def detached_target(conn: Any, months: Any, *, table: str) -> dict[Any, str]:
+        return dict.fromkeys(months, "stray")  # as if the partition had just been detached
+
+    monkeypatch.setattr(rollup_module, "copy_targets", detached_target)
+    assert await insert(pg_url, pg_schema, make_rows(30, start=datetime(2026, 3, 9,
+                                                                           tzinfo=UTC))) == 30
+    async with connect(pg_url, pg_schema) as conn:
+        assert await conn.fetchval("SELECT count(*) FROM stray") == 0
+        assert await conn.fetchval("SELECT count(*) FROM activity_logs") == 30
+    await assert_agrees(pg_url, pg_schema)
+
+
 @pytest.mark.anyio
 async def test_init_db_backfills_a_table_made_before_the_rollup(
     pg_url: str, pg_schema: str
@@ -239,6 +322,30 @@ async def test_a_writer_without_privileges_on_the_rollup_still_counts(
             await conn.execute("RESET ROLE")
             assert sum((await rollup(conn)).values()) == 120
             assert await rollup(conn) == await full_count(conn)
+        finally:
+            await conn.execute("RESET ROLE")
+            await conn.execute(f'DROP OWNED BY "{role}"')
+            await conn.execute(f'DROP ROLE "{role}"')
+
+
+@pytest.mark.anyio
+async def test_a_role_without_insert_on_a_partition_copies_through_the_parent(
+    pg_url: str, pg_schema: str
+) -> None:
+    from activity_logging.rollup import copy_targets
+
+    await seed(pg_url, make_rows(3, start=datetime(2026, 3, 5, tzinfo=UTC)), schema=pg_schema,
+               partitioned=True)
+    role = f"{pg_schema}_parent_only"
+    async with connect(pg_url, pg_schema) as conn:
+        assert await copy_targets(conn, [(2026, 3)]) == {(2026, 3): "activity_logs_p202603"}
+        await conn.execute(f'CREATE ROLE "{role}" NOLOGIN')
+        try:
+            await conn.execute(f'GRANT USAGE ON SCHEMA "{pg_schema}" TO "{role}"')
+            await conn.execute(f'GRANT INSERT, SELECT ON activity_logs TO "{role}"')
+            await conn.execute(f'SET ROLE "{role}"')
+            assert await copy_targets(conn, [(2026, 3), (2031, 1)]) == {
+                (2026, 3): "activity_logs", (2031, 1): "activity_logs"}
         finally:
             await conn.execute("RESET ROLE")
             await conn.execute(f'DROP OWNED BY "{role}"')
