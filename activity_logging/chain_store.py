@@ -11,13 +11,12 @@ from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Final
 
-import orjson
 from sqlalchemy import ColumnElement, MetaData, Table, Text, and_, cast, func, select
 
 from .config import DEFAULT_TABLE
 from .exceptions import ConfigurationError
 from .schema import cuts_table_name, make_cuts_table, make_table
-from .signing import SIGNING_COLUMNS, KeyRing, cut_mac
+from .signing import SIGNING_COLUMNS, KeyRing, cut_mac, loads_exact
 
 if TYPE_CHECKING:
     import asyncpg
@@ -69,13 +68,13 @@ async def stream_rows(conn: AsyncConnection, *, table: str = DEFAULT_TABLE,
         conds.append(t.c.producer_id == producer_id)
     if since is not None:
         conds.append(t.c.timestamp >= since)
-    # jsonb read as its text and decoded by orjson: the driver's stdlib decoder was the
-    # largest cost of a verify (the seal reads numbers in the one form either way)
+    # jsonb read as its text and decoded here: orjson unless a number needs reading
+    # exactly (signing.loads_exact); the driver's stdlib decoder was the largest cost
     columns = [cast(c, Text).label(c.name) if c.name in _JSON_COLUMNS else c
                for c in t.columns]
     stmt = select(*columns).where(*conds).order_by(t.c.producer_id, t.c.seq, t.c.id)
     result = await conn.stream(stmt.execution_options(yield_per=STREAM_BATCH))
-    loads = orjson.loads
+    loads = loads_exact
     async for partition in result.mappings().partitions():
         for mapping in partition:
             row = dict(mapping)
@@ -92,7 +91,7 @@ _JSON_COLUMNS: Final = ("changes", "metadata")
 def _json_value(text: str, loads: Any) -> Any:
     try:
         return loads(text)
-    except orjson.JSONDecodeError:  # not JSON (a hand-edited SQLite file): compared as text
+    except ValueError:  # not JSON (a hand-edited SQLite file): compared as text
         return text
 
 

@@ -34,6 +34,7 @@ import functools
 import hashlib
 import hmac
 import ipaddress
+import json
 import operator
 import os
 import re
@@ -62,7 +63,8 @@ _KEY_ID_RE: Final = re.compile(r"[A-Za-z0-9_.-]{1,32}")
 _DOMAIN_ENTRY: Final = b"activity_logging/entry/1\x00"
 _DOMAIN_ROW: Final = b"activity_logging/row/1\x00"
 _DOMAIN_CUT: Final = b"activity_logging/cut/1\x00"
-_I64: Final = 2**63
+#: 19 digits or more: an integer orjson may not read exactly (beyond 64 bits).
+_LONG_INT: Final = re.compile(rb"[0-9]{19}")
 _EPOCH: Final = datetime(1970, 1, 1, tzinfo=UTC)
 #: In orjson's output a float always has a '.' or an exponent right after a digit; a JSON
 #: value without this pattern holds no float (strings may match too: then the walk runs).
@@ -330,41 +332,59 @@ def check_entry(fields: Mapping[Any, Any], keyring: KeyRing | None) -> EntryAuth
 # --- the row seal ------------------------------------------------------------------------
 
 
-def _norm_number(value: float) -> float | int:
-    """A float as PostgreSQL's jsonb gives it back: an integral float becomes the integer
-    its shortest decimal form names (jsonb writes ``1e16`` as ``10000000000000000``)."""
-    if value != value or value in (float("inf"), float("-inf")):
-        return value
-    if value.is_integer():
-        exact = int(Decimal(orjson.dumps(value).decode()))
-        return exact if -_I64 <= exact < _I64 else float(exact)
-    return value
+def _number_text(value: Decimal) -> str:
+    """A number's one text: an integer's digits, else the normalised decimal (``1.5E-7``)."""
+    if value == value.to_integral_value():
+        return str(int(value))
+    return str(value.normalize())
 
 
-def _norm(value: Any) -> Any:
-    if type(value) is float:
-        return _norm_number(value)
-    if type(value) is int:
-        return value if -_I64 <= value < _I64 else float(value)
+def _exact(value: Any) -> Any:
+    """``value`` with every number replaced by its exact text (``_number_text``), as an
+    ``orjson.Fragment``: a float by the decimal its shortest form names (what the writer
+    printed and jsonb stored), a ``Decimal`` (what ``verify`` parses jsonb numbers into)
+    as it is, an integer of any size by its digits."""
+    kind = type(value)
+    if kind is float:
+        if value != value or value in (float("inf"), float("-inf")):
+            return str(value)  # never JSON: the snapshot sanitised it; kept distinct anyway
+        return orjson.Fragment(_number_text(Decimal(repr(value))).encode())
+    if kind is Decimal:
+        return orjson.Fragment(_number_text(value).encode())
+    if kind is int:
+        return orjson.Fragment(str(value).encode())
     if isinstance(value, dict):
-        return {k: _norm(v) for k, v in value.items()}
+        return {k: _exact(v) for k, v in value.items()}
     if isinstance(value, list):
-        return [_norm(v) for v in value]
+        return [_exact(v) for v in value]
     return value
 
 
 def canonical_json(value: Any) -> bytes:
     """``value`` (decoded JSON) in the one form both the writer and ``verify`` compute:
-    keys sorted, numbers as PostgreSQL's jsonb round trip leaves them."""
+    keys sorted, every number by its exact value (``1e16``, ``1.0E16`` and the
+    ``10000000000000000`` jsonb writes back are one number; ``0.1`` and
+    ``0.1000000000000000000001`` are two). Integers are already exact in orjson's output:
+    only a value holding a float, a ``Decimal`` or an integer beyond 64 bits is walked."""
     if value is None:
         return b"null"
     try:
         encoded = orjson.dumps(value, option=orjson.OPT_SORT_KEYS)
-    except TypeError:  # an integer beyond 64 bits: a float that jsonb wrote out in full
-        return orjson.dumps(_norm(value), option=orjson.OPT_SORT_KEYS)
+    except TypeError:  # a Decimal, or an integer beyond 64 bits
+        return orjson.dumps(_exact(value), option=orjson.OPT_SORT_KEYS)
     if _MAYBE_FLOAT.search(encoded) is None:
         return encoded
-    return orjson.dumps(_norm(value), option=orjson.OPT_SORT_KEYS)
+    return orjson.dumps(_exact(value), option=orjson.OPT_SORT_KEYS)
+
+
+def loads_exact(text: str | bytes) -> Any:
+    """Decode stored JSON (jsonb's text, SQLite's) keeping every number exact: floats as
+    ``Decimal``, long integers whole (orjson would round both). The fast path, orjson,
+    when no number can need it."""
+    raw = text.encode() if isinstance(text, str) else text
+    if _MAYBE_FLOAT.search(raw) is None and _LONG_INT.search(raw) is None:
+        return orjson.loads(raw)
+    return json.loads(raw, parse_float=Decimal)
 
 
 def _ts_us(value: datetime) -> int:
@@ -376,10 +396,15 @@ def _ts_us(value: datetime) -> int:
 
 @functools.lru_cache(maxsize=4096)
 def _ip_text(text: str) -> str:
+    """One form of an address or a network: ``10.0.0.1`` and ``10.0.0.1/32`` alike, but
+    ``10.0.0.1/8`` (an inet with a prefix) is not the address."""
     try:
-        return str(ipaddress.ip_address(text.split("/", 1)[0]))
+        iface = ipaddress.ip_interface(text)
     except ValueError:
         return text
+    if iface.network.prefixlen == iface.max_prefixlen:
+        return str(iface.ip)
+    return str(iface)
 
 
 def _ip(value: Any) -> str | None:

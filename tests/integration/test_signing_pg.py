@@ -235,6 +235,11 @@ TAMPERING: dict[str, tuple[list[str], set[str]]] = {
     "insert row without producer": (
         ["INSERT INTO activity_logs (id, timestamp, activity_type, severity, level) VALUES "
          "(gen_random_uuid(), now() - interval '2 years', 'refund', 'info', 20)"], {"unsigned"}),
+    "inet given a prefix": (["UPDATE activity_logs SET ip_address = set_masklen(ip_address, 64) "
+                             "WHERE seq = 9"], {"altered"}),
+    "number edited below a float's precision": (
+        ["UPDATE activity_logs SET metadata = jsonb_set(metadata, '{third}', "
+         "'0.333333333333333333333') WHERE seq = 10"], {"altered"}),
     "strip seal": (["UPDATE activity_logs SET row_mac = NULL WHERE seq = 4"], {"unsealed"}),
     "swap links": (["UPDATE activity_logs SET prev_mac = (SELECT prev_mac FROM activity_logs "
                     "WHERE seq = 3) WHERE seq = 12"], {"altered", "broken_link"}),

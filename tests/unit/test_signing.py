@@ -173,6 +173,17 @@ def test_canonical_json_reads_numbers_as_jsonb_writes_them() -> None:
     assert canonical_json({"a": -0.0}) == canonical_json({"a": 0.0})
     assert canonical_json({"a": 1.5e-7}) == canonical_json({"a": 0.00000015})
     assert canonical_json({"a": 1}) != canonical_json({"a": 2})
+    # numbers are compared exactly: an edit below a float's precision is still an edit
+    from decimal import Decimal
+
+    from activity_logging.signing import loads_exact
+
+    assert canonical_json({"a": 0.1}) == canonical_json(loads_exact('{"a": 0.1}'))
+    assert canonical_json({"a": 0.1}) != canonical_json(loads_exact('{"a": 0.1000000000000000000001}'))
+    assert canonical_json({"a": 1e20}) == canonical_json(loads_exact('{"a": 100000000000000000000}'))
+    assert canonical_json({"a": 1e20}) != canonical_json(loads_exact('{"a": 100000000000000000001}'))
+    assert canonical_json({"a": Decimal("1.50")}) == canonical_json({"a": 1.5})
+    assert canonical_json({"a": True}) != canonical_json({"a": 1})
     assert canonical_json({"a": "1"}) != canonical_json({"a": 1})
 
 
