@@ -20,10 +20,13 @@ Kept up to date by statement-level ``AFTER`` triggers on the table, with transit
   must not drift if someone does it anyway.
 
 On a partitioned table the triggers are on the parent, which sees every row written
-through the parent (as every writer of this library does). ``DROP``/``DETACH`` of a
-partition fires no trigger: ``cleanup`` calls ``forget_partitions`` for the months it
-removed. Rows written straight into a partition, or a rollup repaired by hand, are made
-right again by ``rebuild_rollup``.
+through the parent (as every writer of this library does), and on each monthly partition
+(``ensure_partition_triggers``, called by ``partitions.create_partitions``), for statements
+naming a partition: a statement fires the statement triggers of the table it names only,
+so no row is counted twice, and ``TRUNCATE`` of a partition clears its month only.
+``DROP``/``DETACH`` of a partition fires no trigger: ``cleanup`` calls ``forget_partitions``
+for the months it removed (and drops the triggers of a detached one). A rollup edited by
+hand is made right again by ``rebuild_rollup``.
 
 The trigger function is ``SECURITY DEFINER`` (owned by whoever ran ``init-db``, with a
 fixed ``search_path`` and every name schema-qualified), so the writer role needs no
@@ -38,17 +41,16 @@ The embedded SQLite store has no rollup: its summaries read the rows (it holds s
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable
 from datetime import UTC, date, datetime, time, timedelta
-from operator import itemgetter
-from typing import TYPE_CHECKING, Any, Final
+from typing import TYPE_CHECKING, Final
 
 from sqlalchemy import BigInteger, Column, Date, MetaData, Table, Text
 
 from .config import DEFAULT_TABLE
 from .db import quote_identifier
 from .exceptions import ConfigurationError
-from .partitions import month_bounds, partition_month, partition_name
+from .partitions import month_bounds, partition_month
 from .urls import is_sqlite
 
 if TYPE_CHECKING:
@@ -268,8 +270,8 @@ async def ensure_rollup(conn: asyncpg.Connection, *, table: str = DEFAULT_TABLE)
             for event, name in missing.items():
                 await conn.execute(_trigger_ddl(schema, table, event, name))
         # Each monthly partition carries the triggers too, for statements naming it (the
-        # writer COPYs a batch straight into its month's partition: see ``copy_targets``).
-        # A partition that lacked them may hold rows written into it uncounted: recount it.
+        # parent's fire only for statements naming the parent). A partition that lacked
+        # them may hold rows written into it uncounted: recount its month.
         recount = []
         for partition in await _partitions_of(conn, table):
             if await _add_partition_triggers(conn, schema, table, partition) and not rebuild:
@@ -378,8 +380,8 @@ async def ensure_partition_triggers(conn: asyncpg.Connection, partition: str, *,
         return
     # CREATE TRIGGER needs EXECUTE on the function (revoked from PUBLIC: anyone could
     # otherwise feed the rollup from a table of their own) and TRIGGER on the partition.
-    # Without them the partition is left without: ``copy_targets`` then routes its rows
-    # through the parent, whose trigger counts them (slower, still exact).
+    # Without them the partition is left without: rows written through the parent (as every
+    # writer of this library writes) are counted all the same; ``init-db`` adds them later.
     allowed = await conn.fetchval(
         "SELECT has_function_privilege(to_regprocedure($1), 'EXECUTE') "
         "AND has_table_privilege(to_regclass($2), 'TRIGGER')",
@@ -388,88 +390,6 @@ async def ensure_partition_triggers(conn: asyncpg.Connection, partition: str, *,
         logger.debug("partition %s left without the rollup's triggers (no privilege)", partition)
         return
     await _add_partition_triggers(conn, schema, table, partition)
-
-
-async def copy_targets(conn: asyncpg.Connection, months: Iterable[tuple[int, int]], *,
-                       table: str = DEFAULT_TABLE) -> dict[tuple[int, int], str]:
-    """For each ``(year, month)``, the relation a writer's ``COPY`` of that month's rows
-    names: the month's partition when that keeps the rollup exact (the partition has the
-    rollup's INSERT trigger, or the table has no rollup) and this role may insert into it
-    (through the parent only the parent's privilege counts), else ``table`` itself.
-
-    Why: a ``COPY`` into a partitioned table with an insert trigger that has a transition
-    table inserts row by row (PostgreSQL 15, ``copyfrom.c``), 10-15% slower; into the
-    partition it inserts in bulk, and the partition's own trigger counts the rows. The
-    parent's trigger does not fire for a statement naming the partition, so no row is
-    counted twice. Reads only.
-    """
-    wanted = sorted(set(months))
-    insert_trigger = rollup_trigger_names(table)["INSERT"]
-    rows = await conn.fetch(
-        "SELECT m.name, to_regclass(quote_ident(m.name)) IS NOT NULL "
-        "AND has_table_privilege(to_regclass(quote_ident(m.name)), 'INSERT') AS present, "
-        "(NOT EXISTS (SELECT 1 FROM pg_trigger WHERE tgrelid = to_regclass($2) "
-        "             AND tgname = $3) "
-        " OR EXISTS (SELECT 1 FROM pg_trigger WHERE tgrelid = to_regclass(quote_ident(m.name)) "
-        "            AND tgname = $3)) AS counted "
-        "FROM unnest($1::text[]) AS m(name)",
-        [partition_name(table, *month) for month in wanted], _q(table), insert_trigger)
-    verdict = {str(r["name"]): bool(r["present"] and r["counted"]) for r in rows}
-    return {month: (name if verdict.get(name) else table)
-            for month, name in ((m, partition_name(table, *m)) for m in wanted)}
-
-
-class _Detached(Exception):
-    """A partition was detached while a batch was copied into it (rolled back)."""
-
-
-async def copy_by_partition(
-    conn: asyncpg.Connection,
-    rows: Sequence[Mapping[str, Any]],
-    records: Sequence[tuple[Any, ...]],
-    *,
-    table: str = DEFAULT_TABLE,
-    columns: Sequence[str],
-) -> int | None:
-    """``COPY`` a batch into a partitioned ``table`` straight into each month's partition
-    (``copy_targets``), inside the caller's transaction; returns the rows copied, or
-    ``None`` when some month must go through ``table`` itself (the caller then copies the
-    whole batch there, as before).
-
-    ``rows`` are the batch's row mappings (for their timestamps), ``records`` the same rows
-    as the tuples ``COPY`` takes. After the copy, while it holds the partitions' locks, it
-    checks that each is still attached to ``table``: a partition detached meanwhile rolls
-    the copy back (a savepoint) and returns ``None``, so no row lands outside the table.
-    Errors of the copy itself (a duplicate id: asyncpg's ``UniqueViolationError``) are
-    raised as they come.
-    """
-    stamp = itemgetter("timestamp")
-    months = {(t.year, t.month) for t in map(stamp, rows)}
-    targets = await copy_targets(conn, months, table=table)
-    if any(target == table for target in targets.values()):
-        return None
-    if len(months) == 1:
-        groups: dict[tuple[int, int], list[tuple[Any, ...]]] = {next(iter(months)): list(records)}
-    else:
-        groups = {}
-        for t, record in zip(map(stamp, rows), records, strict=True):
-            groups.setdefault((t.year, t.month), []).append(record)
-    try:
-        async with conn.transaction():  # a savepoint: undone alone when a partition left
-            copied = 0
-            for month, group in groups.items():
-                status = await conn.copy_records_to_table(
-                    targets[month], records=group, columns=list(columns))
-                copied += int(status.rsplit(" ", 1)[-1])
-            attached = await conn.fetchval(
-                "SELECT count(*) FROM pg_inherits WHERE inhparent = to_regclass($1) "
-                "AND inhrelid = ANY(SELECT to_regclass(quote_ident(n)) FROM unnest($2::text[]) n)",
-                _q(table), list(targets.values()))
-            if attached != len(targets):
-                raise _Detached
-    except _Detached:
-        return None
-    return copied
 
 
 def partition_days(table: str, partitions: Iterable[str]) -> list[tuple[date, date]]:
@@ -510,8 +430,6 @@ __all__ = [
     "KEY_COLUMNS",
     "MIN_SERVER_VERSION",
     "activity_log_daily",
-    "copy_by_partition",
-    "copy_targets",
     "ensure_partition_triggers",
     "ensure_rollup",
     "forget_partitions",

@@ -40,7 +40,6 @@ from .partitions import (
     partition_month,
     partition_name,
 )
-from .rollup import copy_by_partition
 from .schema import COLUMNS
 from .store import is_bad_value
 from .urls import asyncpg_dsn, redact_url
@@ -312,17 +311,10 @@ class PostgresStore:
             # to the stage when a row turns out to be there already.
             try:
                 async with conn.transaction():
-                    # partitioned: each month's rows straight into its partition, in bulk
-                    # (rollup.copy_by_partition, helper E's: the daily rollup's triggers)
-                    inserted = await copy_by_partition(
-                        conn, rows, records, table=self.table, columns=COLUMNS
-                    ) if self.partitioned else None
-                    if inserted is None:
-                        status = await conn.copy_records_to_table(
-                            self.table, records=records, columns=COLUMNS
-                        )
-                        inserted = int(status.rsplit(" ", 1)[-1])
-                return inserted
+                    status = await conn.copy_records_to_table(
+                        self.table, records=records, columns=COLUMNS
+                    )
+                return int(status.rsplit(" ", 1)[-1])
             except Exception as exc:
                 if getattr(exc, "sqlstate", None) != _UNIQUE_VIOLATION:
                     raise
