@@ -274,6 +274,10 @@ async def ensure_rollup(conn: asyncpg.Connection, *, table: str = DEFAULT_TABLE)
         # them may hold rows written into it uncounted: recount its month.
         recount = []
         for partition in await _partitions_of(conn, table):
+            if not await _may_add_triggers(conn, schema, table, partition):
+                logger.debug("partition %s left without the rollup's triggers (no privilege)",
+                             partition)
+                continue
             if await _add_partition_triggers(conn, schema, table, partition) and not rebuild:
                 recount.append(partition)
         if rebuild:
@@ -368,6 +372,16 @@ async def rebuild_rollup_at(
         await conn.close()
 
 
+async def _may_add_triggers(conn: asyncpg.Connection, schema: str, table: str,
+                            partition: str) -> bool:
+    """Whether this role may put the rollup's triggers on ``partition``: EXECUTE on the
+    function (revoked from PUBLIC) and TRIGGER on the partition."""
+    return bool(await conn.fetchval(
+        "SELECT coalesce(has_function_privilege(to_regprocedure($1), 'EXECUTE') "
+        "AND has_table_privilege(to_regclass($2), 'TRIGGER'), false)",
+        _names(schema, table)["function"] + "()", f"{_q(schema)}.{_q(partition)}"))
+
+
 async def ensure_partition_triggers(conn: asyncpg.Connection, partition: str, *,
                                     table: str = DEFAULT_TABLE) -> None:
     """Give a new monthly ``partition`` of ``table`` the rollup's triggers (when ``table``
@@ -382,11 +396,7 @@ async def ensure_partition_triggers(conn: asyncpg.Connection, partition: str, *,
     # otherwise feed the rollup from a table of their own) and TRIGGER on the partition.
     # Without them the partition is left without: rows written through the parent (as every
     # writer of this library writes) are counted all the same; ``init-db`` adds them later.
-    allowed = await conn.fetchval(
-        "SELECT has_function_privilege(to_regprocedure($1), 'EXECUTE') "
-        "AND has_table_privilege(to_regclass($2), 'TRIGGER')",
-        _names(schema, table)["function"] + "()", f"{_q(schema)}.{_q(partition)}")
-    if not allowed:
+    if not await _may_add_triggers(conn, schema, table, partition):
         logger.debug("partition %s left without the rollup's triggers (no privilege)", partition)
         return
     await _add_partition_triggers(conn, schema, table, partition)

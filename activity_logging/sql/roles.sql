@@ -62,6 +62,7 @@ DECLARE
     rel regclass;
     child regclass;
     seq regclass;
+    fn regprocedure;
 BEGIN
     IF prefix !~ '^[a-z_][a-z0-9_]*$' OR length(prefix) > 52 THEN
         RAISE EXCEPTION 'role prefix % must be lower-case letters, digits and _ (at most 52)',
@@ -150,5 +151,15 @@ BEGIN
             END IF;
         END LOOP;
     END LOOP;
+
+    -- 4. The daily rollup's trigger function (rollup.py) is SECURITY DEFINER: it runs as
+    -- its owner, who writes the rollup. The maintenance role owns it like the rollup, so
+    -- it may put it on new partitions and replace it on upgrade (EXECUTE stays revoked
+    -- from PUBLIC: no one else can feed the rollup from a table of their own).
+    fn := to_regprocedure(format('%I.%I()', target, 'activity_log_daily_apply'));
+    IF fn IS NOT NULL AND (SELECT proowner FROM pg_proc WHERE oid = fn)
+            <> (SELECT oid FROM pg_roles WHERE rolname = maint) THEN
+        EXECUTE format('ALTER FUNCTION %s OWNER TO %I', fn, maint);
+    END IF;
 END
 $activity_logging_roles$;

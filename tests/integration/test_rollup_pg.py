@@ -13,6 +13,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
+from uuid import uuid4
 
 import asyncpg
 import pytest
@@ -416,3 +417,58 @@ def test_rollup_names_derive_from_the_table() -> None:
     assert rollup_table_name() == "activity_log_daily"
     assert set(rollup_trigger_names("x").values()) == {
         "x_daily_on_insert", "x_daily_on_delete", "x_daily_on_update", "x_daily_on_truncate"}
+
+
+def test_with_the_roles_maintenance_owns_the_function_and_the_writer_is_counted(
+    pg_url: str, pg_schema: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from activity_logging.roles import role_names
+    from tests.integration.test_roles_pg import url_as
+
+    prefix = f"t{uuid4().hex[:10]}_"
+    names = role_names(prefix)
+    logins = [f"{prefix}ops", f"{prefix}app"]
+
+    async def as_admin(*sql: str) -> list[Any]:
+        async with connect(pg_url, pg_schema) as conn:
+            return [await conn.fetchval(s) for s in sql]
+
+    try:
+        code, _, err = run(["init-db", "--database-url", pg_url, "--schema", pg_schema,
+                            "--partitioned", "--roles", "--role-prefix", prefix], capsys)
+        assert code == 0, err
+        owner, = asyncio.run(as_admin(
+            f"SELECT proowner::regrole::text FROM pg_proc "
+            f"WHERE oid = to_regprocedure('\"{pg_schema}\".activity_log_daily_apply()')"))
+        assert owner == names.maintenance
+        asyncio.run(as_admin(f'CREATE ROLE "{logins[0]}" LOGIN IN ROLE "{names.maintenance}"',
+                             f'CREATE ROLE "{logins[1]}" LOGIN IN ROLE "{names.writer}"'))
+        # a partition made by a member of the maintenance role gets the rollup's triggers
+        code, _, err = run(["partitions", "--database-url", url_as(pg_url, logins[0]),
+                            "--schema", pg_schema, "--month", "2031-01"], capsys)
+        assert code == 0, err
+
+        async def write_and_check() -> None:
+            async with connect(pg_url, pg_schema) as conn:
+                assert await _triggers_on(conn, "activity_logs_p203101") == set(
+                    rollup_trigger_names().values())
+            rows = (make_rows(50, start=datetime(2031, 1, 2, tzinfo=UTC))
+                    + make_rows(50, start=datetime.now(UTC) - timedelta(minutes=30),
+                                step=timedelta(seconds=20)))
+            store = PostgresStore(url_as(pg_url, logins[1]), schema=pg_schema)
+            try:
+                assert await store.insert_activities(rows) == 100
+            finally:
+                await store.close()
+            assert sum((await assert_agrees(pg_url, pg_schema)).values()) == 100
+
+        asyncio.run(write_and_check())
+    finally:
+        async def drop() -> None:
+            async with connect(pg_url, pg_schema) as conn:
+                for name in [*logins, *names.all()]:
+                    if await conn.fetchval("SELECT 1 FROM pg_roles WHERE rolname = $1", name):
+                        await conn.execute(f'DROP OWNED BY "{name}" CASCADE')
+                        await conn.execute(f'DROP ROLE "{name}"')
+
+        asyncio.run(drop())
