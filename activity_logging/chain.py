@@ -111,7 +111,7 @@ class ChainVerifier:
         self.reports: list[ChainReport] = []
         self._current: ChainReport | None = None
         self._prev: Mapping[str, Any] | None = None
-        self._cut_checked: dict[str, bool] = {}
+        self._cut: tuple[int, Any] = (0, None)
 
     def _problem(self, report: ChainReport, kind: str, row: Mapping[str, Any] | None,
                  detail: str, seq: int | None = None) -> None:
@@ -132,6 +132,7 @@ class ChainVerifier:
             report = self._current = ChainReport(producer)
             self.reports.append(report)
             self._prev = None
+            self._start_cut(report, row)
         seq = int(row["seq"])
         report.rows += 1
         if report.first_seq is None:
@@ -142,24 +143,67 @@ class ChainVerifier:
             report.last_at = ts
         self._check_seal(report, row)
         prev = self._prev
-        if prev is None:
-            self._check_head(report, row, seq)
+        if prev is not None and seq == int(prev["seq"]):
+            self._problem(report, "duplicate", row, f"a second row with seq {seq}")
+        elif row.get("mac") is None:  # an unchained row: only its sequence can be checked
+            if prev is not None and seq > int(prev["seq"]) + 1:
+                self._missing(report, row, int(prev["seq"]) + 1, seq)
         else:
-            prev_seq = int(prev["seq"])
-            if seq == prev_seq:
-                self._problem(report, "duplicate", row, f"a second row with seq {seq}")
-            elif seq > prev_seq + 1:
-                self._problem(report, "missing", row,
-                              f"seq {prev_seq + 1}..{seq - 1} missing ({seq - prev_seq - 1} rows)",
-                              seq=prev_seq + 1)
-            elif prev.get("mac") is not None and row.get("prev_mac") != prev.get("mac"):
-                self._problem(report, "broken_link", row,
-                              f"prev_mac does not name seq {prev_seq}'s mac")
+            self._check_link(report, row, seq, prev)
         is_cp, closing = _is_checkpoint(row)
         if is_cp and (row.get("row_mac") or self.keyring is None):
             report.checkpoints += 1
         report.closed = closing
         self._prev = row
+
+    def _start_cut(self, report: ChainReport, row: Mapping[str, Any]) -> None:
+        """The producer's retention cut: (last seq deleted, its link), or (0, None)."""
+        self._cut = (0, None)
+        cut = self.cuts.get(report.producer_id)
+        if cut is None:
+            return
+        if self.keyring is not None and not cut_matches(cut, self.keyring):
+            self._problem(report, "bad_cut", row, "the retention cut marker's MAC does not match")
+            return
+        self._cut = (int(cut["seq"]), cut.get("link"))
+
+    def _missing(self, report: ChainReport, row: Mapping[str, Any], first: int, seq: int) -> None:
+        self._problem(report, "missing", row,
+                      f"seq {first}..{seq - 1} missing ({seq - first} rows)", seq=first)
+
+    def _check_link(self, report: ChainReport, row: Mapping[str, Any], seq: int,
+                    prev: Mapping[str, Any] | None) -> None:
+        """A chained row's place: after the cut (rows at or below it may be gone, or kept
+        because their time was newer than the cutoff), after its predecessor, or first."""
+        cut_seq, cut_link = self._cut
+        if seq <= cut_seq:
+            return  # kept below the cut: its seal is checked, its neighbours may be gone
+        if cut_seq and seq == cut_seq + 1:
+            if row.get("prev_mac") != cut_link:
+                self._problem(report, "head_missing", row,
+                              f"seq {seq} does not follow the retention cut through seq {cut_seq}",
+                              seq=seq)
+            return
+        if prev is None:
+            if self.windowed:
+                return  # a window starts anywhere
+            if seq == 1 and not cut_seq:
+                if row.get("prev_mac") != "":
+                    self._problem(report, "broken_link", row,
+                                  "the producer's first record names a predecessor")
+                return
+            what = (f"retention cut through seq {cut_seq}, but" if cut_seq
+                    else "no retention cut marker covers the rows before it:")
+            self._problem(report, "head_missing", row,
+                          f"{what} the trail starts at seq {seq}", seq=cut_seq + 1)
+            return
+        prev_seq = int(prev["seq"])
+        first_expected = max(prev_seq + 1, cut_seq + 1)
+        if seq > first_expected:
+            self._missing(report, row, first_expected, seq)
+        elif prev.get("mac") is not None and row.get("prev_mac") != prev.get("mac"):
+            self._problem(report, "broken_link", row,
+                          f"prev_mac does not name seq {prev_seq}'s mac")
 
     def _check_seal(self, report: ChainReport, row: Mapping[str, Any]) -> None:
         if self.keyring is None:
@@ -180,29 +224,6 @@ class ChainVerifier:
             self._problem(report, "altered", row, "row_mac does not match the row's columns")
         else:
             report.sealed += 1
-
-    def _check_head(self, report: ChainReport, row: Mapping[str, Any], seq: int) -> None:
-        if self.windowed or row.get("mac") is None:
-            return  # a window starts anywhere; an unchained trail has no head to check
-        if seq == 1 and row.get("prev_mac") == "":
-            return
-        cut = self.cuts.get(report.producer_id)
-        if cut is None:
-            self._problem(report, "head_missing", row,
-                          f"the trail starts at seq {seq}: rows before it are gone and no "
-                          "retention cut marker covers them", seq=1)
-            return
-        if self.keyring is not None and not cut_matches(cut, self.keyring):
-            self._problem(report, "bad_cut", row, "the retention cut marker's MAC does not match")
-            return
-        cut_seq = int(cut["seq"])
-        if cut_seq >= seq:
-            return  # kept below the cut (a newer timestamp than the cutoff): nothing to link
-        if cut_seq == seq - 1 and cut.get("link") == row.get("prev_mac"):
-            return
-        self._problem(report, "head_missing", row,
-                      f"retention cut through seq {cut_seq}, but the trail starts at seq {seq}",
-                      seq=cut_seq + 1)
 
     def _end(self, report: ChainReport) -> None:
         prev = self._prev

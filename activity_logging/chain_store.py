@@ -58,16 +58,19 @@ async def _has_table(conn: AsyncConnection, name: str) -> bool:
 
 
 async def stream_rows(conn: AsyncConnection, *, table: str = DEFAULT_TABLE,
-                      producer_id: str | None = None, since: datetime | None = None
-                      ) -> AsyncIterator[dict[str, Any]]:
-    """Every row with a producer and a ``seq``, in ``(producer_id, seq, id)`` order, each
-    as a dict of its columns (decoded as the store reads them), streamed in batches."""
+                      producer_id: str | None = None, since: datetime | None = None,
+                      through_seq: int | None = None) -> AsyncIterator[dict[str, Any]]:
+    """Every row with a producer and a ``seq`` (up to ``through_seq``), in
+    ``(producer_id, seq, id)`` order, each as a dict of its columns (decoded as the store
+    reads them), streamed in batches."""
     t, _ = _tables(table)
     conds: list[ColumnElement[bool]] = [t.c.producer_id.is_not(None), t.c.seq.is_not(None)]
     if producer_id is not None:
         conds.append(t.c.producer_id == producer_id)
     if since is not None:
         conds.append(t.c.timestamp >= since)
+    if through_seq is not None:
+        conds.append(t.c.seq <= through_seq)
     # jsonb read as its text and decoded here: orjson unless a number needs reading
     # exactly (signing.loads_exact); the driver's stdlib decoder was the largest cost
     columns = [cast(c, Text).label(c.name) if c.name in _JSON_COLUMNS else c
@@ -145,6 +148,7 @@ async def record_cuts(conn: AsyncConnection, cutoff: datetime, keyring: KeyRing 
         raise ConfigurationError(
             f"table {cuts.name!r} is missing: run `activity-logging init-db` to upgrade the schema")
     existing = await load_cuts(conn, table=table)
+    await _verify_before_cut(conn, planned, existing, keyring, table=table)
     key = keyring.current
     cut_at = (now or datetime.now(UTC)).astimezone(UTC)
     moved = 0
@@ -198,3 +202,26 @@ async def unchained_rows(conn: AsyncConnection, *, table: str = DEFAULT_TABLE,
     first = [(str(i), ts) for i, ts in await conn.execute(
         select(t.c.id, t.c.timestamp).where(cond).order_by(t.c.timestamp, t.c.id).limit(limit))]
     return total, first
+
+
+async def _verify_before_cut(conn: AsyncConnection, planned: dict[str, tuple[int, str]],
+                             existing: dict[str, dict[str, Any]], keyring: KeyRing, *,
+                             table: str) -> None:
+    """Refuse to sign a cut over rows that do not verify: deleting them would destroy the
+    evidence (a row backdated so that retention takes it, a forged row with a far seq to
+    carry the marker ahead). ``ConfigurationError`` naming the first problem."""
+    from .chain import ChainVerifier
+
+    for producer, (seq, _) in sorted(planned.items()):
+        verifier = ChainVerifier(keyring=keyring, cuts=existing, now=datetime.now(UTC),
+                                 open_grace=float("inf"), max_problems=1)
+        async for row in stream_rows(conn, table=table, producer_id=producer, through_seq=seq):
+            verifier.feed(row)
+        problems = [p for report in verifier.finish() for p in report.problems]
+        if problems:
+            first = problems[0]
+            raise ConfigurationError(
+                f"cleanup would delete rows of producer {producer!r} that do not verify "
+                f"({first.kind} at seq {first.seq}: {first.detail}); nothing was deleted: run "
+                "`activity-logging verify`, and remove the tampered rows' evidence only "
+                "after investigating")

@@ -103,6 +103,7 @@ async def cmd_verify(args: argparse.Namespace) -> int:
         reports = await activity_log_crud.get_sequence_report(
             conn, producer_id=args.producer, since=since)
         cuts = await load_cuts(conn)
+        reports = _beyond_cuts(reports, cuts, keyring)
         verifier = ChainVerifier(keyring=keyring, cuts=cuts, now=datetime.now(UTC),
                                  open_grace=args.open_grace, windowed=since is not None,
                                  max_problems=args.max_gaps)
@@ -135,6 +136,27 @@ async def cmd_verify(args: argparse.Namespace) -> int:
         print(_render_chains(chains, keyring is not None, args.max_gaps))
         print(f"trail: {describe(keyring)}; {rows} rows checked in {seconds:.1f} s")
     return EXIT_OK if ok else EXIT_FAILED
+
+
+def _beyond_cuts(reports: list[Any], cuts: dict[str, dict[str, Any]], keyring: Any) -> list[Any]:
+    """The sequence reports with the gaps a retention cut explains left out: rows at or
+    below a producer's cut were deleted by retention (or kept, being newer than the cutoff:
+    a clock that went back). A marker whose MAC does not match explains nothing (the chain
+    check reports it)."""
+    from dataclasses import replace
+
+    from .signing import cut_matches
+
+    out = []
+    for report in reports:
+        cut = cuts.get(report.producer_id)
+        if cut is None or not report.gaps or (keyring is not None and not cut_matches(cut, keyring)):
+            out.append(report)
+            continue
+        through = int(cut["seq"])
+        gaps = [(max(start, through + 1), end) for start, end in report.gaps if end > through]
+        out.append(replace(report, gaps=gaps, missing=sum(end - start + 1 for start, end in gaps)))
+    return out
 
 
 def _render_chains(chains: list[Any], keyed: bool, max_listed: int) -> str:

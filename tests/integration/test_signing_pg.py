@@ -339,20 +339,23 @@ async def test_retention_cut_passes_and_deletion_beyond_it_does_not(
     await _sql(pg_url, forged_marker, "UPDATE activity_log_cuts SET seq = 10")
     await _sql(pg_url, forged_marker, "DELETE FROM activity_logs WHERE seq IN (9, 10)")
     code, report = await _verify(pg_url, forged_marker, key_file, capsys)
-    assert code == 1 and _kinds(report) == {"bad_cut"}
+    assert code == 1 and _kinds(report) == {"bad_cut", "head_missing"}
 
 
-async def _age_rows(pg_url: str, schema: str, *, through_seq: int, days: int) -> None:
-    """Move rows back in time and reseal them with the key (as if logged ``days`` ago)."""
+async def _age_rows(pg_url: str, schema: str, *, through_seq: int, days: int,
+                    only: tuple[int, ...] = ()) -> None:
+    """Move rows (``seq`` up to ``through_seq``, or those in ``only``) back in time and reseal
+    them with the key, as if logged ``days`` ago (the test plays the producer, with its key)."""
     from activity_logging.chain_store import stream_rows
     from activity_logging.signing import canonical_row, encode_mac
 
     key = KeyRing.parse(KEY).current
+    chosen = only or tuple(range(1, through_seq + 1))
     await _sql(pg_url, schema, f"UPDATE activity_logs SET timestamp = timestamp - interval "
-               f"'{days} days' WHERE seq <= {through_seq}")
+               f"'{days} days' WHERE seq = ANY($1::bigint[])", list(chosen))
     async with db.read_connection(pg_url, schema=schema) as conn:
-        rows = [r async for r in stream_rows(conn)]
-    for row in rows[:through_seq]:
+        rows = [r async for r in stream_rows(conn) if r["seq"] in chosen]
+    for row in rows:
         seal = encode_mac(key.mac(b"activity_logging/row/1\x00", canonical_row(row)))
         await _sql(pg_url, schema, "UPDATE activity_logs SET row_mac = $1 WHERE id = $2",
                    seal, row["id"])
@@ -439,4 +442,48 @@ async def test_worker_cli_takes_the_key_file_and_refuses_unsigned_entries(
     dead = await _sql(pg_url, pg_schema, "SELECT reason FROM activity_log_dead_letters")
     assert [d["reason"] for d in dead] == ["bad_signature"]
     code, report = await _verify(pg_url, pg_schema, key_file, capsys)
+    assert code == 0, report
+
+
+async def test_cleanup_refuses_to_cut_over_rows_that_do_not_verify_and_skew_is_no_alarm(
+    redis_url: str, redis_stream: str, pg_url: str, pg_schema: str, key_file: Path,
+    copies: list[str], capsys: pytest.CaptureFixture[str],
+) -> None:
+    """The review's attacks on retention: a row backdated so that cleanup takes it (and the
+    rows the attacker deleted before it), a forged row with a far seq to carry the marker
+    ahead; and honest cases: a clock that went back (seq 5 newer than 6..8), genuine old
+    entries replayed after the cut."""
+    ring = KeyRing.parse(KEY)
+    await _intact_trail(redis_url, redis_stream, pg_url, pg_schema, 20)
+    await _age_rows(pg_url, pg_schema, through_seq=8, days=200)
+
+    backdated = await _copy_schema(pg_url, pg_schema, copies)
+    await _sql(pg_url, backdated, "DELETE FROM activity_logs WHERE seq BETWEEN 9 AND 14")
+    await _sql(pg_url, backdated, "UPDATE activity_logs SET timestamp = timestamp - interval "
+               "'300 days' WHERE seq = 15")
+    far = await _copy_schema(pg_url, pg_schema, copies)
+    await _sql(pg_url, far, "INSERT INTO activity_logs SELECT gen_random_uuid(), timestamp, "
+               "activity_type, description, severity, level, actor_type, actor_id, target_type, "
+               "target_id, changes, metadata, ip_address, user_agent, request_id, http_method, "
+               "path, logger, hostname, process_id, producer_id, 1000000000, key_id, prev_mac, "
+               "repeat('f', 64), row_mac FROM activity_logs WHERE seq = 1")
+    for schema, kind in ((backdated, "altered"), (far, "altered")):
+        with pytest.raises(Exception, match=f"do not verify \\({kind}"):
+            await cleanup(pg_url, schema=schema, retention_days=90, keyring=ring)
+        count = await _sql(pg_url, schema, "SELECT count(*) AS n FROM activity_log_cuts")
+        assert count[0]["n"] == 0  # nothing signed, nothing deleted
+
+    skewed = await _copy_schema(pg_url, pg_schema, copies)
+    await _age_rows(pg_url, skewed, through_seq=8, days=-199, only=(5,))  # seq 5 is newer
+    result = await cleanup(pg_url, schema=skewed, retention_days=90, keyring=ring)
+    assert result.deleted_rows == 7
+    code, report = await _verify(pg_url, skewed, key_file, capsys)
+    assert code == 0, report  # seq 5 kept below the cut through 8: no gap, no alarm
+
+    result = await cleanup(pg_url, schema=pg_schema, retention_days=90, keyring=ring)
+    assert result.deleted_rows == 8
+    replayed = await _copy_schema(pg_url, pg_schema, copies)
+    await _sql(pg_url, replayed, f'INSERT INTO activity_logs SELECT * FROM "{skewed}".activity_logs '
+               "WHERE seq = 5")  # a genuine old row stored again after its cut
+    code, report = await _verify(pg_url, replayed, key_file, capsys)
     assert code == 0, report
