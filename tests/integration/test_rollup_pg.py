@@ -422,8 +422,13 @@ def test_rollup_names_derive_from_the_table() -> None:
 def test_with_the_roles_maintenance_owns_the_function_and_the_writer_is_counted(
     pg_url: str, pg_schema: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
+    from urllib.parse import urlsplit, urlunsplit
+
     from activity_logging.roles import role_names
-    from tests.integration.test_roles_pg import url_as
+
+    def url_as(url: str, role: str) -> str:  # the test server trusts local logins
+        parts = urlsplit(url)
+        return urlunsplit(parts._replace(netloc=f"{role}@{parts.netloc.rpartition('@')[2]}"))
 
     prefix = f"t{uuid4().hex[:10]}_"
     names = role_names(prefix)
