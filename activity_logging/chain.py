@@ -67,6 +67,7 @@ class ChainReport:
     last_at: datetime | None = None
     closed: bool = False
     checkpoints: int = 0
+    checkpoint_interval: float | None = None
     problem_count: int = 0
     problems: list[Problem] = field(default_factory=list)
 
@@ -83,7 +84,7 @@ class ChainReport:
                 "problems": [p.to_dict() for p in self.problems]}
 
 
-def _is_checkpoint(row: Mapping[str, Any]) -> tuple[bool, bool]:
+def is_checkpoint(row: Mapping[str, Any]) -> tuple[bool, bool]:
     """(is a checkpoint record, is the closing one)."""
     if row.get("activity_type") != CHECKPOINT_TYPE or row.get("logger") != "activity_logging.checkpoint":
         return False, False
@@ -96,17 +97,20 @@ class ChainVerifier:
     """Feed rows in ``(producer_id, seq, id)`` order with ``feed``; ``finish`` returns the
     reports. ``keyring`` None checks links and sequence only (an unauthenticated check:
     anyone can make rows that pass it). ``cuts`` are the retention cut markers by producer.
-    ``windowed`` (a ``--since`` check) does not expect a producer's first row to be there.
+    ``windowed`` (a ``--since`` check) does not expect a producer's first row to be there;
+    ``whole_table`` (every producer fed) also checks the cut markers of producers with no
+    row left: only a trail that had closed may be cut to nothing.
     ``now`` and ``open_grace`` (seconds) decide when a trail that is not closed is stale."""
 
     def __init__(self, *, keyring: KeyRing | None, cuts: Mapping[str, Mapping[str, Any]],
                  now: datetime, open_grace: float, windowed: bool = False,
-                 max_problems: int = 20) -> None:
+                 whole_table: bool = False, max_problems: int = 20) -> None:
         self.keyring = keyring
         self.cuts = cuts
         self.now = now
         self.open_grace = open_grace
         self.windowed = windowed
+        self.whole_table = whole_table
         self.max_problems = max_problems
         self.reports: list[ChainReport] = []
         self._current: ChainReport | None = None
@@ -150,9 +154,13 @@ class ChainVerifier:
                 self._missing(report, row, int(prev["seq"]) + 1, seq)
         else:
             self._check_link(report, row, seq, prev)
-        is_cp, closing = _is_checkpoint(row)
+        is_cp, closing = is_checkpoint(row)
         if is_cp and (row.get("row_mac") or self.keyring is None):
             report.checkpoints += 1
+            mark = row["metadata"]["checkpoint"]
+            interval = mark.get("interval") if isinstance(mark, dict) else None
+            if isinstance(interval, int | float) and not isinstance(interval, bool):
+                report.checkpoint_interval = float(interval)
         report.closed = closing
         self._prev = row
 
@@ -231,7 +239,9 @@ class ChainVerifier:
             return
         last = report.last_at
         age = (self.now - last).total_seconds() if last is not None else 0.0
-        if age > self.open_grace:
+        # a producer writes a checkpoint every interval: three missed is not a quiet moment
+        grace = max(self.open_grace, 3 * (report.checkpoint_interval or 0.0))
+        if age > grace:
             self._problem(report, "open_tail", prev,
                           f"the trail ends at seq {report.last_seq} without its closing "
                           f"checkpoint, {age:.0f} s ago (newest rows deleted, or the producer "
@@ -242,4 +252,21 @@ class ChainVerifier:
         if self._current is not None:
             self._end(self._current)
             self._current = None
+        if self.whole_table:
+            seen = {r.producer_id for r in self.reports}
+            for producer, cut in sorted(self.cuts.items()):
+                if producer in seen:
+                    continue
+                report = ChainReport(producer)
+                if self.keyring is not None and not cut_matches(cut, self.keyring):
+                    self._problem(report, "bad_cut", None,
+                                  "the retention cut marker's MAC does not match", seq=None)
+                elif not cut.get("closed"):
+                    self._problem(report, "open_tail", None,
+                                  f"retention cut through seq {cut['seq']} and no row after it, "
+                                  "but the trail had not ended there (its last deleted row was "
+                                  "not the closing checkpoint): its newest rows were deleted",
+                                  seq=int(cut["seq"]) + 1)
+                if report.problem_count:
+                    self.reports.append(report)
         return self.reports

@@ -39,6 +39,7 @@ async def ensure_chain_schema_pg(conn: asyncpg.Connection, *, table: str = DEFAU
     await conn.execute(
         f"CREATE TABLE IF NOT EXISTS {_quote(cuts_table_name(table))} ("
         "producer_id text PRIMARY KEY, seq bigint NOT NULL, link text NOT NULL, "
+        "closed boolean NOT NULL DEFAULT false, "
         "cutoff timestamptz NOT NULL, cut_at timestamptz NOT NULL, key_id text NOT NULL, "
         "mac text NOT NULL)")
 
@@ -109,20 +110,25 @@ async def load_cuts(conn: AsyncConnection, *, table: str = DEFAULT_TABLE) -> dic
 
 
 async def planned_cuts(conn: AsyncConnection, cutoff: datetime, *, table: str = DEFAULT_TABLE
-                       ) -> dict[str, tuple[int, str]]:
+                       ) -> dict[str, tuple[int, str, bool]]:
     """Per producer of a chained trail, the highest ``seq`` among the rows older than
-    ``cutoff`` and that row's link: what a cleanup at ``cutoff`` will delete."""
+    ``cutoff``, that row's link, and whether it is the producer's closing checkpoint: what
+    a cleanup at ``cutoff`` will delete."""
+    from .chain import is_checkpoint
+
     t, _ = _tables(table)
     older = and_(t.c.timestamp < cutoff, t.c.mac.is_not(None), t.c.seq.is_not(None),
                  t.c.producer_id.is_not(None))
     last = (select(t.c.producer_id.label("p"), func.max(t.c.seq).label("s"))
             .where(older).group_by(t.c.producer_id).subquery())
-    stmt = (select(t.c.producer_id, t.c.seq, t.c.mac)
+    stmt = (select(t.c.producer_id, t.c.seq, t.c.mac, t.c.activity_type, t.c.logger,
+                   t.c.metadata)
             .join(last, and_(t.c.producer_id == last.c.p, t.c.seq == last.c.s))
             .where(older))
-    found: dict[str, tuple[int, str]] = {}
-    for producer, seq, mac in await conn.execute(stmt):
-        found.setdefault(str(producer), (int(seq), str(mac)))
+    found: dict[str, tuple[int, str, bool]] = {}
+    for row in (await conn.execute(stmt)).mappings():
+        closed = is_checkpoint(dict(row))[1]
+        found.setdefault(str(row["producer_id"]), (int(row["seq"]), str(row["mac"]), closed))
     return found
 
 
@@ -152,12 +158,13 @@ async def record_cuts(conn: AsyncConnection, cutoff: datetime, keyring: KeyRing 
     key = keyring.current
     cut_at = (now or datetime.now(UTC)).astimezone(UTC)
     moved = 0
-    for producer, (seq, link) in sorted(planned.items()):
+    for producer, (seq, link, closed) in sorted(planned.items()):
         old = existing.get(producer)
         if old is not None and int(old["seq"]) >= seq:
             continue
         marker: dict[str, Any] = {"producer_id": producer, "seq": seq, "link": link,
-                                  "cutoff": cutoff, "cut_at": cut_at, "key_id": key.key_id}
+                                  "closed": closed, "cutoff": cutoff, "cut_at": cut_at,
+                                  "key_id": key.key_id}
         marker["mac"] = cut_mac(key, marker)
         if old is None:
             await conn.execute(cuts.insert().values(**marker))
@@ -204,7 +211,7 @@ async def unchained_rows(conn: AsyncConnection, *, table: str = DEFAULT_TABLE,
     return total, first
 
 
-async def _verify_before_cut(conn: AsyncConnection, planned: dict[str, tuple[int, str]],
+async def _verify_before_cut(conn: AsyncConnection, planned: dict[str, tuple[int, str, bool]],
                              existing: dict[str, dict[str, Any]], keyring: KeyRing, *,
                              table: str) -> None:
     """Refuse to sign a cut over rows that do not verify: deleting them would destroy the
@@ -212,7 +219,7 @@ async def _verify_before_cut(conn: AsyncConnection, planned: dict[str, tuple[int
     carry the marker ahead). ``ConfigurationError`` naming the first problem."""
     from .chain import ChainVerifier
 
-    for producer, (seq, _) in sorted(planned.items()):
+    for producer, (seq, _, _) in sorted(planned.items()):
         verifier = ChainVerifier(keyring=keyring, cuts=existing, now=datetime.now(UTC),
                                  open_grace=float("inf"), max_problems=1)
         async for row in stream_rows(conn, table=table, producer_id=producer, through_seq=seq):

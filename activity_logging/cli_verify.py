@@ -106,13 +106,15 @@ async def cmd_verify(args: argparse.Namespace) -> int:
         reports = _beyond_cuts(reports, cuts, keyring)
         verifier = ChainVerifier(keyring=keyring, cuts=cuts, now=datetime.now(UTC),
                                  open_grace=args.open_grace, windowed=since is not None,
+                                 whole_table=since is None and args.producer is None,
                                  max_problems=args.max_gaps)
         async for row in stream_rows(conn, producer_id=args.producer, since=since):
             verifier.feed(row)
         chains = [c for c in verifier.finish() if c.sealed or c.problem_count or c.checkpoints
                   or keyring is not None]
         if keyring is not None:  # a row no producer wrote: outside every chain
-            count, first = await unchained_rows(conn, since=since, limit=args.max_gaps)
+            # the whole table, whatever --since says: the timestamp is the forger's to choose
+            count, first = await unchained_rows(conn, limit=args.max_gaps)
             if count and args.producer is None:
                 loose = ChainReport(UNCHAINED, rows=count, problem_count=count)
                 loose.problems = [Problem("unsigned", UNCHAINED, None, rid,

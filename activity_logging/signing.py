@@ -468,14 +468,16 @@ def row_seal_matches(row: Mapping[str, Any], keyring: KeyRing) -> bool | None:
 # --- retention cut markers ---------------------------------------------------------------
 
 #: The fields of a cut marker, in the order its MAC covers them.
-CUT_FIELDS: Final = ("producer_id", "seq", "link", "cutoff", "cut_at", "key_id")
+CUT_FIELDS: Final = ("producer_id", "seq", "link", "closed", "cutoff", "cut_at", "key_id")
 
 
 def cut_mac(key: SigningKey, marker: Mapping[str, Any]) -> str:
     """The MAC of a retention cut marker: rows of ``producer_id`` up to ``seq`` (whose link
-    was ``link``) were deleted by retention at ``cut_at`` for ``cutoff``."""
+    was ``link``; ``closed`` when that row was the producer's closing checkpoint) were deleted
+    by retention at ``cut_at`` for ``cutoff``."""
     values = [marker["producer_id"], int(marker["seq"]), marker["link"],
-              _ts_us(marker["cutoff"]), _ts_us(marker["cut_at"]), marker["key_id"]]
+              bool(marker.get("closed")), _ts_us(marker["cutoff"]), _ts_us(marker["cut_at"]),
+              marker["key_id"]]
     return encode_mac(key.mac(_DOMAIN_CUT, orjson.dumps(values)))
 
 

@@ -219,8 +219,10 @@ class StoreSink:
         rows: list[Row] = []
         rejected = 0
         for batch in batches:
-            batch_rows, batch_rejected = (self._rows_from_batch(batch) if batch.auth is None
-                                          else sealed_rows(batch, self.signing_key))
+            # a batch replayed from the spool has only its entry: sealed_rows reads its tag
+            batch_rows, batch_rejected = (
+                self._rows_from_batch(batch) if batch.auth is None and batch.records is not None
+                else sealed_rows(batch, self.signing_key))
             rows += batch_rows
             rejected += batch_rejected
         self._connected_for_send = False
@@ -282,17 +284,26 @@ def sealed_rows(batch: Batch, key: SigningKey | None) -> tuple[list[Row], int]:
     record's position, which the links need). (rows, records that could not be rows)."""
     from .rows import build_activity, rows_from_batch
     from .signing import check_entry, seal
+    from .wire import decode_entry
 
     auth = check_entry(batch.entry(), None)
-    if auth is None or batch.records is None:
+    if auth is None:
         return rows_from_batch(batch)
-    meta = batch.header()
-    meta["_nul"] = any(b"\\u0000" in record for record in batch.records)
+    if batch.records is not None:
+        meta = batch.header()
+        meta["_nul"] = any(b"\\u0000" in record for record in batch.records)
+        wires: list[Any] = list(batch.records)
+    else:  # replayed from the spool: the entry is all there is
+        try:
+            meta, wires = decode_entry(batch.entry())
+        except Exception as exc:
+            reporter.report("reject", "a spooled entry could not be decoded and was dropped", exc)
+            return [], batch.n
     rows: list[Row] = []
     rejected = 0
-    for position, record in enumerate(batch.records):
+    for position, record in enumerate(wires):
         try:
-            row = build_activity(orjson.loads(record), meta)
+            row = build_activity(orjson.loads(record) if type(record) is bytes else record, meta)
         except Exception as exc:  # any record that cannot be a row, never the others' loss
             rejected += 1
             reporter.report("reject", "a record could not become a row and was dropped", exc)

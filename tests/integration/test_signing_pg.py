@@ -335,6 +335,17 @@ async def test_retention_cut_passes_and_deletion_beyond_it_does_not(
     code, report = await _verify(pg_url, no_marker, key_file, capsys)
     assert code == 1 and _kinds(report) == {"head_missing"}
 
+    emptied = await _copy_schema(pg_url, pg_schema, copies)  # every row after the cut deleted
+    await _sql(pg_url, emptied, "DELETE FROM activity_logs")
+    code, report = await _verify(pg_url, emptied, key_file, capsys)
+    assert code == 1 and _kinds(report) == {"open_tail"}  # the cut trail had not ended at 8
+    everything = await _copy_schema(pg_url, pg_schema, copies)  # a closed trail, all expired
+    await _age_rows(pg_url, everything, through_seq=21, days=200, only=tuple(range(9, 22)))
+    assert (await cleanup(pg_url, schema=everything, retention_days=90, keyring=KeyRing.parse(KEY))
+            ).deleted_rows == 13
+    code, report = await _verify(pg_url, everything, key_file, capsys)
+    assert code == 0, report
+
     forged_marker = await _copy_schema(pg_url, pg_schema, copies)
     await _sql(pg_url, forged_marker, "UPDATE activity_log_cuts SET seq = 10")
     await _sql(pg_url, forged_marker, "DELETE FROM activity_logs WHERE seq IN (9, 10)")

@@ -393,3 +393,37 @@ def test_status_says_whether_the_trail_is_signed(tmp_path: Path) -> None:
         conn.execute("DELETE FROM activity_logs WHERE row_mac IS NULL")
     status = asyncio.run(gather_status(url))
     assert status.authentication == "signed" and status.to_dict()["authentication"] == "signed"
+
+
+def test_direct_mode_seals_a_signed_batch_replayed_from_the_spool(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A batch read back from the spool has only its entry: its rows are sealed all the same."""
+    from activity_logging.sinks import StoreSink
+
+    url = f"sqlite:///{tmp_path / 'trail.db'}"
+    from activity_logging.snapshot import Snapshotter
+
+    ring = KeyRing.parse(KEY)
+    snap = Snapshotter(context=False)  # a producer's own numbering, from seq 1
+    encoder = WireEncoder("prod-spool", signer=EntrySigner(ring.current))
+    entries = []
+    for _ in range(2):
+        records = []
+        for i in range(3):
+            rec = logging.LogRecord("activity", logging.INFO, __file__, 1, "x", None, None)
+            rec.__dict__["i"] = i
+            records.append(snap.take(rec))
+        entries.append(encoder.batch(records).entry())
+    sink = StoreSink(url, signing_key=ring.current)
+    sink.prepare()
+    try:
+        sink.send([Batch.from_entry(entry, 3) for entry in entries])
+    finally:
+        sink.close()
+    with sqlite3.connect(tmp_path / "trail.db") as conn:
+        sealed = conn.execute("SELECT count(row_mac) FROM activity_logs").fetchone()[0]
+    assert sealed == 6
+    key_file = tmp_path / "key"
+    key_file.write_text(KEY)
+    assert main(["verify", "--database-url", url, "--signing-key-file", str(key_file),
+                 "--json"]) == 0, capsys.readouterr().out
