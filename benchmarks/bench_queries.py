@@ -3,11 +3,19 @@
     .venv/bin/python benchmarks/bench_queries.py [--rows 1000000] [--runs 30] [--keep SCHEMA]
     .venv/bin/python benchmarks/bench_queries.py --text-search [--text-rows 200000]
         [--insert-rows 100000] [--runs 30]
+    .venv/bin/python benchmarks/bench_queries.py --summary-only [--rows 10000000] [--lean]
 
 Seeds a private schema with ``generate_series`` (rows spread over 90 days, 500 actors),
 ANALYZEs it, then for each query of ``activity_log_crud`` prints the median and p95 latency
 of the real call (SQLAlchemy AsyncSession over asyncpg) and the essence of its
 ``EXPLAIN (ANALYZE, BUFFERS)`` plan. The schema is dropped at the end unless ``--keep``.
+
+The 30-day summary is timed both ways side by side, alternating: counted from the rows of
+the window (``crud.summary_from_rows``, what it did before the daily rollup) and read from
+the rollup (``summary_from_rollup``, and ``get_activity_summary``, which picks it); the
+results must be equal. Then ``rebuild_rollup`` of one day and of the whole table is timed.
+``--summary-only`` skips the other queries; ``--lean`` seeds without the indexes neither
+summary reads (a faster 10,000,000-row seed).
 
 ``--text-search`` runs the trigram-index case instead, side by side in one run: a rare word
 (20 rows per 1,000,000) over the whole ``--text-rows`` table, no time window, without and
