@@ -226,8 +226,10 @@ async def ensure_rollup(conn: asyncpg.Connection, *, table: str = DEFAULT_TABLE)
 
     When the rollup is new, or a trigger was missing (rows may have arrived uncounted), the
     whole rollup is rebuilt from the table in the same transaction, under ``SHARE`` lock
-    (writers wait for it; none is lost or counted twice). A re-run with everything in place
-    only reads the catalogs. Returns ``None``, or a one-line notice when the server is older
+    (writers wait for it; none is lost or counted twice). Each monthly partition of a
+    partitioned table gets the triggers too, where this role may create them; one that
+    lacked them has its month recounted. A re-run with everything in place only reads the
+    catalogs. Returns ``None``, or a one-line notice when the server is older
     than PostgreSQL 15 (nothing is created; summaries read the rows). Raises
     ``LookupError`` when ``table`` does not exist, and asyncpg's errors as they come.
     """
