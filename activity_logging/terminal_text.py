@@ -66,8 +66,9 @@ def json_printable(text: str) -> str:
     hides (DEL, C1, bidi controls, separators, invisible formats: ``_UNSAFE_IN_JSON``)
     written as ``\\uXXXX`` escapes. The same JSON value, parsed: those characters can only
     stand inside strings, where a ``\\u`` escape means the character itself. Pure, never
-    raises; ASCII text is returned as is."""
-    if text.isascii():
+    raises; ASCII text without DEL (the one ASCII character JSON leaves raw that a terminal
+    acts on) is returned as is."""
+    if text.isascii() and "\x7f" not in text:
         return text
     return _UNSAFE_IN_JSON.sub(_json_escape, text)
 
