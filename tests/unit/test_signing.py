@@ -3,6 +3,7 @@ checkpoints, the direct-mode seal on SQLite, and the byte budget of records in h
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import logging
 import sqlite3
@@ -304,7 +305,7 @@ def test_embedded_store_seals_rows_and_verify_checks_them(tmp_path: Path,
     verify = ["verify", "--database-url", url, "--signing-key-file", str(key_file), "--json"]
     assert main(verify) == 0, capsys.readouterr().out
     capsys.readouterr()
-    with sqlite3.connect(tmp_path / "trail.db") as conn:
+    with contextlib.closing(sqlite3.connect(tmp_path / "trail.db")) as conn, conn:
         conn.execute("UPDATE activity_logs SET actor_id = 'admin' WHERE seq = 4")
     assert main(verify) == 1
     out = orjson.loads(capsys.readouterr().out)
@@ -389,7 +390,7 @@ def test_status_says_whether_the_trail_is_signed(tmp_path: Path) -> None:
     status = asyncio.run(gather_status(url))
     assert (status.authentication, status.auth_sealed, status.auth_keys) == ("partly signed", 6, ["k1"])
     assert any("3 of the newest 9 rows are not sealed" in w for w in status.warnings)
-    with sqlite3.connect(tmp_path / "trail.db") as conn:
+    with contextlib.closing(sqlite3.connect(tmp_path / "trail.db")) as conn, conn:
         conn.execute("DELETE FROM activity_logs WHERE row_mac IS NULL")
     status = asyncio.run(gather_status(url))
     assert status.authentication == "signed" and status.to_dict()["authentication"] == "signed"
@@ -420,7 +421,7 @@ def test_direct_mode_seals_a_signed_batch_replayed_from_the_spool(
         sink.send([Batch.from_entry(entry, 3) for entry in entries])
     finally:
         sink.close()
-    with sqlite3.connect(tmp_path / "trail.db") as conn:
+    with contextlib.closing(sqlite3.connect(tmp_path / "trail.db")) as conn, conn:
         sealed = conn.execute("SELECT count(row_mac) FROM activity_logs").fetchone()[0]
     assert sealed == 6
     key_file = tmp_path / "key"
