@@ -12,7 +12,7 @@ from __future__ import annotations
 import functools
 import logging
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any, Final, cast
 
@@ -253,30 +253,41 @@ def build_activity(wire: Mapping[str, Any], meta: Mapping[str, Any], *,
     return row
 
 
-def rows_from_batch(batch: Batch) -> tuple[list[Row], int]:
+#: Called with each row built and its record's position in the entry (``signing.seal``).
+OnRow = Callable[[Row, int], None]
+
+
+def rows_from_batch(batch: Batch, on_row: OnRow | None = None) -> tuple[list[Row], int]:
     """The rows of a batch, and how many records could not become rows (each reported).
 
     A batch the listener made is read record by record (each decoded once, no entry made); a batch
-    read back from the spool is decoded from its entry.
+    read back from the spool is decoded from its entry. ``on_row(row, position)`` sees each
+    row as it is built (the direct mode seals it there: the links need the position).
     """
     if batch.records is None:
-        return rows_from_entries([batch.entry()])
+        return rows_from_entries([batch.entry()], on_row)
     meta = batch.header()
     meta["_nul"] = any(b"\\u0000" in record for record in batch.records)
     meta["_bytes"] = max(map(len, batch.records), default=0)
     rows: list[Row] = []
     rejected = 0
-    for record in batch.records:
+    for position, record in enumerate(batch.records):
         try:
-            rows.append(build_activity(orjson.loads(record), meta))
+            row = build_activity(orjson.loads(record), meta)
         except Exception as exc:  # any record that cannot be a row, never the others' loss
             rejected += 1
             reporter.report("reject", "a record could not become a row and was dropped", exc)
+            continue
+        if on_row is not None:
+            on_row(row, position)
+        rows.append(row)
     return rows, rejected
 
 
-def rows_from_entries(entries: Sequence[Entry]) -> tuple[list[Row], int]:
+def rows_from_entries(entries: Sequence[Entry], on_row: OnRow | None = None
+                      ) -> tuple[list[Row], int]:
     """Decode entries and build one row per record; (rows, records that could not be rows).
+    ``on_row`` as for ``rows_from_batch`` (the position within its entry).
 
     A record that cannot become a row (e.g. a timestamp outside what the database can
     store) is left out and counted, never allowed to block the others.
@@ -291,12 +302,16 @@ def rows_from_entries(entries: Sequence[Entry]) -> tuple[list[Row], int]:
             reporter.report("reject", "an entry could not be decoded and was dropped", exc)
             continue
         meta["_bytes"] = entry_bytes(entry)
-        for rec in records:
+        for position, rec in enumerate(records):
             try:
-                rows.append(build_activity(rec, meta))
+                row = build_activity(rec, meta)
             except Exception as exc:  # as the worker: a record that cannot be a row is left out
                 rejected += 1
                 reporter.report("reject", "a record could not become a row and was dropped", exc)
+                continue
+            if on_row is not None:
+                on_row(row, position)
+            rows.append(row)
     return rows, rejected
 
 

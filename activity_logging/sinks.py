@@ -17,8 +17,6 @@ import threading
 from collections.abc import Callable, Coroutine
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
-import orjson
-
 from ._internal import reporter
 from .exceptions import StoreUnavailableError
 from .urls import is_sqlite
@@ -279,35 +277,13 @@ def make_sink(
 
 
 def sealed_rows(batch: Batch, key: SigningKey | None) -> tuple[list[Row], int]:
-    """The rows of a signed batch, each with its place in the chain and its seal (the
-    handler's direct mode, which builds rows itself: ``rows.rows_from_batch`` plus the
-    record's position, which the links need). (rows, records that could not be rows)."""
-    from .rows import build_activity, rows_from_batch
+    """The rows of a batch, each signed one's rows with their place in the chain and their
+    seal (the handler's direct mode, which builds rows itself; a batch replayed from the
+    spool is read from its entry). (rows, records that could not be rows)."""
+    from .rows import rows_from_batch
     from .signing import check_entry, seal
-    from .wire import decode_entry
 
     auth = check_entry(batch.entry(), None)
     if auth is None:
         return rows_from_batch(batch)
-    if batch.records is not None:
-        meta = batch.header()
-        meta["_nul"] = any(b"\\u0000" in record for record in batch.records)
-        wires: list[Any] = list(batch.records)
-    else:  # replayed from the spool: the entry is all there is
-        try:
-            meta, wires = decode_entry(batch.entry())
-        except Exception as exc:
-            reporter.report("reject", "a spooled entry could not be decoded and was dropped", exc)
-            return [], batch.n
-    rows: list[Row] = []
-    rejected = 0
-    for position, record in enumerate(wires):
-        try:
-            row = build_activity(orjson.loads(record) if type(record) is bytes else record, meta)
-        except Exception as exc:  # any record that cannot be a row, never the others' loss
-            rejected += 1
-            reporter.report("reject", "a record could not become a row and was dropped", exc)
-            continue
-        seal(row, key, auth, position)
-        rows.append(row)
-    return rows, rejected
+    return rows_from_batch(batch, lambda row, position: seal(row, key, auth, position))
