@@ -162,6 +162,7 @@ HANDLER_TUNABLES: Final[dict[str, tuple[type[int] | type[float], int | float]]] 
     "max_record_bytes": (int, 65_536),
     "close_timeout": (float, 5.0),
     "reconnect_delay": (float, 1.0),
+    "checkpoint_interval": (float, 60.0),
 }
 
 

@@ -60,24 +60,6 @@ _LOSS_OUTCOMES: Final = (
 _FLUSH_THEN_CLOSE_WINDOW: Final = 1.0  # a close this soon after a timed-out flush shares its budget
 #: The logger name of checkpoint records (the handler makes them itself: never refused).
 CHECKPOINT_LOGGER: Final = "activity_logging.checkpoint"
-DEFAULT_CHECKPOINT_INTERVAL: Final = 60.0
-CHECKPOINT_INTERVAL_ENV: Final = "ACTIVITY_LOG_CHECKPOINT_INTERVAL"
-
-
-def resolve_checkpoint_interval(value: float | None) -> float:
-    """``checkpoint_interval`` from the argument, else the environment, else 60 s; at least 1 s."""
-    import os
-
-    raw: Any = value if value is not None else os.environ.get(CHECKPOINT_INTERVAL_ENV)
-    if raw is None or raw == "":
-        return DEFAULT_CHECKPOINT_INTERVAL
-    try:
-        interval = float(raw)
-    except (TypeError, ValueError):
-        interval = float("nan")
-    if not interval >= 1.0 or interval == float("inf"):
-        raise ConfigurationError(f"checkpoint_interval must be a number of seconds >= 1, got {raw!r}")
-    return interval
 
 class _BoundedQueueView:
     """The ``QueueHandler.queue`` face of the handler's bounded deque (for code that expects one)."""
@@ -238,10 +220,14 @@ class ActivityHandler(ListenerLoop, logging.handlers.QueueHandler):
             ("batch_size", batch_size), ("flush_interval", flush_interval),
             ("spool_max_bytes", spool_max_bytes), ("max_record_bytes", max_record_bytes),
             ("close_timeout", close_timeout), ("reconnect_delay", reconnect_delay),
+            ("checkpoint_interval", checkpoint_interval),
         )}
         if tuned["max_record_bytes"] < 1024:
             raise ConfigurationError(
                 f"max_record_bytes must be at least 1024, got {tuned['max_record_bytes']!r}")
+        if tuned["checkpoint_interval"] < 1.0:
+            raise ConfigurationError(f"checkpoint_interval must be at least 1 second, got "
+                                     f"{tuned['checkpoint_interval']!r}")
         redis_url = None if direct else config.resolve_redis_url(redis_url)
         stream = config.resolve_stream(stream)
         database_url = config.resolve_database_url(database_url, default=config.DEFAULT_SQLITE_URL)
@@ -251,7 +237,6 @@ class ActivityHandler(ListenerLoop, logging.handlers.QueueHandler):
 
             normalize_async_url(database_url)  # validates the URL's form now, not at first send
         keyring = resolve_keyring(signing_key)
-        interval = resolve_checkpoint_interval(checkpoint_interval)
         resolved_spool = config.resolve_spool_path(
             spool_path if spool_path is not None or redis_url else "",
             redis_url=redis_url, stream=stream,
@@ -273,7 +258,7 @@ class ActivityHandler(ListenerLoop, logging.handlers.QueueHandler):
         self.max_reconnect_delay = 30.0
         self.context_filter = context_filter
         self._keyring = keyring
-        self.checkpoint_interval = interval
+        self.checkpoint_interval = float(tuned["checkpoint_interval"])
         self._listener_face = ActivityListener(self)
         self._refused_cache: dict[str, bool] = {}
         self._closed = False

@@ -516,12 +516,13 @@ def test_tuning_comes_from_arguments_then_the_environment(monkeypatch: pytest.Mo
     from activity_logging.config import HANDLER_TUNABLES, tunable_env
 
     for name, (kind, _) in HANDLER_TUNABLES.items():
-        monkeypatch.setenv(tunable_env(name), "2048" if kind is int else "0.75")
+        monkeypatch.setenv(tunable_env(name), "2048" if kind is int else "1.25")
     handler = ActivityHandler(redis_url="redis://127.0.0.1:1/0", spool_path="off", batch_size=7)
     try:
         assert handler.batch_size == 7  # the argument wins
         assert (handler.queue_size, handler.max_record_bytes) == (2048, 2048)
-        assert (handler.flush_interval, handler.close_timeout, handler.reconnect_delay) == (0.75,) * 3
+        assert (handler.flush_interval, handler.close_timeout, handler.reconnect_delay,
+                handler.checkpoint_interval) == (1.25,) * 4
     finally:
         handler.close()
     monkeypatch.setenv("ACTIVITY_LOG_QUEUE_SIZE", "lots")
