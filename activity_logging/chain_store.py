@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any, Final
 from sqlalchemy import ColumnElement, MetaData, Table, Text, and_, cast, func, select
 
 from .config import DEFAULT_TABLE
+from .db import has_table, quote_identifier
 from .exceptions import ConfigurationError
 from .schema import cuts_table_name, make_cuts_table, make_table
 from .signing import SIGNING_COLUMNS, KeyRing, cut_mac, loads_exact
@@ -26,18 +27,15 @@ if TYPE_CHECKING:
 STREAM_BATCH: Final = 5_000
 
 
-def _quote(name: str) -> str:
-    return '"' + name.replace('"', '""') + '"'
-
-
 async def ensure_chain_schema_pg(conn: asyncpg.Connection, *, table: str = DEFAULT_TABLE) -> None:
     """Give an existing ``table`` the chain's columns (``ADD COLUMN IF NOT EXISTS``: nullable,
     no rewrite) and create its cut markers' table; idempotent. A table made by an older
     version is upgraded in place, its rows left unsigned."""
     for column in SIGNING_COLUMNS:
-        await conn.execute(f"ALTER TABLE {_quote(table)} ADD COLUMN IF NOT EXISTS {_quote(column)} text")
+        await conn.execute(f"ALTER TABLE {quote_identifier(table)} "
+                           f"ADD COLUMN IF NOT EXISTS {quote_identifier(column)} text")
     await conn.execute(
-        f"CREATE TABLE IF NOT EXISTS {_quote(cuts_table_name(table))} ("
+        f"CREATE TABLE IF NOT EXISTS {quote_identifier(cuts_table_name(table))} ("
         "producer_id text PRIMARY KEY, seq bigint NOT NULL, link text NOT NULL, "
         "closed boolean NOT NULL DEFAULT false, "
         "cutoff timestamptz NOT NULL, cut_at timestamptz NOT NULL, key_id text NOT NULL, "
@@ -47,15 +45,6 @@ async def ensure_chain_schema_pg(conn: asyncpg.Connection, *, table: str = DEFAU
 def _tables(table: str) -> tuple[Table, Table]:
     metadata = MetaData()
     return make_table(metadata, table), make_cuts_table(metadata, table)
-
-
-async def _has_table(conn: AsyncConnection, name: str) -> bool:
-    def check(sync_conn: Any) -> bool:
-        from sqlalchemy import inspect
-
-        return bool(inspect(sync_conn).has_table(name))
-
-    return await conn.run_sync(check)
 
 
 async def stream_rows(conn: AsyncConnection, *, table: str = DEFAULT_TABLE,
@@ -103,7 +92,7 @@ async def load_cuts(conn: AsyncConnection, *, table: str = DEFAULT_TABLE) -> dic
     """The retention cut markers by producer; empty when the table has none (or no
     markers' table yet: a database ``init-db`` has not upgraded)."""
     _, cuts = _tables(table)
-    if not await _has_table(conn, cuts.name):
+    if not await has_table(conn, cuts.name):
         return {}
     result = await conn.execute(select(cuts))
     return {str(m["producer_id"]): dict(m) for m in result.mappings()}
@@ -150,7 +139,7 @@ async def record_cuts(conn: AsyncConnection, cutoff: datetime, keyring: KeyRing 
             "producer(s) and needs the signing key (ACTIVITY_LOG_SIGNING_KEY, or "
             "ACTIVITY_LOG_SIGNING_KEY_FILE naming a key file)")
     _, cuts = _tables(table)
-    if not await _has_table(conn, cuts.name):
+    if not await has_table(conn, cuts.name):
         raise ConfigurationError(
             f"table {cuts.name!r} is missing: run `activity-logging init-db` to upgrade the schema")
     existing = await load_cuts(conn, table=table)

@@ -57,6 +57,15 @@ def quote_identifier(identifier: str) -> str:
     return '"' + identifier.replace('"', '""') + '"'
 
 
+async def has_table(conn: AsyncConnection, name: str) -> bool:
+    """Whether ``name`` exists, as the connection sees it (``search_path`` on PostgreSQL),
+    asked without a statement that could fail: a failed one would end PostgreSQL's
+    transaction, and with it the rest of a reading."""
+    from sqlalchemy import inspect
+
+    return await conn.run_sync(lambda sync: bool(inspect(sync).has_table(name)))
+
+
 def create_async_engine_for(url: str, *, schema: str | None = None, **kwargs: Any) -> AsyncEngine:
     """Return an SQLAlchemy ``AsyncEngine`` for a ``DATABASE_URL`` as people write it.
 

@@ -24,6 +24,7 @@ from sqlalchemy import Dialect, Select, literal_column
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from .crud_select import ActivityFilter, build_select
+from .db import quote_identifier
 from .schema import COLUMNS, activity_logs
 
 #: The text columns (``Text`` in ``schema.make_table``): the ones CSV neutralises.
@@ -49,12 +50,8 @@ _COPY_OPTIONS: Final[dict[str, dict[str, Any]]] = {
 }
 
 
-def _quoted(name: str) -> str:
-    return '"' + name.replace('"', '""') + '"'
-
-
 def _csv_column(name: str) -> str:
-    q = _quoted(name)
+    q = quote_identifier(name)
     if name == "timestamp":
         return f"{_TIMESTAMP_SQL} AS {q}"
     if name in TEXT_COLUMNS:
@@ -65,7 +62,7 @@ def _csv_column(name: str) -> str:
 
 
 def _jsonl_column(name: str) -> str:
-    q = _quoted(name)
+    q = quote_identifier(name)
     return f"{_TIMESTAMP_SQL} AS {q}" if name == "timestamp" else f"{q} AS {q}"
 
 

@@ -298,11 +298,12 @@ async def _gather_dead_letters(status: PipelineStatus, conn: Any) -> None:
     """Count the dead letters (the table the worker writes; none yet before its first).
     One written in the last 24 hours is a problem: records were refused recently; older
     ones are a warning until they are purged (``dead-letters purge``)."""
-    from sqlalchemy import func, inspect, select
+    from sqlalchemy import func, select
 
+    from .db import has_table
     from .dead_letters import dead_letters
 
-    if not await conn.run_sync(lambda sync: inspect(sync).has_table(dead_letters.name)):
+    if not await has_table(conn, dead_letters.name):
         return
     recent = status.checked_at - timedelta(days=1)
     total, last_day = (await conn.execute(select(

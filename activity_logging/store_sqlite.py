@@ -186,10 +186,10 @@ class SQLiteStore:
     def _add_chain_columns(self, conn: sqlite3.Connection) -> None:
         """Upgrade a table made before the chain (signing.py): add its columns (and the cut
         markers' table). ``ALTER TABLE ... ADD COLUMN`` rewrites nothing in SQLite."""
-        have = {row[1] for row in conn.execute(f"PRAGMA table_info({_quote_sqlite(self.table_name)})")}
-        missing = [c for c in SIGNING_COLUMNS if c not in have]
-        for column in missing:
-            conn.execute(f"ALTER TABLE {_quote_sqlite(self.table_name)} ADD COLUMN {column} TEXT")
+        table = _DIALECT.identifier_preparer.quote_identifier(self.table_name)
+        have = {row[1] for row in conn.execute(f"PRAGMA table_info({table})")}
+        for column in (c for c in SIGNING_COLUMNS if c not in have):
+            conn.execute(f"ALTER TABLE {table} ADD COLUMN {column} TEXT")
         cuts = make_cuts_table(MetaData(), self.table_name)
         conn.execute(str(CreateTable(cuts, if_not_exists=True).compile(dialect=_DIALECT)))
 
@@ -218,7 +218,3 @@ class SQLiteStore:
         return tuple(value if proc is None or value is None else proc(value)
                      for proc, value in zip(self._processors,
                                             (row[key] for key in self._keys), strict=True))
-
-
-def _quote_sqlite(name: str) -> str:
-    return '"' + name.replace('"', '""') + '"'
