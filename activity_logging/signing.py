@@ -47,6 +47,7 @@ from typing import Any, Final
 
 import orjson
 
+from .entry_limits import field
 from .exceptions import ActivityLoggingError, ConfigurationError
 
 #: The environment variable holding the key ring (the first key signs).
@@ -285,9 +286,8 @@ class EntryAuth:
 
 
 def _field(fields: Mapping[Any, Any], key: str) -> bytes | None:
-    value = fields.get(key)
-    if value is None:
-        value = fields.get(key.encode())
+    """An entry field as bytes (``entry_limits.field``: str or bytes keys)."""
+    value = field(fields, key)
     if value is None:
         return None
     return value.encode() if isinstance(value, str) else bytes(value)

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any, Final
 
 import orjson
 
+from .entry_limits import field
 from .exceptions import EntryFormatError
 from .snapshot import QueuedRecord
 
@@ -129,16 +130,12 @@ def decode_entry(fields: Mapping[Any, Any]) -> tuple[dict[str, Any], list[dict[s
 
     Raises ``EntryFormatError`` for an entry this version cannot read.
     """
-    def get(key: str) -> bytes | str | None:
-        value = fields.get(key)
-        return fields.get(key.encode()) if value is None else value
-
-    version = get("v")
+    version = field(fields, "v")
     if isinstance(version, bytes):
         version = version.decode()
     if version != WIRE_VERSION:
         raise EntryFormatError(f"unsupported entry version {version!r} (this reader knows {WIRE_VERSION})")
-    payload = get("d")
+    payload = field(fields, "d")
     if payload is None:
         raise EntryFormatError("entry has no payload field 'd'")
     try:
@@ -149,7 +146,7 @@ def decode_entry(fields: Mapping[Any, Any]) -> tuple[dict[str, Any], list[dict[s
         raise EntryFormatError("entry payload is not a JSON array")
     meta: dict[str, Any] = {}
     for key in ("p", "h", "pid", "n"):
-        value = get(key)
+        value = field(fields, key)
         meta[key] = value.decode() if isinstance(value, bytes) else value
     # an escaped NUL anywhere in the payload: only then must build_activity walk the JSON values
     meta["_nul"] = b"\\u0000" in (payload if isinstance(payload, bytes) else payload.encode())
