@@ -326,6 +326,7 @@ class ActivityHandler(ListenerLoop, logging.handlers.QueueHandler):
         self._urgent = False
         self._stop_requested = False
         self._close_when_done = False
+        self._listener_ended = False
         self._give_up_at: float | None = None
         self._replay_until = 0.0
         # entries in hand after a failed send, each with whether a send of it got no answer
@@ -423,6 +424,7 @@ class ActivityHandler(ListenerLoop, logging.handlers.QueueHandler):
             if self._closed or (self._thread is not None and self._thread.is_alive()):
                 return
             self._stop_requested = False
+            self._listener_ended = False
             self._give_up_at = None
             self._thread = threading.Thread(
                 target=self._run, name=f"activity-listener-{self.producer_id}", daemon=True
@@ -544,9 +546,7 @@ class ActivityHandler(ListenerLoop, logging.handlers.QueueHandler):
             self._drain_inline(deadline)
             thread = self._thread
             if thread is not None and thread.is_alive() and thread is not threading.current_thread():
-                self._close_when_done = True  # it releases the sink and spool when it is done
-                if not thread.is_alive():  # it finished just now, before seeing the flag
-                    self._release()
+                self._hand_release_to_listener()
             else:
                 self._release()
         except Exception as exc:
@@ -573,13 +573,25 @@ class ActivityHandler(ListenerLoop, logging.handlers.QueueHandler):
         until ``close_timeout`` and then strand the queue. The listener finishes instead:
         it ships or spools everything accepted (giving up after ``close_timeout``), then
         releases the sink; at interpreter exit that finish is waited for."""
-        self._close_when_done = True
         self._replay_until = time.monotonic() + self.close_timeout - self._send_timeout
         self._stop_requested = True
         self._give_up_at = time.monotonic() + self.close_timeout
         self._wake.set()
         thread = self._thread
         if thread is None or not thread.is_alive():
+            self._close_when_done = True
+            self._release()
+        else:
+            self._hand_release_to_listener()
+
+    def _hand_release_to_listener(self) -> None:
+        """The listener releases the sink and spool as its last act; when it has ended
+        already, they are released here. Decided under the lock the listener takes to end, so
+        exactly one of the two does it (a listener that is alive after the check still is)."""
+        with self._cond:
+            self._close_when_done = True
+            ended = self._listener_ended
+        if ended:
             self._release()
 
     def _wait_background_close(self) -> None:

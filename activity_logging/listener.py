@@ -76,22 +76,31 @@ class ListenerLoop:
     _urgent: bool
     _stop_requested: bool
     _close_when_done: bool
+    _listener_ended: bool
     _thread: threading.Thread | None
 
     def _release(self) -> None:  # ActivityHandler: the listener's last act when closing
         raise NotImplementedError
 
     def _run(self) -> None:
-        while True:
-            try:
-                if not self._step():
-                    break
-            except Exception as exc:  # a bug must not kill the listener
-                self._counts["listener_errors"] += 1
-                reporter.report("listener", "listener loop error", exc)
-                time.sleep(0.1)
-        if self._close_when_done:
-            self._release()
+        try:
+            while True:
+                try:
+                    if not self._step():
+                        break
+                except Exception as exc:  # a bug must not kill the listener
+                    self._counts["listener_errors"] += 1
+                    reporter.report("listener", "listener loop error", exc)
+                    time.sleep(0.1)
+        finally:
+            # Under the lock close() takes to hand the release over: exactly one side
+            # releases, even when close() looks at this thread between its last check and
+            # its exit.
+            with self._cond:
+                self._listener_ended = True
+                release = self._close_when_done
+            if release:
+                self._release()
 
     def _step(self) -> bool:
         """One turn of the listener; False when it should exit."""
