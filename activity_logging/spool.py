@@ -128,6 +128,15 @@ def _copy_region(pread: Reader, offset: int, length: int, dest: Path) -> None:
     os.close(fd)
 
 
+def _same_file(held: os.stat_result, path: Path) -> bool:
+    """True when ``path`` still names the file ``held`` describes (not removed or replaced)."""
+    try:
+        now = os.stat(path)
+    except FileNotFoundError:
+        return False
+    return (held.st_dev, held.st_ino) == (now.st_dev, now.st_ino)
+
+
 def _fsync_dir(directory: Path) -> None:
     fd = os.open(directory, os.O_RDONLY | os.O_CLOEXEC)
     try:
@@ -238,12 +247,17 @@ class Spool:
             self._check_mode()
         if not self._owned():
             raise PermissionError(f"spool directory {self.directory} belongs to another user")
-        for _ in range(2):
+        for _ in range(3):
             handle = open(self.path, "a+b", buffering=0, opener=_private_opener)  # noqa: SIM115 - held for the producer's lifetime
             try:
                 fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+                held = os.fstat(handle.fileno())
+                if not _same_file(held, self.path):
+                    # an adopter removed it as an empty orphan between our open and our lock
+                    handle.close()
+                    continue
                 os.fchmod(handle.fileno(), _FILE_MODE)  # exact, whatever the umask
-                if os.fstat(handle.fileno()).st_size == 0:
+                if held.st_size == 0:
                     self._file, self._size, self._pending_records = handle, 0, 0
                     return handle
                 # Left by an earlier Spool of this producer id: its record count is unknown
@@ -335,15 +349,25 @@ class Spool:
             return
         for path in sorted(self.directory.glob(f"*{SUFFIX}")):
             try:
-                if path == self.path or path.stat().st_size == 0:
+                if path == self.path:
                     continue
                 fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
             except (FileNotFoundError, PermissionError):
                 continue  # just replayed and removed, or another user's (0600) file
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                held = os.fstat(fd)
+                if held.st_size == 0:
+                    # a producer that died before its first frame: nothing to replay, and
+                    # removed under our lock (a producer opening it checks that its locked
+                    # file is still the one at its path, and starts over if not)
+                    if _same_file(held, path):
+                        path.unlink()
+                    continue
             except BlockingIOError:
                 continue  # a live producer owns it
+            except FileNotFoundError:
+                continue  # another adopter removed it meanwhile
             finally:
                 os.close(fd)  # releases the probe's lock
             yield path
@@ -400,12 +424,8 @@ class Spool:
             except BlockingIOError:
                 return  # a live producer owns it
             held = os.fstat(fd)
-            try:
-                now = os.stat(path)
-            except FileNotFoundError:
-                return  # another adopter finished it while we waited for the lock
-            if (held.st_dev, held.st_ino) != (now.st_dev, now.st_ino):
-                return  # replaced meanwhile: ours is a removed file, already replayed
+            if not _same_file(held, path):
+                return  # removed or replaced meanwhile: ours was already replayed
             sent, damages = self._send_file(fd, held.st_size, send, group)
             lost = sum(d.known_records for d in damages)
             self._set_aside(fd, path, damages)

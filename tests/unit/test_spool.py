@@ -482,6 +482,58 @@ def test_live_producers_file_is_not_adopted(tmp_path: Path) -> None:
         other.close()
 
 
+def test_an_empty_file_left_by_a_dead_producer_is_removed_and_a_live_one_kept(tmp_path: Path) -> None:
+    """A producer killed between opening its file and its first frame leaves an empty file:
+    nothing to replay, so the next adopter removes it rather than leaving it forever."""
+    (tmp_path / "dead.spool").write_bytes(b"")
+    live = Spool(tmp_path, "live", 64 * MiB)
+    other = Spool(tmp_path, "other", 64 * MiB)
+    try:
+        live.append(make_entry(0))
+        live.replay(Collect())  # its file is empty now, and still held
+        assert other.replay(Collect()) == ReplayResult()
+        assert not (tmp_path / "dead.spool").exists()
+        assert live.path.exists()
+        live.append(make_entry(1))  # the live producer's file is the one at its path
+        assert ids(replay_own(live)) == ids([make_entry(1)])
+    finally:
+        live.close()
+        other.close()
+
+
+def replay_own(spool: Spool) -> list[Entry]:
+    send = Collect()
+    spool.replay(send, orphans=False)
+    return send.entries
+
+
+def test_a_producer_whose_new_file_was_removed_before_its_lock_starts_a_fresh_one(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The adopter's removal of an empty file can fall between a producer's open and its lock:
+    the producer sees that its locked file is no longer at its path and opens again."""
+    import fcntl as fcntl_module
+
+    real_flock = fcntl_module.flock
+    removed: list[bool] = []
+
+    def flock_after_removal(fd: int, operation: int) -> None:
+        if not removed:  # the first lock the producer takes: an adopter got there just before
+            removed.append(True)
+            os.unlink(tmp_path / "p.spool")
+        real_flock(fd, operation)
+
+    producer = Spool(tmp_path, "p", 64 * MiB)
+    monkeypatch.setattr("activity_logging.spool.fcntl.flock", flock_after_removal)
+    try:
+        assert producer.append(make_entry(0))
+        monkeypatch.undo()
+        assert producer.path.stat().st_size > 0  # written to the file at its path, not a removed one
+        assert ids(replay_own(producer)) == ids([make_entry(0)])
+    finally:
+        producer.close()
+
+
 def test_a_stale_file_of_the_same_producer_id_is_adopted_not_miscounted(tmp_path: Path) -> None:
     old = Spool(tmp_path, "same", 64 * MiB)
     old.append(make_entry(0))
