@@ -44,6 +44,7 @@ _EXPORTS: dict[str, str] = {
     "log_lead_activity": "helpers",
     "log_system_event": "helpers",
     "log_user_activity": "helpers",
+    "read_engine": "db",
     "reset_context": "context",
     "severity_to_level": "levels",
 }
@@ -85,6 +86,7 @@ __all__ = [
     "log_lead_activity",
     "log_system_event",
     "log_user_activity",
+    "read_engine",
     "reset_context",
     "severity_to_level",
 ]
@@ -96,6 +98,7 @@ if TYPE_CHECKING:
     from .constants import ActivityType, Severity
     from .context import ContextFilter, activity_context, bind_context, get_context, reset_context
     from .crud import ActivityLogCRUD, activity_log_crud
+    from .db import read_engine
     from .decorators import log_activity
     from .exceptions import ActivityLoggingError, ConfigurationError
     from .formatter import ActivityJsonFormatter

@@ -23,7 +23,7 @@ import sqlite3
 import sys
 from collections.abc import Callable, Coroutine
 from pathlib import Path
-from typing import Any, Final
+from typing import Any, Final, NamedTuple
 
 import orjson
 
@@ -33,10 +33,12 @@ from .config import (
     DEFAULT_SQLITE_URL,
     DEFAULT_STREAM,
     ENV_DATABASE_URL,
+    ENV_READ_DATABASE_URL,
     ENV_REDIS_URL,
     ENV_SCHEMA,
     ENV_STREAM,
     resolve_database_url,
+    resolve_read_database_url,
     resolve_schema,
 )
 from .urls import sqlite_file
@@ -135,12 +137,30 @@ def positive_float(text: str) -> float:
     return value
 
 
-def database_options(parser: argparse.ArgumentParser, *, url_help: str = "store to use") -> None:
-    """``--database-url`` and ``--schema``."""
+def database_options(parser: argparse.ArgumentParser, *, url_help: str = "store to use",
+                     read: bool = False) -> None:
+    """``--database-url`` and ``--schema``; with ``read``, ``--read-database-url`` too (a
+    verb that only reads: ``read_database`` then names the URL it reads)."""
     parser.add_argument("--database-url", default=None,
                         help=f"{url_help} (default: {ENV_DATABASE_URL}, else {DEFAULT_SQLITE_URL})")
+    if read:
+        read_database_option(parser)
     parser.add_argument("--schema", default=None,
                         help=f"PostgreSQL schema holding the table (default: {ENV_SCHEMA})")
+
+
+#: What ``--read-database-url`` defaults to, said once for every read verb's help.
+READ_URL_DEFAULT: Final = (f"{ENV_READ_DATABASE_URL} unless --database-url is given, else the "
+                           "database URL")
+
+
+def read_database_option(
+    parser: argparse.ArgumentParser,
+    *,
+    help_text: str = f"database to read from, e.g. a read replica (default: {READ_URL_DEFAULT})",
+) -> None:
+    """``--read-database-url``: where a verb that only reads opens the store (same schema)."""
+    parser.add_argument("--read-database-url", default=None, metavar="URL", help=help_text)
 
 
 def redis_options(parser: argparse.ArgumentParser) -> None:
@@ -171,6 +191,31 @@ def database(args: argparse.Namespace) -> tuple[str, str | None]:
     return url, resolve_schema(args.schema)
 
 
+class ReadStore(NamedTuple):
+    """Where a read verb reads: the URL, the schema, and whether that is not the primary."""
+
+    url: str
+    schema: str | None
+    #: True when ``url`` is not the database URL writes go to (a read replica).
+    separate: bool
+
+    def require(self) -> None:
+        """``require_store`` for this URL, naming the options it came from."""
+        require_store(self.url, option=f"--read-database-url or {ENV_READ_DATABASE_URL}"
+                      if self.separate else "--database-url or DATABASE_URL")
+
+
+def read_database(args: argparse.Namespace) -> ReadStore:
+    """The store a read verb opens: ``--read-database-url``, else ``--database-url``, else
+    ``ACTIVITY_LOG_READ_DATABASE_URL``, else ``DATABASE_URL``, else the embedded default
+    (``config.resolve_read_database_url``), with the primary's schema (``--schema``): a
+    replica holds the same schema."""
+    primary, schema = database(args)
+    url = resolve_read_database_url(args.read_database_url, args.database_url, default=primary)
+    assert url is not None  # a default was given
+    return ReadStore(url, schema, url != primary)
+
+
 # --- the store must be there ------------------------------------------------------------------
 
 
@@ -198,10 +243,11 @@ def probe_sqlite(path: Path, *, create: bool) -> None:
     sqlite3.connect(f"{path.resolve().as_uri()}?mode={'rwc' if create else 'rw'}", uri=True).close()
 
 
-def require_store(url: str) -> None:
+def require_store(url: str, *, option: str = "--database-url or DATABASE_URL") -> None:
     """Check that the SQLite file of ``url`` (if it names one) exists and opens.
 
-    Raises ``MissingStoreError`` when it does not exist: opening it would create an empty
+    Raises ``MissingStoreError`` (naming ``option``, where the URL came from) when it does
+    not exist: opening it would create an empty
     file (SQLite does, on connect), and the verb would then report a missing table in a
     database that was never there; a typo in the path, or a store nothing has written to
     yet, must be said as such. Raises ``sqlite3.Error`` when it exists but cannot be opened
@@ -212,8 +258,8 @@ def require_store(url: str) -> None:
         return
     if not path.exists():
         raise MissingStoreError(
-            f"no database at {url}: {path} does not exist (a typo in --database-url or "
-            f"DATABASE_URL, or nothing logged there yet: `activity-logging demo` makes one)")
+            f"no database at {url}: {path} does not exist (a typo in {option}, "
+            f"or nothing logged there yet: `activity-logging demo` makes one)")
     probe_sqlite(path, create=False)
 
 

@@ -1,9 +1,11 @@
 """Reading the trail: ``activity-logging query`` (a page, or ``--summary``) and ``export``.
 
-Both take the same filters (combined with AND). ``query`` prints one page, newest first,
-and the cursor of the next on stderr; ``export`` streams every matching row in
-``(timestamp, id)`` order to a file or stdout. SQLAlchemy (through ``crud``, ``db``,
-``export``) is imported inside the verbs, so building the parser stays cheap.
+Both take the same filters (combined with AND) and read the store that
+``--read-database-url`` names (a read replica; ``cli_common.read_database``), which is the
+database URL unless said otherwise. ``query`` prints one page, newest first, and the cursor
+of the next on stderr; ``export`` streams every matching row in ``(timestamp, id)`` order to
+a file or stdout. SQLAlchemy (through ``crud``, ``db``, ``export``) is imported inside the
+verbs, so building the parser stays cheap.
 """
 
 from __future__ import annotations
@@ -18,16 +20,16 @@ from .cli_common import (
     EXIT_FAILED,
     EXIT_OK,
     LibraryDefault,
-    database,
     database_options,
     positive_int,
     print_json,
-    require_store,
+    read_database,
     resolve,
     verb,
 )
 from .cli_render import json_printable, render_summary, render_table
 from .exceptions import ConfigurationError
+from .urls import redact_url
 from .when import parse_when
 
 if TYPE_CHECKING:
@@ -38,7 +40,7 @@ def register(sub: Any) -> None:
     """Add ``query`` and ``export`` to the ``activity-logging`` parser."""
     p = sub.add_parser("query", help="search activities (table or JSON lines)",
                        description="Search stored activities, newest first, one page at a time.")
-    database_options(p)
+    database_options(p, read=True)
     filter_options(p)
     p.add_argument("--limit", type=positive_int, default=50,
                    help="rows per page (default: %(default)s)")
@@ -56,7 +58,7 @@ def register(sub: Any) -> None:
     p = sub.add_parser("export", help="stream activities to JSON lines or CSV",
                        description="Export matching activities in (timestamp, id) order with a "
                        "server-side cursor, in constant memory; progress on a terminal.")
-    database_options(p)
+    database_options(p, read=True)
     filter_options(p)
     p.add_argument("--format", choices=["jsonl", "csv"], default="jsonl")
     p.add_argument("-o", "--output", help="file to write (default: stdout)")
@@ -107,10 +109,10 @@ async def cmd_query(args: argparse.Namespace) -> int:
     from .crud import activity_log_crud
     from .db import read_connection
 
-    url, schema = database(args)
+    store = read_database(args)
     chosen = filters(args)
-    require_store(url)
-    async with read_connection(url, schema=schema) as conn:
+    store.require()
+    async with read_connection(store.url, schema=store.schema) as conn:
         if args.summary is not None:
             summary = await activity_log_crud.get_activity_summary(conn, days=args.summary)
         else:
@@ -156,12 +158,13 @@ async def cmd_export(args: argparse.Namespace) -> int:
     """Stream matching activities to a file (or stdout) as JSON lines or CSV."""
     from .export import export_activities
 
-    url, schema = database(args)
+    store = read_database(args)
+    url = store.url
     options: dict[str, Any] = {
-        "fmt": args.format, "filters": filters(args), "schema": schema,
+        "fmt": args.format, "filters": filters(args), "schema": store.schema,
         "batch_size": resolve(args.batch_size), "progress": args.progress,
     }
-    require_store(url)
+    store.require()
     to_stdout = args.output in (None, "-")
     try:
         if to_stdout:
@@ -182,6 +185,7 @@ async def cmd_export(args: argparse.Namespace) -> int:
         print(f"activity-logging export: cannot write {where}: {exc.strerror or exc}",
               file=sys.stderr)
         return EXIT_FAILED
-    print(f"exported {result.rows} rows as {result.format} in {result.seconds:.1f} s",
+    source = f" from the read replica {redact_url(url)}" if store.separate else ""
+    print(f"exported {result.rows} rows as {result.format} in {result.seconds:.1f} s{source}",
           file=sys.stderr)
     return EXIT_OK

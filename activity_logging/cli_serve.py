@@ -7,6 +7,10 @@ listens only on a loopback address, with a random token made for this run and pr
 stderr; asked for any other address (``0.0.0.0``, a LAN address, a host name) it refuses to
 start (exit 2) and says why: the audit trail would be open to the network.
 
+Pages read ``--read-database-url`` (a read replica; by default the database URL, see
+``config.resolve_read_database_url``); the pipeline health at ``/metrics`` is the primary's
+(``--database-url``). The announcement on stderr names the database the pages read.
+
 Jinja2 and uvicorn (the ``viewer`` extra) are imported inside the verb so ``--help`` stays
 fast. Exit codes as ``cli``: 1 when there is no database file or no table, 2 bad arguments,
 3 the database is unreachable. SIGTERM/SIGINT stop it gracefully (requests in flight finish,
@@ -24,7 +28,13 @@ import secrets
 import sys
 from typing import Any, Final
 
-from .cli_common import EXIT_FAILED, EXIT_OK, report_database_error
+from .cli_common import (
+    EXIT_FAILED,
+    EXIT_OK,
+    READ_URL_DEFAULT,
+    read_database_option,
+    report_database_error,
+)
 from .config import (
     DEFAULT_SQLITE_URL,
     ENV_DATABASE_URL,
@@ -32,6 +42,7 @@ from .config import (
     ENV_SCHEMA,
     ENV_STREAM,
     resolve_database_url,
+    resolve_read_database_url,
     resolve_redis_url,
     resolve_schema,
     resolve_stream,
@@ -64,8 +75,11 @@ def register(subparsers: Any) -> None:
     p.add_argument("--port", type=int, default=DEFAULT_PORT,
                    help="port to listen on (default: %(default)s; 0 picks a free one)")
     p.add_argument("--database-url", default=None,
-                   help=f"store to show, opened read-only (default: {ENV_DATABASE_URL}, else "
-                        f"{DEFAULT_SQLITE_URL})")
+                   help=f"store of the pipeline: shown unless --read-database-url says "
+                        f"otherwise, and the one /metrics checks (default: {ENV_DATABASE_URL}, "
+                        f"else {DEFAULT_SQLITE_URL})")
+    read_database_option(p, help_text="store to show, opened read-only, e.g. a read replica "
+                         f"(default: {READ_URL_DEFAULT})")
     p.add_argument("--schema", default=None,
                    help=f"PostgreSQL schema holding the table (default: {ENV_SCHEMA})")
     p.add_argument("--root-path", default="",
@@ -130,17 +144,22 @@ def cmd_serve(args: argparse.Namespace) -> int:
     authorizer = TokenAuthorizer(token)  # ConfigurationError for a short token
     url = resolve_database_url(args.database_url, default=DEFAULT_SQLITE_URL)
     assert url is not None  # a default was given
-    path = sqlite_file(url)
+    read_url = resolve_read_database_url(args.read_database_url, args.database_url, default=url)
+    assert read_url is not None
+    path = sqlite_file(read_url)
     if path is not None and not path.exists():
+        where = ("--read-database-url or ACTIVITY_LOG_READ_DATABASE_URL" if read_url != url
+                 else "--database-url")
         print(f"activity-logging serve: no SQLite database at {path} (nothing has been logged "
-              "there yet; check --database-url)", file=sys.stderr)
+              f"there yet; check {where})", file=sys.stderr)
         return EXIT_FAILED
     options: dict[str, Any] = {}
     if args.page_size is not None:
         options["page_size"] = args.page_size
+    # The pipeline's health is the primary's: rows arriving there, not what a replica replayed.
     options["metrics_app"] = _pipeline_metrics(url, args)
-    app = create_viewer_app(database_url=url, schema=resolve_schema(args.schema),
-                            authorize=authorizer, **options)
+    app = create_viewer_app(database_url=url, read_database_url=read_url,
+                            schema=resolve_schema(args.schema), authorize=authorizer, **options)
     try:
         asyncio.run(_check_then_close(app))
     except DBAPIError as exc:
@@ -155,7 +174,13 @@ def cmd_serve(args: argparse.Namespace) -> int:
         port = sock.getsockname()[1]
         shown_host = f"[{args.host}]" if ":" in args.host else args.host
         where = f"http://{shown_host}:{port}{args.root_path.rstrip('/')}/"
-        print(f"activity-logging serve: {redact_url(url)} read-only at {where}", file=sys.stderr)
+        print(f"activity-logging serve: {redact_url(read_url)} read-only at {where}",
+              file=sys.stderr)
+        if read_url != url:
+            health = (f"; /metrics checks the pipeline on {redact_url(url)}"
+                      if options["metrics_app"] is not None else "")
+            print(f"activity-logging serve: pages read the replica, which shows rows once it has "
+                  f"replayed them{health}", file=sys.stderr)
         if generated:
             print(f"activity-logging serve: no {ENV_VIEWER_TOKEN} set, so this run's token is "
                   f"{token}\n  sign in with any user name and that token as the password, or "

@@ -6,6 +6,10 @@ with the signing key, every row's seal, the links between rows, the head against
 retention cut markers and the tail against the closing checkpoint. Exit 0 when the trail is
 whole, 1 when anything is wrong (each problem named with its producer and ``seq``), 3 when
 the database cannot be reached (one line).
+
+It reads the primary (``--database-url``): ``ACTIVITY_LOG_READ_DATABASE_URL`` does not move
+it, only an explicit ``--read-database-url`` does (a physical streaming replica, to spare the
+primary the full scan), and the output then names the database it read.
 """
 
 from __future__ import annotations
@@ -22,10 +26,12 @@ from .cli_common import (
     database_options,
     positive_int,
     print_json,
+    read_database_option,
     require_store,
     verb,
 )
 from .cli_render import printable, render_sequence_report
+from .urls import redact_url
 from .when import parse_when
 
 #: Seconds after which a signed trail that has not ended with its closing checkpoint is
@@ -55,6 +61,13 @@ def register(sub: Any) -> None:
         "from --signing-key-file, ACTIVITY_LOG_SIGNING_KEY or ACTIVITY_LOG_SIGNING_KEY_FILE; "
         "without one only the links and seq are checked (anyone could forge those).")
     database_options(p)
+    read_database_option(p, help_text=(
+        "verify this database instead, e.g. a physical streaming replica, to spare the primary "
+        "the full scan. Unlike query and export, verify ignores ACTIVITY_LOG_READ_DATABASE_URL "
+        "and checks --database-url, the trail of record: a replica holds only what it has "
+        "replayed (newer rows go unchecked; when it lags, a trail can look open past "
+        "--open-grace), and one that lacks tables (logical replication) reports cuts and "
+        "chains as broken"))
     p.add_argument("--producer", help="only this producer_id")
     p.add_argument("--since", help="only rows from this time (ISO 8601 or an age: 30d); the "
                    "chain is checked from the first row in the window")
@@ -94,10 +107,13 @@ async def cmd_verify(args: argparse.Namespace) -> int:
     from .db import read_connection
     from .signing import describe, resolve_keyring
 
-    url, schema = database(args)
+    primary, schema = database(args)
+    # Not read_database: ACTIVITY_LOG_READ_DATABASE_URL never moves the evidence check (help)
+    url = args.read_database_url or primary
     since = parse_when(args.since) if args.since else None
     keyring = resolve_keyring(key_file=args.signing_key_file)
-    require_store(url)
+    require_store(url, option="--read-database-url" if url != primary else
+                  "--database-url or DATABASE_URL")
     started = time.monotonic()
     async with read_connection(url, schema=schema) as conn:
         reports = await activity_log_crud.get_sequence_report(
@@ -127,7 +143,8 @@ async def cmd_verify(args: argparse.Namespace) -> int:
     rows = sum(r.rows for r in reports)
     ok = missing == 0 and problems == 0
     if args.json:
-        print_json({"ok": ok, "producers": len(reports), "rows": rows, "missing": missing,
+        print_json({"ok": ok, "database": redact_url(url), "replica": url != primary,
+                    "producers": len(reports), "rows": rows, "missing": missing,
                     "duplicates": sum(r.duplicates for r in reports),
                     "authentication": describe(keyring), "problems": problems,
                     "seconds": round(seconds, 3),
@@ -137,6 +154,9 @@ async def cmd_verify(args: argparse.Namespace) -> int:
         print(render_sequence_report(reports, max_gaps=args.max_gaps))
         print(_render_chains(chains, keyring is not None, args.max_gaps))
         print(f"trail: {describe(keyring)}; {rows} rows checked in {seconds:.1f} s")
+        if url != primary:
+            print(f"read from {redact_url(url)} (--read-database-url): rows it has not yet "
+                  "replayed from the primary were not checked")
     return EXIT_OK if ok else EXIT_FAILED
 
 

@@ -26,6 +26,7 @@ DEFAULT_RETENTION_DAYS: Final = 90
 
 ENV_REDIS_URL: Final = "REDIS_URL"
 ENV_DATABASE_URL: Final = "DATABASE_URL"
+ENV_READ_DATABASE_URL: Final = "ACTIVITY_LOG_READ_DATABASE_URL"
 ENV_RETENTION_DAYS: Final = "ACTIVITY_LOG_RETENTION_DAYS"
 ENV_STREAM: Final = "ACTIVITY_LOG_STREAM"
 ENV_SCHEMA: Final = "ACTIVITY_LOG_SCHEMA"
@@ -63,6 +64,29 @@ def resolve_database_url(
     """Return the database URL from the argument, else ``DATABASE_URL``, else ``default``."""
     url = value if value else _env(ENV_DATABASE_URL, environ)
     return url if url else default
+
+
+def resolve_read_database_url(
+    value: str | None = None,
+    database_url: str | None = None,
+    environ: Mapping[str, str] | None = None,
+    *,
+    default: str | None = None,
+) -> str | None:
+    """Return the URL the read side (queries, export, the viewer) opens, e.g. a read replica.
+
+    The read argument ``value``, else the database argument ``database_url`` (a store named
+    explicitly is read there, whatever the environment says), else
+    ``ACTIVITY_LOG_READ_DATABASE_URL``, else ``DATABASE_URL``, else ``default``: so, with
+    nothing set for the read side, reads go where writes go. ``database_url`` is the
+    primary's *argument* (``None`` when not given), not its resolved value.
+    """
+    if value:
+        return value
+    if database_url:
+        return database_url
+    url = _env(ENV_READ_DATABASE_URL, environ)
+    return url if url else resolve_database_url(None, environ, default=default)
 
 
 def resolve_stream(value: str | None = None, environ: Mapping[str, str] | None = None) -> str:

@@ -28,7 +28,7 @@ from sqlalchemy import MetaData, event
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
-from .config import DEFAULT_TABLE
+from .config import DEFAULT_SQLITE_URL, DEFAULT_TABLE, resolve_read_database_url, resolve_schema
 from .exceptions import (
     ActivityLoggingError,
     ConfigurationError,
@@ -36,7 +36,7 @@ from .exceptions import (
     StoreUnavailableError,
 )
 from .schema import make_table
-from .urls import asyncpg_dsn, is_sqlite, normalize_async_url, redact_url
+from .urls import asyncpg_dsn, is_postgres, is_sqlite, normalize_async_url, redact_url
 
 if TYPE_CHECKING:
     import asyncpg
@@ -424,6 +424,43 @@ async def read_connection(url: str, *, schema: str | None = None) -> AsyncIterat
         await engine.dispose()
 
 
+def read_engine(
+    database_url: str | None = None,
+    read_database_url: str | None = None,
+    *,
+    schema: str | None = None,
+    **kwargs: Any,
+) -> AsyncEngine:
+    """An ``AsyncEngine`` for reading the trail, on a read replica when one is configured: for
+    an application that runs ``activity_log_crud``'s queries off the primary::
+
+        engine = read_engine()  # ACTIVITY_LOG_READ_DATABASE_URL, else DATABASE_URL
+        async with engine.connect() as conn:
+            page = await activity_log_crud.get_page(conn, ActivityFilter(actor_id="a1"))
+        # or AsyncSession(engine) / async_sessionmaker(engine)
+
+    The URL is ``config.resolve_read_database_url``'s, as the CLI's read verbs and the viewer
+    resolve it: ``read_database_url``, else ``database_url``, else
+    ``ACTIVITY_LOG_READ_DATABASE_URL``, else ``DATABASE_URL``, else the embedded SQLite file;
+    ``schema`` defaults to ``ACTIVITY_LOG_SCHEMA`` (a replica holds the primary's schema).
+    On PostgreSQL every transaction is ``READ ONLY`` (``default_transaction_read_only``;
+    ``connect_args={"server_settings": ...}`` may add settings or override it), so the
+    engine cannot write to a primary it falls back to; SQLite opens the file as given.
+    Other keyword arguments go to ``create_async_engine_for`` (``pool_size``, ...).
+
+    Does not connect; the caller disposes of it (``await engine.dispose()``). Raises
+    ``ConfigurationError`` for an unsupported URL.
+    """
+    url = resolve_read_database_url(read_database_url, database_url, default=DEFAULT_SQLITE_URL)
+    assert url is not None  # a default was given
+    if is_postgres(url):
+        connect_args = dict(kwargs.pop("connect_args", None) or {})
+        connect_args["server_settings"] = {"default_transaction_read_only": "on",
+                                           **(connect_args.get("server_settings") or {})}
+        kwargs["connect_args"] = connect_args
+    return create_async_engine_for(url, schema=resolve_schema(schema), **kwargs)
+
+
 __all__ = [
     "AUTHORIZATION_CLASS",
     "DEFAULT_CONNECT_TIMEOUT",
@@ -443,6 +480,7 @@ __all__ = [
     "quote_identifier",
     "reachable",
     "read_connection",
+    "read_engine",
     "server_message",
     "text_index_name",
 ]

@@ -38,7 +38,7 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, Response, StreamingResponse
 from starlette.routing import BaseRoute, Mount, Route
 
-from ..config import DEFAULT_SQLITE_URL, resolve_database_url, resolve_schema
+from ..config import DEFAULT_SQLITE_URL, resolve_read_database_url, resolve_schema
 from ..crud import ActivitySummary, Order
 from ..exceptions import ConfigurationError, StoreUnavailableError
 from ..export import EXPORT_FORMATS
@@ -277,6 +277,7 @@ def create_viewer_app(
     *,
     authorize: object,
     database_url: str | None = None,
+    read_database_url: str | None = None,
     schema: str | None = None,
     page_size: int = DEFAULT_PAGE_SIZE,
     title: str = "Activity log",
@@ -293,8 +294,15 @@ def create_viewer_app(
             before anything else; only ``True`` lets it in, anything else is a 403, an
             ``HTTPException`` it raises becomes that response. Required: there is no open
             default. Runs on the event loop: keep it fast, or make it ``async``.
-        database_url: the store to read (default ``DATABASE_URL``, else the embedded SQLite
-            file); opened read-only.
+        database_url: the store to read unless ``read_database_url`` is given (default
+            ``ACTIVITY_LOG_READ_DATABASE_URL``, else ``DATABASE_URL``, else the embedded
+            SQLite file); opened read-only.
+        read_database_url: the store to read instead, e.g. a read replica of
+            ``database_url`` holding the same schema (``config.resolve_read_database_url``:
+            this argument, else ``database_url`` when given, else
+            ``ACTIVITY_LOG_READ_DATABASE_URL``, else ``DATABASE_URL``). The viewer only
+            reads: nothing in it uses the primary when a replica is named. The URL it reads
+            is ``app.state.viewer_store.url``.
         schema: PostgreSQL schema of the table (default ``ACTIVITY_LOG_SCHEMA``).
         page_size: rows per page (a request may ask for 1 to 500 with ``limit``).
         title: shown in the header and the window title.
@@ -311,7 +319,7 @@ def create_viewer_app(
     guard = check_authorize(authorize)
     if isinstance(page_size, bool) or not isinstance(page_size, int) or not 1 <= page_size <= MAX_PAGE_SIZE:
         raise ConfigurationError(f"page_size must be an integer from 1 to {MAX_PAGE_SIZE}, got {page_size!r}")
-    url = resolve_database_url(database_url, default=DEFAULT_SQLITE_URL)
+    url = resolve_read_database_url(read_database_url, database_url, default=DEFAULT_SQLITE_URL)
     assert url is not None  # a default was given
     store = ViewerStore(url, schema=resolve_schema(schema), statement_timeout=statement_timeout)
     pages = _Pages(store, title=title, page_size=page_size)
