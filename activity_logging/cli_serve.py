@@ -148,10 +148,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
     assert read_url is not None
     path = sqlite_file(read_url)
     if path is not None and not path.exists():
-        where = ("--read-database-url or ACTIVITY_LOG_READ_DATABASE_URL" if read_url != url
-                 else "--database-url")
+        option = ("--read-database-url or ACTIVITY_LOG_READ_DATABASE_URL" if read_url != url
+                  else "--database-url")
         print(f"activity-logging serve: no SQLite database at {path} (nothing has been logged "
-              f"there yet; check {where})", file=sys.stderr)
+              f"there yet; check {option})", file=sys.stderr)
         return EXIT_FAILED
     options: dict[str, Any] = {}
     if args.page_size is not None:
