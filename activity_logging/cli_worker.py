@@ -65,6 +65,9 @@ _METRICS_HOST: Final = "127.0.0.1"
 #: must stay cheap (a unit test checks that the two agree).
 _ROLE_PREFIX: Final = "activity_log_"
 #: The worker's tuning options, passed on only when given: ``worker.DEFAULT_<NAME>`` otherwise.
+#: ``ddl_variants.LAYOUTS``, copied: that module pulls in SQLAlchemy, and ``--help`` must
+#: stay cheap (a unit test checks that the two agree).
+_LAYOUTS: Final = ("plain", "partitioned", "citus", "citus-partitioned", "timescaledb")
 _TUNING: Final = ("batch_size", "max_wait", "claim_idle", "heartbeat_interval", "writers",
                   "stop_timeout")
 
@@ -82,6 +85,11 @@ def register(subparsers: Any) -> None:
                    help=f"PostgreSQL schema to create the table in (default: {ENV_SCHEMA})")
     p.add_argument("--partitioned", action="store_true",
                    help="PostgreSQL: partition by month on timestamp (primary key (id, timestamp))")
+    p.add_argument("--layout", choices=_LAYOUTS, default=None,
+                   help="PostgreSQL: the table's layout: plain (default), partitioned (as "
+                        "--partitioned), citus (distributed on id), citus-partitioned (by "
+                        "month, distributed on id) or timescaledb (a compressed hypertable); "
+                        "the last three need the extension (docs/scaling.md)")
     p.add_argument("--months-ahead", type=int, default=MONTHS_AHEAD,
                    help="with --partitioned: months of partitions to create ahead "
                         "(default: %(default)s)")
@@ -96,8 +104,8 @@ def register(subparsers: Any) -> None:
                         "(retention's DELETE and partition drops still work; default: on "
                         "with --roles, else off)")
     p.add_argument("--print-sql", action="store_true",
-                   help="print the SQL --roles / --reject-updates run (for psql -f), and exit "
-                        "without connecting")
+                   help="print the SQL --layout / --roles / --reject-updates run (for psql "
+                        "-f), and exit without connecting")
     p.add_argument("--rebuild-rollup", action="store_true",  # helper E's (rollup.py)
                    help="PostgreSQL: recount the summaries' daily rollup from every row "
                         "(writers wait meanwhile; docs/queries.md)")
@@ -157,8 +165,10 @@ def _default(name: str) -> LibraryDefault:
 
 
 def cmd_init_db(args: argparse.Namespace) -> int:
-    """``init-db``: create the table (and partitions) idempotently; with ``--roles`` /
-    ``--reject-updates``, then the roles and the append-only triggers (``roles.setup``)."""
+    """``init-db``: create the table of ``--layout`` (and partitions) idempotently; with
+    ``--roles`` / ``--reject-updates``, then the roles and the append-only triggers
+    (``roles.setup``). ``--print-sql`` prints the SQL of the layout (when ``--layout`` or
+    ``--partitioned`` is given), then of the roles and triggers, and connects to nothing."""
     import asyncpg
     from sqlalchemy.exc import DBAPIError
 
@@ -168,19 +178,26 @@ def cmd_init_db(args: argparse.Namespace) -> int:
     url, schema = database(args)
     if args.months_ahead < 0:
         raise ConfigurationError(f"--months-ahead must be >= 0, got {args.months_ahead}")
-    append_only = args.roles if args.reject_updates is None else args.reject_updates
+    layout = _layout(args)
+    append_only = _append_only(args, layout)
     if args.roles or append_only or args.print_sql:
         roles.role_names(args.role_prefix)  # a bad prefix is exit 2 before anything is made
         if args.print_sql:
+            if args.layout is not None or args.partitioned:
+                from .ddl_variants import print_sql
+
+                sys.stdout.write(print_sql(layout))
+                if not (args.roles or append_only):
+                    return EXIT_OK
             return _print_role_sql(with_roles=args.roles, append_only=append_only)
         if is_sqlite(url):
             raise ConfigurationError("--roles and --reject-updates need PostgreSQL "
                                      "(SQLite has no roles), got a sqlite URL")
     try:
         path = sqlite_file(url)
-        if path is not None and not args.partitioned:  # init_db refuses partitioned SQLite itself
+        if path is not None and layout == "plain":  # init_db refuses the others on SQLite
             probe_sqlite(path, create=True)
-        notice = asyncio.run(init_db(url, schema=schema, partitioned=args.partitioned,
+        notice = asyncio.run(init_db(url, schema=schema, layout=layout,
                                      months_ahead=args.months_ahead))
         if args.rebuild_rollup:  # helper E's: the daily rollup recounted (rollup.py)
             from .rollup import rebuild_rollup_at
@@ -206,7 +223,7 @@ def cmd_init_db(args: argparse.Namespace) -> int:
     if notice is not None:  # the table is ready; text search merely has no index
         print(f"activity-logging init-db: {notice}", file=sys.stderr)
     print(f"activity_logs ready in {redact_url(url)}{f' schema {schema}' if schema else ''}"
-          f"{' (partitioned by month)' if args.partitioned else ''}")
+          f"{_LAYOUT_NOTES.get(layout, '')}")
     if done is not None and done.names is not None:
         names = done.names
         print(f"roles {', '.join(names.all())} ready, granted on {', '.join(done.tables)}; "
@@ -215,6 +232,39 @@ def cmd_init_db(args: argparse.Namespace) -> int:
     if done is not None and done.append_only:
         print("activity_logs is append-only: UPDATE and TRUNCATE are refused by triggers")
     return EXIT_OK
+
+
+#: What ``init-db`` adds to its "ready" line for each layout but plain.
+_LAYOUT_NOTES: Final = {
+    "partitioned": " (partitioned by month)",
+    "citus": " (Citus: distributed on id)",
+    "citus-partitioned": " (partitioned by month; Citus: distributed on id)",
+    "timescaledb": " (TimescaleDB hypertable)",
+}
+
+
+def _layout(args: argparse.Namespace) -> str:
+    """``--layout``, with ``--partitioned`` meaning ``--layout partitioned``; exit 2 for a
+    layout not by month given with ``--partitioned``."""
+    if args.layout is None:
+        return "partitioned" if args.partitioned else "plain"
+    if args.partitioned and args.layout not in ("partitioned", "citus-partitioned"):
+        raise ConfigurationError(f"--partitioned does not go with --layout {args.layout}: "
+                                 "give --layout partitioned or --layout citus-partitioned")
+    return str(args.layout)
+
+
+def _append_only(args: argparse.Namespace, layout: str) -> bool:
+    """Whether to install the append-only triggers: ``--reject-updates``, else on with
+    ``--roles``; never on Citus, which refuses triggers on distributed tables (exit 2 when
+    asked for, off by default there)."""
+    if not layout.startswith("citus"):
+        return bool(args.roles if args.reject_updates is None else args.reject_updates)
+    if args.reject_updates:
+        raise ConfigurationError(
+            f"--reject-updates does not go with --layout {layout}: Citus refuses triggers on "
+            "distributed tables; the roles already grant no UPDATE (docs/scaling.md)")
+    return False
 
 
 def _print_role_sql(*, with_roles: bool, append_only: bool) -> int:

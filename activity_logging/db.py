@@ -35,7 +35,6 @@ from .exceptions import (
     PermissionDeniedError,
     StoreUnavailableError,
 )
-from .schema import make_table
 from .urls import asyncpg_dsn, is_postgres, is_sqlite, normalize_async_url, redact_url
 
 if TYPE_CHECKING:
@@ -136,6 +135,7 @@ async def init_db(
     partitioned: bool = False,
     months_ahead: int = 3,
     table: str = DEFAULT_TABLE,
+    layout: str | None = None,
 ) -> str | None:
     """Create the ``activity_logs`` table and its indexes if missing; idempotent.
 
@@ -144,6 +144,15 @@ async def init_db(
     ``months_ahead`` months ahead. An existing table is left as it is (a plain table is not
     converted). On SQLite the embedded store's own writer creates the plain table
     (``store_sqlite.SQLiteStore``: one definition of its DDL and PRAGMAs).
+
+    ``layout`` (``ddl_variants.LAYOUTS``; default ``partitioned`` when ``partitioned``, else
+    ``plain``) may also be ``citus``, ``citus-partitioned`` or ``timescaledb``: the table of
+    that layout, then the extension's calls (``ddl_variants.extension_steps``: distribute
+    the table on ``id`` and make the cut markers a reference table; or make a hypertable
+    with compression), each only when not done yet. The extension must exist in the
+    database (``ConfigurationError`` otherwise, before anything is created). Those layouts,
+    and any table Citus or TimescaleDB manages already, get no daily rollup (a notice says
+    so): its transition-table triggers are refused there.
 
     On PostgreSQL it also gives text search (``ActivityFilter.text``) its index
     (``ensure_text_index``): the ``pg_trgm`` extension and a GIN trigram index on
@@ -159,9 +168,22 @@ async def init_db(
     cannot be opened or created (a local file is not a server that comes back), and
     SQLAlchemy's ``DBAPIError`` for what the server refused (no such database or schema).
     """
+    from . import ddl_variants as variants  # builds on this module: imported when used
+
+    layout = _layout(partitioned, layout)
     sqlite = is_sqlite(url)
-    if partitioned and sqlite:
-        raise ConfigurationError("partitioned tables need PostgreSQL, got a sqlite URL")
+    if layout != variants.PLAIN and sqlite:
+        what = "partitioned tables need" if layout == variants.PARTITIONED else (
+            f"layout {layout} needs")
+        raise ConfigurationError(f"{what} PostgreSQL, got a sqlite URL")
+    extension = variants.extension_of(layout)
+    ext_schema: str | None = None
+    if extension is not None:  # refused before anything is created
+        conn_check = await connect_pg(url, schema=schema)
+        try:
+            ext_schema = await variants.require_extension(conn_check, layout)
+        finally:
+            await conn_check.close()
     from .dead_letters import create_table as create_dead_letter_table  # helper B's table
 
     await create_dead_letter_table(url, schema=schema, table=table)
@@ -177,13 +199,10 @@ async def init_db(
             store.abort()
         return None
     # partitions builds on this module (quote_identifier): imported here, for that case only
-    from .partitions import ensure_partitions, make_partitioned_table
+    from .partitions import ensure_partitions
 
     metadata = MetaData()
-    if partitioned:
-        make_partitioned_table(metadata, table)
-    else:
-        make_table(metadata, table)
+    variants.layout_table(metadata, layout, table)
     engine = create_async_engine_for(url, schema=schema)
     try:
         async with reachable(url), engine.begin() as conn:
@@ -192,19 +211,42 @@ async def init_db(
         await engine.dispose()
     conn_pg = await connect_pg(url, schema=schema)
     try:
-        if partitioned:
+        if layout in variants.MONTHLY:
             await ensure_partitions(conn_pg, table=table, months_ahead=months_ahead)
         from .chain_store import ensure_chain_schema_pg
 
         await ensure_chain_schema_pg(conn_pg, table=table)  # upgrades a table made before the chain
         notice = await ensure_text_index(conn_pg, table=table)
-        from .rollup import ensure_rollup  # the daily rollup of summaries (helper E's module)
+        await variants.apply_steps(
+            conn_pg, variants.extension_steps(layout, table, ext_schema=ext_schema))
+        managed = extension or await variants.detect_layout(conn_pg, table)
+        if managed is not None:
+            rollup_notice: str | None = (
+                f"no daily rollup on a {managed} table (its triggers are refused there): "
+                "summaries read the rows (docs/scaling.md)")
+        else:
+            from .rollup import ensure_rollup  # the daily rollup of summaries (helper E's module)
 
-        rollup_notice = await ensure_rollup(conn_pg, table=table)
+            rollup_notice = await ensure_rollup(conn_pg, table=table)
         notice = "; ".join(n for n in (notice, rollup_notice) if n) or None
     finally:
         await conn_pg.close()
     return notice
+
+
+def _layout(partitioned: bool, layout: str | None) -> str:
+    """The layout ``init_db`` builds: ``layout``, else ``partitioned`` or ``plain``; raises
+    ``ConfigurationError`` for an unknown one or ``partitioned`` with a layout not by month."""
+    from . import ddl_variants as variants
+
+    if layout is None:
+        return variants.PARTITIONED if partitioned else variants.PLAIN
+    variants.check_layout(layout)
+    if partitioned and layout not in variants.MONTHLY:
+        raise ConfigurationError(
+            f"--partitioned does not go with layout {layout}: give --layout "
+            f"{variants.PARTITIONED} or --layout {variants.CITUS_PARTITIONED}")
+    return layout
 
 
 TRGM_EXTENSION: Final = "pg_trgm"

@@ -76,13 +76,22 @@ def make_partitioned_table(metadata: MetaData, name: str = DEFAULT_TABLE) -> Tab
     ``(id, timestamp)`` because a partitioned table's unique keys must include the
     partition key.
     """
+    return make_time_keyed_table(metadata, name, partition_by='RANGE ("timestamp")')
+
+
+def make_time_keyed_table(metadata: MetaData, name: str = DEFAULT_TABLE, *,
+                          partition_by: str | None = None) -> Table:
+    """``schema.make_table``'s columns and indexes with the primary key ``(id, timestamp)``,
+    declaratively partitioned by ``partition_by`` when given: the partitioned table, and
+    the table a TimescaleDB hypertable is made from (``ddl_variants``), whose unique keys
+    must include the time column too."""
     base = make_table(MetaData(), name)
     table = Table(
         name,
         metadata,
         *[Column(c.name, c.type, nullable=c.nullable) for c in base.columns],
         PrimaryKeyConstraint("id", "timestamp", name=f"{name}_pkey"),
-        postgresql_partition_by='RANGE ("timestamp")',
+        postgresql_partition_by=partition_by,
     )
     for index in base.indexes:
         Index(index.name, *[table.c[col.name] for col in index.columns])
@@ -247,6 +256,7 @@ __all__ = [
     "expired_partitions",
     "is_partitioned",
     "make_partitioned_table",
+    "make_time_keyed_table",
     "missing_partitions",
     "month_bounds",
     "months_from",

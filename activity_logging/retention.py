@@ -6,7 +6,11 @@
   transaction each, so it never holds locks for long nor writes one huge WAL transaction;
 * on a monthly-partitioned PostgreSQL table it drops (or detaches, to archive) every
   partition whose whole month is past the cutoff, deletes the few expired rows left in
-  the partition the cutoff falls in, and creates the partitions ahead.
+  the partition the cutoff falls in, and creates the partitions ahead (on Citus too:
+  dropping a partition of a distributed table drops its shards);
+* on a TimescaleDB hypertable (``init-db --layout timescaledb``) it drops the chunks wholly
+  past the cutoff (``drop_chunks``), then deletes the expired rows left in the chunk the
+  cutoff falls in; ``detach`` is refused (``ConfigurationError``), chunks are not detached.
 
 The retention period is capped at ``MAX_RETENTION_DAYS`` (36500, a hundred years): a
 larger one would put the cutoff before year 1 and is surely a typo.
@@ -43,6 +47,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from .chain_store import record_cuts
 from .config import DEFAULT_TABLE, require_positive, resolve_retention_days
 from .db import connect_pg, quote_identifier, read_connection
+from .ddl_variants import TIMESCALEDB, detect_layout, extension_schema
 from .exceptions import ConfigurationError
 from .partitions import ensure_partitions, expired_partitions, is_partitioned, missing_partitions
 from .rollup import forget_partitions
@@ -71,6 +76,7 @@ class CleanupResult:
     In a dry run (``dry_run`` True) nothing was changed: ``deleted_rows`` is every row
     older than the cutoff (those of partitions that would be dropped included), the
     partition lists name what would be dropped, detached or created, and ``batches`` is 0.
+    On a TimescaleDB hypertable ``dropped_partitions`` names the chunks dropped.
     """
 
     cutoff: datetime
@@ -189,6 +195,41 @@ async def expire_partitions(
     return expired
 
 
+async def hypertable_extension(conn: asyncpg.Connection, table: str = DEFAULT_TABLE
+                               ) -> str | None:
+    """The schema of TimescaleDB's functions when ``table`` is a hypertable, else ``None``."""
+    if await detect_layout(conn, table) != TIMESCALEDB:
+        return None
+    return await extension_schema(conn, TIMESCALEDB)
+
+
+async def drop_chunks(conn: asyncpg.Connection, cutoff: datetime, ext_schema: str, *,
+                      table: str = DEFAULT_TABLE, dry_run: bool = False) -> list[str]:
+    """Drop the chunks of hypertable ``table`` wholly before ``cutoff`` (TimescaleDB's
+    ``drop_chunks``), or with ``dry_run`` list them (``show_chunks``). Returns their names."""
+    function = "show_chunks" if dry_run else "drop_chunks"
+    rows = await conn.fetch(
+        f"SELECT c::text AS name FROM {quote_identifier(ext_schema)}.{function}("
+        "to_regclass($1), older_than => $2::timestamptz) AS c", quote_identifier(table), cutoff)
+    return [str(row["name"]) for row in rows]
+
+
+async def _hypertable_of(url: str, schema: str | None, table: str, *, detach: bool
+                         ) -> str | None:
+    """``hypertable_extension`` on a connection of its own; ``detach`` on a hypertable is
+    ``ConfigurationError``, before anything is changed."""
+    pg = await connect_pg(url, schema=schema)
+    try:
+        found = await hypertable_extension(pg, table)
+    finally:
+        await pg.close()
+    if found is not None and detach:
+        raise ConfigurationError(
+            f"{table} is a TimescaleDB hypertable: its chunks are dropped, not detached "
+            "(drop --detach, or copy old chunks elsewhere first; docs/scaling.md)")
+    return found
+
+
 async def cleanup(
     url: str,
     *,
@@ -227,10 +268,12 @@ async def cleanup(
         now.replace(tzinfo=UTC) if now is not None else datetime.now(UTC)
     )
     cutoff = current - timedelta(days=days)
+    hypertable = None if is_sqlite(url) else await _hypertable_of(url, schema, table,
+                                                                   detach=detach)
     if dry_run:
         return await _dry_run(url, schema=schema, table=table, days=days, cutoff=cutoff,
                               now=current, months_ahead=months_ahead, detach=detach,
-                              started=started)
+                              started=started, hypertable=hypertable)
     if keyring is None:
         keyring = resolve_keyring()
     async with read_connection(url, schema=schema) as conn:
@@ -242,7 +285,11 @@ async def cleanup(
         pg = await connect_pg(url, schema=schema)
         try:
             partitioned = await is_partitioned(pg, table)
-            if partitioned:
+            if hypertable is not None:
+                # its primary key is (id, timestamp), as a partitioned table's
+                dropped = await drop_chunks(pg, cutoff, hypertable, table=table)
+                partitioned = True
+            elif partitioned:
                 dropped = await expire_partitions(pg, cutoff, table=table, detach=detach)
                 # DROP/DETACH fire no trigger: recount those months in the daily rollup
                 await forget_partitions(pg, dropped, table=table)
@@ -276,7 +323,7 @@ async def cleanup(
 
 async def _dry_run(
     url: str, *, schema: str | None, table: str, days: int, cutoff: datetime, now: datetime,
-    months_ahead: int, detach: bool, started: float,
+    months_ahead: int, detach: bool, started: float, hypertable: str | None,
 ) -> CleanupResult:
     """What ``cleanup`` would do, found with reads only."""
     expired: list[str] = []
@@ -284,7 +331,9 @@ async def _dry_run(
     if not is_sqlite(url):
         pg = await connect_pg(url, schema=schema)
         try:
-            expired = await expired_partitions(pg, cutoff, table=table)
+            expired = (await drop_chunks(pg, cutoff, hypertable, table=table, dry_run=True)
+                       if hypertable is not None
+                       else await expired_partitions(pg, cutoff, table=table))
             ahead = await missing_partitions(pg, table=table, months_ahead=months_ahead, now=now)
         finally:
             await pg.close()
@@ -347,7 +396,9 @@ __all__ = [
     "cleanup",
     "count_before",
     "delete_before",
+    "drop_chunks",
     "expire_partitions",
+    "hypertable_extension",
     "resolve_cleanup_days",
     "run_cleanup",
     "run_vacuum",
