@@ -65,11 +65,14 @@ CITUS_DISTRIBUTION_COLUMN: Final = "id"
 #: The function whose schema says where an extension's functions live (``extension_schema``).
 MARKER_FUNCTIONS: Final = {CITUS: "create_distributed_table", TIMESCALEDB: "create_hypertable"}
 #: TimescaleDB: the chunk interval, how old a chunk is compressed, and the compression layout:
-#: segments by ``activity_type`` (few values, filtered on), ordered by time, newest first.
+#: segments by ``activity_type`` (few values, filtered on), ordered by time, newest first,
+#: then ``id``: every column of the unique key ``(id, timestamp)`` is in the segment-by or
+#: the order-by list, as TimescaleDB asks of a unique index on compressed chunks (it warns
+#: otherwise, and checks a late insert against more of the compressed rows).
 TIMESCALE_CHUNK_INTERVAL: Final = "1 day"
 TIMESCALE_COMPRESS_AFTER: Final = "7 days"
 TIMESCALE_SEGMENTBY: Final = "activity_type"
-TIMESCALE_ORDERBY: Final = '"timestamp" DESC'
+TIMESCALE_ORDERBY: Final = '"timestamp" DESC, id'
 #: The schema a DBA's extension is usually in, used by ``--print-sql`` (the server's own
 #: is looked up when ``init-db`` runs): Citus installs in ``pg_catalog``, TimescaleDB in
 #: the schema it was created in, ``public`` by default.

@@ -133,8 +133,13 @@ def test_timescaledb_calls_name_a_not_null_time_column_and_existing_columns() ->
     assert options == ["create_default_indexes => FALSE", "if_not_exists => TRUE"]
     settings = dict(re.findall(r"timescaledb\.(\w+) = '([^']*)'", compress))
     assert compress.startswith('ALTER TABLE "activity_logs" SET (timescaledb.compress, ')
-    assert settings["compress_segmentby"] in model.c
-    assert settings["compress_orderby"].split()[0].strip('"') in model.c
+    segmentby = [c.strip() for c in settings["compress_segmentby"].split(",")]
+    orderby = [c.split()[0].strip('"') for c in settings["compress_orderby"].split(",")]
+    assert all(c in model.c for c in segmentby + orderby), (segmentby, orderby)
+    assert orderby[0] == "timestamp"
+    # TimescaleDB: each column of a unique key in segment-by or order-by (else it warns)
+    for key in _unique_keys(model):
+        assert set(key) <= set(segmentby + orderby), key
     assert steps[1].done is not None and "compression_enabled" in steps[1].done
     assert _call(policy, "add_compression_policy")[1:] == [
         f"compress_after => INTERVAL '{ddl_variants.TIMESCALE_COMPRESS_AFTER}'",
