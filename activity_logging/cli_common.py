@@ -173,9 +173,12 @@ def redis_options(parser: argparse.ArgumentParser) -> None:
 
 
 def stream_option(parser: argparse.ArgumentParser) -> None:
-    """``--stream``."""
+    """``--stream`` and ``--stream-shards``."""
     parser.add_argument("--stream", default=None,
                         help=f"stream name (default: {ENV_STREAM}, else {DEFAULT_STREAM})")
+    parser.add_argument("--stream-shards", type=positive_int, default=None,
+                        help="shards of the stream, as the producers were given (default: "
+                        "ACTIVITY_LOG_STREAM_SHARDS, else 1)")
 
 
 def group_option(parser: argparse.ArgumentParser) -> None:

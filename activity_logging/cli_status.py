@@ -50,6 +50,7 @@ async def cmd_status(args: argparse.Namespace) -> int:
     require_store(url)
     status = await gather_status(
         url, resolve_redis_url(args.redis_url), schema=schema, stream=resolve_stream(args.stream),
+        stream_shards=args.stream_shards,
         group=args.group, max_lag=args.max_lag, heartbeat_ttl=args.heartbeat_ttl,
     )
     if args.json:

@@ -300,7 +300,8 @@ def cmd_worker(args: argparse.Namespace) -> int:
         redis_url = resolve_redis_url(args.redis_url)
         worker = ActivityWorker(
             redis_url, resolve_database_url(args.database_url), stream=args.stream,
-            group=args.group, consumer=args.consumer, schema=args.schema,
+            stream_shards=args.stream_shards, group=args.group, consumer=args.consumer,
+            schema=args.schema,
             signing_keys=resolve_keyring(key_file=args.signing_key_file), **options,
         )
         if args.metrics_port is not None:

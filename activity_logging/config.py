@@ -15,6 +15,7 @@ from typing import Final
 from urllib.parse import parse_qsl, urlsplit
 
 from .exceptions import ConfigurationError
+from .redis_clients import CLUSTER_SCHEMES, NODE_SCHEMES, check_cluster_url
 from .urls import check_authority, shown_url
 
 DEFAULT_STREAM: Final = "activity_log_stream"
@@ -44,17 +45,21 @@ def _env(name: str, environ: Mapping[str, str] | None) -> str | None:
 def resolve_redis_url(value: str | None = None, environ: Mapping[str, str] | None = None) -> str | None:
     """Return the Redis URL from the argument, else ``REDIS_URL``, else ``None`` (embedded mode).
 
+    ``redis+cluster://`` and ``rediss+cluster://`` name a Redis Cluster (``redis_clients``).
+
     Raises ``ConfigurationError`` for another scheme, or a host and port that do not parse
     (``urls.check_authority``), naming the URL with its password hidden.
     """
     url = value if value else _env(ENV_REDIS_URL, environ)
     if url is None:
         return None
-    if not url.startswith(("redis://", "rediss://", "unix://")):
+    if not url.startswith((*NODE_SCHEMES, *CLUSTER_SCHEMES)):
         raise ConfigurationError(
-            f"redis_url must start with redis://, rediss:// or unix://, got {shown_url(url)}")
+            "redis_url must start with redis://, rediss://, unix:// or, for a Redis Cluster, "
+            f"redis+cluster:// or rediss+cluster://, got {shown_url(url)}")
     if not url.startswith("unix://"):
         check_authority(url, "redis_url")
+    check_cluster_url(url)
     return url
 
 
@@ -187,6 +192,7 @@ HANDLER_TUNABLES: Final[dict[str, tuple[type[int] | type[float], int | float]]] 
     "close_timeout": (float, 5.0),
     "reconnect_delay": (float, 1.0),
     "checkpoint_interval": (float, 60.0),
+    "stream_shards": (int, 1),
 }
 
 

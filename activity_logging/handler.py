@@ -37,6 +37,7 @@ from .handler_lifecycle import (
 )
 from .listener import Held, ListenerLoop
 from .redact import DEFAULT_REDACT_KEYS, Redactor
+from .shards import check_shardable, resolve_shards, shard_stream
 from .signing import CHECKPOINT_TYPE, EntrySigner, resolve_keyring
 from .sinks import Sink, make_sink
 from .snapshot import QueuedRecord, Snapshotter, queued_size
@@ -125,8 +126,12 @@ class ActivityHandler(ListenerLoop, logging.handlers.QueueHandler):
     Args:
         queue: Ignored. Accepted because Python 3.12+'s ``dictConfig`` passes an unbounded
             ``queue.Queue()`` positionally; the handler always keeps its own bounded queue.
-        redis_url: Redis to ship to (``redis://``, ``rediss://``, ``unix://``).
+        redis_url: Redis to ship to (``redis://``, ``rediss://``, ``unix://``; a Redis Cluster
+            as ``redis+cluster://`` or ``rediss+cluster://`` and any one of its nodes).
         stream: Stream name (default ``activity_log_stream`` or ``ACTIVITY_LOG_STREAM``).
+        stream_shards: Shards of the stream (``ACTIVITY_LOG_STREAM_SHARDS``, default 1): with
+            more than one, this producer writes to the one its producer id picks
+            (``shards.shard_stream``); workers and ``status`` must be given the same number.
         database_url: Store written directly when no Redis is configured.
         schema: PostgreSQL schema of the table in direct mode (``ACTIVITY_LOG_SCHEMA``).
         queue_size: Records held in memory at most; beyond it records are dropped and counted.
@@ -196,6 +201,7 @@ class ActivityHandler(ListenerLoop, logging.handlers.QueueHandler):
         direct: bool = False,
         signing_key: str | None = None,
         checkpoint_interval: float | None = None,
+        stream_shards: int | None = None,
         level: int | str = logging.NOTSET,
         handlers: Any = None,
         listener: Any = None,
@@ -230,6 +236,8 @@ class ActivityHandler(ListenerLoop, logging.handlers.QueueHandler):
                                      f"{tuned['checkpoint_interval']!r}")
         redis_url = None if direct else config.resolve_redis_url(redis_url)
         stream = config.resolve_stream(stream)
+        shards = resolve_shards(stream_shards) if redis_url else 1
+        check_shardable(stream, shards)
         database_url = config.resolve_database_url(database_url, default=config.DEFAULT_SQLITE_URL)
         schema = config.resolve_schema(schema)
         if not redis_url and database_url:
@@ -259,6 +267,7 @@ class ActivityHandler(ListenerLoop, logging.handlers.QueueHandler):
         self.context_filter = context_filter
         self._keyring = keyring
         self.checkpoint_interval = float(tuned["checkpoint_interval"])
+        self.stream_shards = shards
         self._listener_face = ActivityListener(self)
         self._refused_cache: dict[str, bool] = {}
         self._closed = False
@@ -306,7 +315,9 @@ class ActivityHandler(ListenerLoop, logging.handlers.QueueHandler):
         key = self._keyring.current if self._keyring is not None else None
         self._encoder = WireEncoder(self.producer_id,
                                     signer=EntrySigner(key) if key is not None else None)
-        self._sink: Sink = make_sink(self.redis_url, self.stream, self.database_url or "", self.schema,
+        # this producer's shard (the stream itself unless sharded): its records stay in order
+        self.shard_stream = shard_stream(self.stream, self.stream_shards, self.producer_id)
+        self._sink: Sink = make_sink(self.redis_url, self.shard_stream, self.database_url or "", self.schema,
                                      socket_timeout=self._send_timeout, signing_key=key)
         self._last_checkpoint = time.monotonic()
         self._spool = (
@@ -651,7 +662,7 @@ class ActivityHandler(ListenerLoop, logging.handlers.QueueHandler):
             self._start_listener()
 
     def __repr__(self) -> str:
-        target = f"redis stream {self.stream!r}" if self.redis_url else "database (direct)"
+        target = f"redis stream {self.shard_stream!r}" if self.redis_url else "database (direct)"
         return f"<ActivityHandler {target} ({logging.getLevelName(self.level)})>"
 
 

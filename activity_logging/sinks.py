@@ -71,9 +71,9 @@ class RedisStreamSink:
 
     def _connect(self) -> redis.Redis:
         if self._client is None:
-            import redis as redis_mod
+            from .redis_clients import sync_client
 
-            self._client = redis_mod.Redis.from_url(
+            self._client = sync_client(
                 self.url,
                 socket_timeout=self._socket_timeout,
                 socket_connect_timeout=self._socket_timeout,
@@ -82,7 +82,14 @@ class RedisStreamSink:
         return self._client
 
     def prepare(self) -> None:
-        self._connect()  # builds the client; redis-py connects on the first command
+        from .redis_clients import is_cluster
+
+        if is_cluster(self.url):
+            # A cluster client asks a node for the slot map as it is built: built at the
+            # first send, so a handler made while the cluster is down still works.
+            import redis.cluster  # noqa: F401  (imported now: at interpreter exit it cannot be)
+        else:
+            self._connect()  # builds the client; redis-py connects on the first command
         # what the first command needs, imported now: at interpreter exit it cannot be
         from redis.exceptions import TimeoutError as RedisTimeoutError
 

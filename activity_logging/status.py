@@ -41,9 +41,11 @@ from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any, Final
 
 from .config import DEFAULT_GROUP, DEFAULT_HEARTBEAT_TTL, DEFAULT_STREAM, dead_stream_for
+from .shards import resolve_shards
 from .status_findings import judge_redis
 from .status_redis import ConsumerInfo, WorkerInfo, entry_ms, gather_redis, plural
 from .status_render import render_status, window_text
+from .status_shards import shard_summaries
 from .urls import redact_url
 
 if TYPE_CHECKING:
@@ -97,6 +99,10 @@ class PipelineStatus:
     stream: str = DEFAULT_STREAM
     group: str = DEFAULT_GROUP
     dead_stream: str = ""
+    #: ``stream_shards`` the check was given; with more than one, ``shards`` holds each
+    #: shard's readings and findings (``status_shards``) and the stream fields are totals
+    stream_shards: int = 1
+    shards: list[PipelineStatus] = field(default_factory=list)
     stream_length: int | None = None
     group_exists: bool | None = None
     undelivered: int | None = None
@@ -157,6 +163,7 @@ class PipelineStatus:
     def to_dict(self) -> dict[str, Any]:
         """JSON-safe form (``--json``)."""
         out = asdict(self)
+        out["shards"] = shard_summaries(self)
         out["checked_at"] = self.checked_at.isoformat()
         out["newest_activity"] = self.newest_activity.isoformat() if self.newest_activity else None
         out["healthy"] = self.healthy
@@ -371,6 +378,7 @@ async def gather_status(
     *,
     schema: str | None = None,
     stream: str = DEFAULT_STREAM,
+    stream_shards: int | None = None,
     group: str = DEFAULT_GROUP,
     max_lag: float = DEFAULT_MAX_LAG,
     heartbeat_ttl: float = DEFAULT_HEARTBEAT_TTL,
@@ -380,12 +388,14 @@ async def gather_status(
 
     Redis is read before the database, so the sequence check knows what may still be in
     flight (``gap_settle``: see ``DEFAULT_GAP_SETTLE``). Raises ``StoreUnavailableError``
-    when Redis or the database cannot be reached.
+    when Redis or the database cannot be reached. ``stream_shards`` is what the producers
+    and workers were given (default ``ACTIVITY_LOG_STREAM_SHARDS``, else 1): each shard is
+    read and judged, and the stream fields hold the totals.
     """
     status = PipelineStatus(
         checked_at=datetime.now(UTC), database_url=redact_url(database_url),
         redis_url=redact_url(redis_url) if redis_url else None, stream=stream, group=group,
-        dead_stream=dead_stream_for(stream),
+        dead_stream=dead_stream_for(stream), stream_shards=resolve_shards(stream_shards),
     )
     if redis_url:
         await gather_redis(status, redis_url, heartbeat_ttl=heartbeat_ttl)

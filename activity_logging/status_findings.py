@@ -22,14 +22,26 @@ RESTART_SLACK: Final = 5.0
 
 
 def judge_redis(status: PipelineStatus, *, heartbeat_ttl: float, max_lag: float) -> None:
-    """Turn what was read into problems and warnings."""
+    """Turn what was read into problems and warnings (a sharded stream: each shard's own,
+    ``status_shards.judge_shards``)."""
     _settings_warnings(status)
     _heartbeat_warnings(status)
     _restart_warnings(status)
-    _stream_loss(status)
     _vanished_problem(status)
     if status.live_workers == 0:
         status.problems.append(f"no live worker (no heartbeat under {heartbeat_ttl:g} s)")
+    if status.shards:
+        from .status_shards import judge_shards
+
+        judge_shards(status, max_lag=max_lag, judge_stream=judge_stream)
+    else:
+        judge_stream(status, max_lag)
+
+
+def judge_stream(status: PipelineStatus, max_lag: float) -> None:
+    """The findings of one stream: entries lost before the group read them, a missing
+    group, a record waiting longer than ``max_lag``."""
+    _stream_loss(status)
     if not status.group_exists and status.stream_length:
         status.problems.append(
             f"consumer group {status.group!r} is missing on stream {status.stream!r}")
@@ -199,4 +211,4 @@ def _stream_loss(status: PipelineStatus) -> None:
         )
 
 
-__all__ = ["RESTART_SLACK", "judge_redis"]
+__all__ = ["RESTART_SLACK", "judge_redis", "judge_stream"]

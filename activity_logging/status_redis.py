@@ -119,21 +119,34 @@ async def gather_redis(status: PipelineStatus, redis_url: str, *, heartbeat_ttl:
     something else; ``NOPERM``: an ACL) is a problem naming it, and the other readings go
     on. Raises ``StoreUnavailableError`` when Redis cannot be reached, or is lost midway.
     """
-    import redis.asyncio as aioredis
     from redis.exceptions import ConnectionError as RedisConnectionError
     from redis.exceptions import ResponseError
     from redis.exceptions import TimeoutError as RedisTimeoutError
 
+    from .redis_clients import async_client
+    from .shards import shard_streams
+    from .status_shards import find_strays, read_shards
+
+    names = shard_streams(status.stream, status.stream_shards)
+
     async def stream() -> None:
+        if status.stream_shards > 1:
+            await read_shards(client, status, names)
+            return
         pending_min_ms = await _read_stream(client, status)
         await _read_oldest_waiting(client, status, pending_min_ms)
 
-    client = aioredis.Redis.from_url(redis_url, socket_timeout=5.0, socket_connect_timeout=5.0)
+    async def consumers() -> None:
+        if status.stream_shards == 1:  # a shard's are read with the shard
+            await _read_consumers(client, status)
+
+    client = async_client(redis_url, socket_timeout=5.0, socket_connect_timeout=5.0)
     try:
         await _ping(client, redis_url)
         steps: tuple[tuple[str, Callable[[], Awaitable[None]]], ...] = (
             (f"stream {status.stream!r}", stream),
-            (f"the consumers of group {status.group!r}", lambda: _read_consumers(client, status)),
+            (f"the consumers of group {status.group!r}", consumers),
+            ("the streams named like shards", lambda: find_strays(client, status, names)),
             ("the heartbeats", lambda: _read_heartbeats(client, status, heartbeat_ttl)),
             ("the server's settings", lambda: _read_server(client, status)),
         )

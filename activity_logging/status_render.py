@@ -52,6 +52,11 @@ def _redis_lines(status: PipelineStatus) -> list[str]:
         f"oldest waiting:   {format_age(status.oldest_waiting_seconds)}",
         f"workers:          {status.live_workers} live of {len(status.workers)} seen",
     ]
+    if status.shards:
+        lines[1] = (f"stream:           {status.stream}  {len(status.shards)} shards, length "
+                    f"{status.stream_length} in all, entries added {_or_dash(status.entries_added)}")
+        lines[3:3] = ([_shard_line(i, s) for i, s in enumerate(status.shards[:MAX_LISTED])]
+                      + _more(len(status.shards), "shards"))
     lines += [_worker_line(w) for w in status.workers[:MAX_LISTED]]
     lines += _more(len(status.workers), "workers")
     for c in status.consumers[:MAX_LISTED]:
@@ -59,6 +64,13 @@ def _redis_lines(status: PipelineStatus) -> list[str]:
             f"  consumer {c.name:<23} pending {c.pending:<8} idle {format_age(c.idle_seconds)}")
     lines += _more(len(status.consumers), "consumers")
     return lines
+
+
+def _shard_line(i: int, shard: PipelineStatus) -> str:
+    state = ("group missing" if not shard.group_exists else
+             f"undelivered {shard.undelivered}, pending {shard.pending}")
+    return (f"  shard {i:<3} {shard.stream:<28} length {_or_dash(shard.stream_length):<8} "
+            f"{state}, oldest waiting {format_age(shard.oldest_waiting_seconds)}")
 
 
 def _worker_line(w: WorkerInfo) -> str:

@@ -63,7 +63,9 @@ from .exceptions import (
     PermissionDeniedError,
     StoreUnavailableError,
 )
+from .redis_clients import async_client, disconnect_all
 from .rows import MAX_JSON_BYTES
+from .shards import check_shardable, resolve_shards, shard_streams
 from .signing import KeyRing, resolve_keyring
 from .store import Store, make_store, store_rows
 from .urls import is_sqlite, redact_url
@@ -72,6 +74,7 @@ from .worker_stream import (
     BACKOFF_INITIAL,
     BACKOFF_MAX,
     REDIS_TRANSIENT,
+    Shard,
     StreamSide,
     _Batch,
     _Reject,
@@ -177,10 +180,14 @@ class ActivityWorker(StreamSide):
     """Drains activity records from a Redis Stream into PostgreSQL.
 
     Args:
-        redis_url: Redis holding the stream; default ``REDIS_URL``.
+        redis_url: Redis holding the stream; default ``REDIS_URL``. A Redis Cluster is
+            ``redis+cluster://`` (or ``rediss+cluster://``) and any one of its nodes.
         database_url: PostgreSQL (``postgresql://``, ``postgres://``,
             ``postgresql+asyncpg://``); default ``DATABASE_URL``.
         stream: stream name; default ``ACTIVITY_LOG_STREAM`` or ``activity_log_stream``.
+        stream_shards: shards of the stream (``ACTIVITY_LOG_STREAM_SHARDS``, default 1), as
+            the producers were given: the worker reads every shard, each with a reader of
+            its own (claims and acknowledgements per shard), into the same writers.
         group: consumer group, created (from id 0) when missing.
         consumer: this worker's name in the group; default ``<hostname>-<pid>``.
         schema: PostgreSQL schema holding the table (sets ``search_path``).
@@ -249,6 +256,7 @@ class ActivityWorker(StreamSide):
         max_age: float | None = None,
         max_future: float | None = None,
         signing_keys: str | KeyRing | None = None,
+        stream_shards: int | None = None,
     ) -> None:
         resolved_redis = resolve_redis_url(redis_url)
         self.keyring = (signing_keys if isinstance(signing_keys, KeyRing)
@@ -270,6 +278,10 @@ class ActivityWorker(StreamSide):
         self.redis_url = resolved_redis
         self.database_url = resolved_db
         self.stream = resolve_stream(stream)
+        self.stream_shards = resolve_shards(stream_shards)
+        check_shardable(self.stream, self.stream_shards)
+        self.shards = [Shard(name) for name in shard_streams(self.stream, self.stream_shards)]
+        self._shard_readers = []
         self.dead_stream = dead_stream_for(self.stream)
         self.group = group
         self.consumer = consumer or f"{socket.gethostname()}-{os.getpid()}"
@@ -306,18 +318,9 @@ class ActivityWorker(StreamSide):
         self._forced = asyncio.Event()
         self._stop_requested_at: float | None = None  # time.monotonic() of the warm stop
         self._heartbeat: asyncio.Task[None] | None = None
-        # The batch the reader is filling or handing over; a stop lets it reach the writers.
-        self._reading: _Batch | None = None
         self._last_signal: int | None = None
-        self._read_id = b"0"  # first our own pending entries (a restart under the same name)
-        self._last_claim = 0.0
-        self._claim_cursor = b"0-0"
         self._last_partition_check = 0.0
         self._signals = 0
-        # Entries read and not yet acknowledged: XAUTOCLAIM can hand them back to us when an
-        # insert outlasts claim_idle, and they must not be processed twice concurrently.
-        self._in_flight: set[bytes] = set()
-        self._records_per_entry = 1000.0  # corrected after the first read
         self.started_at = time.time()
 
     # --- control ---------------------------------------------------------------------------
@@ -422,12 +425,13 @@ class ActivityWorker(StreamSide):
         if install_signal_handlers:
             for sig in (signal.SIGTERM, signal.SIGINT):
                 loop.add_signal_handler(sig, self.handle_signal, sig)
-        self._redis = aioredis.Redis.from_url(
+        self._redis = async_client(
             self.redis_url, socket_connect_timeout=REDIS_CONNECT_TIMEOUT,
             socket_timeout=self.max_wait + 30.0, health_check_interval=30,
         )
         logger.info(
-            "worker %s: stream %r group %r -> %s%s", self.consumer, self.stream, self.group,
+            "worker %s: stream %r%s group %r -> %s%s", self.consumer, self.stream,
+            f" ({self.stream_shards} shards)" if self.stream_shards > 1 else "", self.group,
             redact_url(self.database_url), f" schema {self.schema}" if self.schema else "",
         )
         try:
@@ -438,12 +442,13 @@ class ActivityWorker(StreamSide):
             if install_signal_handlers:
                 for sig in (signal.SIGTERM, signal.SIGINT):
                     loop.remove_signal_handler(sig)
-        if self._in_flight:
+        left_pending = sum(len(shard.in_flight) for shard in self.shards)
+        if left_pending:
             how = "cold" if self.stopped_cold else f"at its {self.stop_timeout:g}s stop timeout"
             logger.warning(
                 "worker %s stopped %s: %d entries left pending, for another worker (after "
                 "claim_idle) or this consumer's next start; their ids make a re-insert a no-op",
-                self.consumer, how, len(self._in_flight),
+                self.consumer, how, left_pending,
             )
         logger.info("worker %s stopped: %s", self.consumer, self.stats())
 
@@ -465,11 +470,7 @@ class ActivityWorker(StreamSide):
                 await asyncio.wait({stop, *tasks}, return_when=asyncio.FIRST_COMPLETED)
             finally:
                 stop.cancel()
-            if not reader.done() and not (self._reading is not None and self._reading.ids):
-                # Read nothing more: cancel a blocked read, a connect attempt, a backoff. (An
-                # entry a cancelled read was receiving stays pending.) A reader holding
-                # entries finishes handing them to the writers instead.
-                reader.cancel()
+            self._cancel_idle_readers(reader)
             # The writers store what they hold, then each takes an end marker.
             await self._wait_or_give_up(tasks)
         finally:
@@ -541,8 +542,7 @@ class ActivityWorker(StreamSide):
                     conn.terminate()
         if self._redis is not None:
             with contextlib.suppress(Exception):
-                await asyncio.wait_for(
-                    self._redis.connection_pool.disconnect(inuse_connections=True), SETTLE_TIMEOUT)
+                await asyncio.wait_for(disconnect_all(self._redis), SETTLE_TIMEOUT)
 
     async def _shutdown(self) -> None:
         """Close the stores, delete the heartbeat, close Redis: each step bounded, never raises."""

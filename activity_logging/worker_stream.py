@@ -86,10 +86,33 @@ def _record_id(wire: Any) -> str | None:
     return value[:64] if isinstance(value, str) else None
 
 
+@dataclass(eq=False)
+class Shard:
+    """One stream a worker reads (the stream itself, or one of its shards) and the worker's
+    state on it: where it reads, where its claims have got to, what it holds."""
+
+    stream: str
+    #: first this consumer's own pending entries (a restart under the same name), then ">"
+    read_id: bytes = b"0"
+    last_claim: float = 0.0
+    claim_cursor: bytes = b"0-0"
+    #: the batch the shard's reader is filling or handing over; a stop lets it reach the
+    #: writers
+    reading: _Batch | None = None
+    #: entries read and not yet acknowledged: XAUTOCLAIM can hand them back to us when an
+    #: insert outlasts claim_idle, and they must not be processed twice concurrently
+    in_flight: set[bytes] = field(default_factory=set)
+    records_per_entry: float = 1000.0  # corrected after the first read
+    #: bytes per entry, as read lately (None until the first read): bounds how many entries
+    #: one XREADGROUP asks for, so one reply holds about ``max_entry_bytes`` at most
+    bytes_per_entry: float | None = None
+
+
 @dataclass
 class _Batch:
-    """Entries read together, their rows, and where each row came from."""
+    """Entries read together from one shard, their rows, and where each row came from."""
 
+    shard: Shard
     ids: list[bytes] = field(default_factory=list)
     fields: list[Mapping[Any, Any]] = field(default_factory=list)
     rows: list[dict[str, Any]] = field(default_factory=list)
@@ -137,15 +160,10 @@ class StreamSide:
     _redis: aioredis.Redis | None
     _stopping: asyncio.Event
     _heartbeat: asyncio.Task[None] | None
-    _reading: _Batch | None
-    _read_id: bytes
-    _last_claim: float
-    _claim_cursor: bytes
-    _in_flight: set[bytes]
-    _records_per_entry: float
-    #: Bytes per entry, as read lately (None until the first read): bounds how many entries
-    #: one XREADGROUP asks for, so one reply holds about ``max_entry_bytes`` at most.
-    _bytes_per_entry: float | None = None
+    #: the streams read: the stream itself, or its ``stream_shards`` shards
+    shards: list[Shard]
+    #: each shard's reader task, once the reading has started
+    _shard_readers: list[tuple[Shard, asyncio.Task[None]]]
 
     def stats(self) -> dict[str, Any]:
         raise NotImplementedError
@@ -168,43 +186,79 @@ class StreamSide:
     async def _start_and_read(
         self, queue: asyncio.Queue[_Batch | None], stop_when_idle: bool
     ) -> None:
-        """Connect, beat once, then read until a stop (or, one-shot, until idle)."""
+        """Connect, beat once, then read every shard until a stop (or, one-shot, until idle)."""
         if not await self._retrying("connect to PostgreSQL", self.store.connect):
             return
-        if not await self._ensure_group():
-            return
+        for shard in self.shards:
+            if not await self._ensure_group(shard):
+                return
         # The first heartbeat before the first read: `status` sees a live worker at once.
         await self._beat()
         self._heartbeat = asyncio.create_task(
             self._heartbeat_loop(), name="activity-worker-heartbeat")
         await self._maybe_ensure_partitions(self.store, force=True)
-        await self._reader_loop(queue, stop_when_idle)
+        await self._read_shards(queue, stop_when_idle)
 
-    async def _ensure_group(self) -> bool:
+    async def _read_shards(self, queue: asyncio.Queue[_Batch | None], stop_when_idle: bool) -> None:
+        """One reader task per shard, all feeding the writers' queue (a read cannot span
+        shards: on a Redis Cluster they live on different nodes). Returns when every reader
+        has; the first reader to fail ends the others and raises its error. A reader that a
+        warm stop finds idle is cancelled by ``_drain``, one holding entries hands them over.
+        """
+        tasks = [asyncio.create_task(self._reader_loop(shard, queue, stop_when_idle),
+                                     name=f"activity-worker-reader-{shard.stream}")
+                 for shard in self.shards]
+        self._shard_readers = list(zip(self.shards, tasks, strict=True))
+        try:
+            done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
+            for task in done:
+                if not task.cancelled() and task.exception() is not None:
+                    raise task.exception()  # type: ignore[misc]
+        finally:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+
+    def _cancel_idle_readers(self, reader: asyncio.Task[None]) -> None:
+        """A warm stop: read nothing more. Cancels a blocked read, a connect attempt, a
+        backoff (an entry a cancelled read was receiving stays pending); a shard reader
+        holding entries finishes handing them to the writers instead."""
+        if reader.done():
+            return
+        if not self._shard_readers:  # still connecting
+            reader.cancel()
+            return
+        for shard, task in self._shard_readers:
+            if not task.done() and not (shard.reading is not None and shard.reading.ids):
+                task.cancel()
+
+    async def _ensure_group(self, shard: Shard) -> bool:
         """Create the group (and stream) if missing; False when a stop came first."""
         async def create() -> None:
             try:
-                await self._r.xgroup_create(self.stream, self.group, id="0", mkstream=True)
-                logger.info("created consumer group %r on %r", self.group, self.stream)
+                await self._r.xgroup_create(shard.stream, self.group, id="0", mkstream=True)
+                logger.info("created consumer group %r on %r", self.group, shard.stream)
             except ResponseError as exc:
                 if "BUSYGROUP" not in str(exc):
                     raise
         return await self._retrying("create the consumer group", create)
 
-    async def _reader_loop(self, queue: asyncio.Queue[_Batch | None], stop_when_idle: bool) -> None:
+    async def _reader_loop(self, shard: Shard, queue: asyncio.Queue[_Batch | None],
+                           stop_when_idle: bool) -> None:
         backoff = Backoff(BACKOFF_INITIAL, BACKOFF_MAX)
         while not self._stopping.is_set():
             _reraise_if_cancelled()
-            self._reading = None
+            shard.reading = None
             try:
-                batch = await self._claim_batch()
+                batch = await self._claim_batch(shard)
                 if batch is None:
-                    batch = await self._read_batch()
+                    batch = await self._read_batch(shard)
             except REDIS_TRANSIENT as exc:
                 _reraise_if_cancelled()
                 self.counters.retried += 1
                 delay = backoff.next()
-                logger.warning("reading %r failed (%s); retrying in %.1fs", self.stream, exc, delay)
+                logger.warning("reading %r failed (%s); retrying in %.1fs", shard.stream, exc,
+                               delay)
                 await self._sleep(delay)
                 continue
             except ResponseError as exc:
@@ -213,38 +267,38 @@ class StreamSide:
                 self.counters.group_recreated += 1
                 logger.warning(
                     "consumer group %r of %r vanished (Redis restarted without persistence?); "
-                    "recreating it from id 0", self.group, self.stream,
+                    "recreating it from id 0", self.group, shard.stream,
                 )
-                await self._ensure_group()
+                await self._ensure_group(shard)
                 continue
             backoff.reset()
             if batch.ids:
                 batch.read_at = time.monotonic()
                 await queue.put(batch)  # not cancelled by a warm stop: the batch is in hand
-            elif stop_when_idle and self._read_id == b">":
+            elif stop_when_idle and shard.read_id == b">":
                 return
 
-    async def _read_batch(self) -> _Batch:
-        batch = self._reading = _Batch()
+    async def _read_batch(self, shard: Shard) -> _Batch:
+        batch = shard.reading = _Batch(shard)
         block: int | None = int(self.max_wait * 1000)
         while len(batch.rows) < self.batch_size and not self._stopping.is_set():
-            reading_pending = self._read_id != b">"
+            reading_pending = shard.read_id != b">"
             # Entries carry many records each: ask for about as many as fill the batch.
-            wanted = (self.batch_size - len(batch.rows)) / self._records_per_entry
+            wanted = (self.batch_size - len(batch.rows)) / shard.records_per_entry
             # ...and no more than about max_entry_bytes of them: Redis sends a reply whole,
             # so big entries are read one at a time (one, until their size is known).
-            room = self.max_entry_bytes / (self._bytes_per_entry or self.max_entry_bytes)
+            room = self.max_entry_bytes / (shard.bytes_per_entry or self.max_entry_bytes)
             count = max(1, min(self.read_count, int(wanted + 0.999), int(room)))
             response: Any = await self._r.xreadgroup(
-                self.group, self.consumer, {self.stream: self._read_id},
+                self.group, self.consumer, {shard.stream: shard.read_id},
                 count=count, block=None if reading_pending else block,
             )
             entries = response[0][1] if response else []
             if reading_pending:
                 if not entries:
-                    self._read_id = b">"
+                    shard.read_id = b">"
                     continue
-                self._read_id = entries[-1][0]
+                shard.read_id = entries[-1][0]
             self._add_entries(batch, entries)
             # Block only for the first read: once something arrived, ship it rather than wait.
             block = None
@@ -252,27 +306,28 @@ class StreamSide:
                 break
         return batch
 
-    async def _claim_batch(self) -> _Batch | None:
+    async def _claim_batch(self, shard: Shard) -> _Batch | None:
         now = time.monotonic()
-        if now - self._last_claim < min(self.claim_idle, 30.0) / 2 and self._claim_cursor == b"0-0":
+        if now - shard.last_claim < min(self.claim_idle, 30.0) / 2 and shard.claim_cursor == b"0-0":
             return None
-        self._last_claim = now
-        room = self.max_entry_bytes / (self._bytes_per_entry or self.max_entry_bytes)
+        shard.last_claim = now
+        room = self.max_entry_bytes / (shard.bytes_per_entry or self.max_entry_bytes)
         result: Any = await self._r.xautoclaim(
-            self.stream, self.group, self.consumer, min_idle_time=int(self.claim_idle * 1000),
-            start_id=self._claim_cursor, count=max(1, min(self.read_count, int(room))),
+            shard.stream, self.group, self.consumer, min_idle_time=int(self.claim_idle * 1000),
+            start_id=shard.claim_cursor, count=max(1, min(self.read_count, int(room))),
         )
-        self._claim_cursor = result[0] if isinstance(result[0], bytes) else str(result[0]).encode()
+        shard.claim_cursor = result[0] if isinstance(result[0], bytes) else str(result[0]).encode()
         if len(result) > 2 and result[2]:  # Redis 7: pending ids whose entries no longer exist
             self.counters.entries_vanished += len(result[2])
             logger.warning("%d pending entries had been deleted from the stream: their records "
                            "are lost in transit", len(result[2]))
-        entries = [e for e in result[1] if e[0] not in self._in_flight]
+        entries = [e for e in result[1] if e[0] not in shard.in_flight]
         if not entries:
             return None
         self.counters.claimed += len(entries)
-        logger.info("claimed %d idle entries from other consumers", len(entries))
-        batch = self._reading = _Batch()
+        logger.info("claimed %d idle entries of %r from other consumers", len(entries),
+                    shard.stream)
+        batch = shard.reading = _Batch(shard)
         self._add_entries(batch, entries)
         return batch
 
@@ -286,6 +341,7 @@ class StreamSide:
         the store, so no partition is ever made for it.
         """
         counters = self.counters
+        shard = batch.shard
         records_before = counters.read
         read_bytes = 0
         now = time.time()
@@ -294,7 +350,7 @@ class StreamSide:
         for entry_id, fields in entries:
             index = len(batch.ids)
             batch.ids.append(entry_id)
-            self._in_flight.add(entry_id)
+            shard.in_flight.add(entry_id)
             counters.entries_read += 1
             if not fields:  # deleted while pending: nothing to store, just acknowledge
                 batch.fields.append({})
@@ -372,11 +428,11 @@ class StreamSide:
                 batch.refs.append((index, position))
         if entries:
             per_entry = (counters.read - records_before) / len(entries)
-            self._records_per_entry = max(1.0, 0.5 * self._records_per_entry + 0.5 * per_entry)
+            shard.records_per_entry = max(1.0, 0.5 * shard.records_per_entry + 0.5 * per_entry)
             seen = read_bytes / len(entries)
             # a jump up counts at once (the next read is kept small), a fall by halves
-            self._bytes_per_entry = max(
-                1.0, seen, 0.5 * (self._bytes_per_entry or seen) + 0.5 * seen)
+            shard.bytes_per_entry = max(
+                1.0, seen, 0.5 * (shard.bytes_per_entry or seen) + 0.5 * seen)
 
     def _refuse_entry(self, batch: _Batch, index: int, fields: Mapping[Any, Any], error: str,
                       reason: str) -> None:
@@ -388,7 +444,7 @@ class StreamSide:
     def _dead_letters(self, batch: _Batch) -> list[DeadLetter]:
         """The batch's rejects as the dead letters to write (bounded: see ``_Reject``)."""
         return [DeadLetter(
-            reason=reject.reason, source_stream=self.stream,
+            reason=reject.reason, source_stream=batch.shard.stream,
             source_id=as_text(batch.ids[reject.entry]), position=reject.position,
             error=reject.error, attempts=reject.attempts,
             record=reject.record.decode("utf-8", "replace").replace("\x00", "\ufffd"),
@@ -407,11 +463,12 @@ class StreamSide:
         # the worker could never delete entries and free the memory. XACK and XDEL alone are
         # accepted. A crash between them leaves an acknowledged entry in the stream: it is
         # never delivered again (only its bytes stay behind); nothing is lost or stored twice.
+        stream = batch.shard.stream
         pipe = self._r.pipeline(transaction=False)
-        pipe.xack(self.stream, self.group, *batch.ids)
-        pipe.xdel(self.stream, *batch.ids)
+        pipe.xack(stream, self.group, *batch.ids)
+        pipe.xdel(stream, *batch.ids)
         await pipe.execute()
-        self._in_flight.difference_update(batch.ids)
+        batch.shard.in_flight.difference_update(batch.ids)
         self.counters.acked += len(batch.ids)
 
     # --- heartbeat -------------------------------------------------------------------------
@@ -433,7 +490,8 @@ class StreamSide:
             logger.debug("could not read the group's lag: %s", exc)
         payload = orjson.dumps({
             "consumer": self.consumer, "host": socket.gethostname(), "pid": os.getpid(),
-            "ts": time.time(), "stream": self.stream, "group": self.group,
+            "ts": time.time(), "stream": self.stream, "shards": len(self.shards),
+            "group": self.group,
             "started": self.started_at, "counters": self.stats(),
         })
         try:
@@ -444,10 +502,17 @@ class StreamSide:
             logger.debug("heartbeat failed: %s", exc)
 
     async def _update_lag(self) -> None:
-        for info in await self._r.xinfo_groups(self.stream):
-            name = info.get("name")
-            if as_text(name) == self.group:
-                lag = info.get("lag")
-                self.counters.lag = int(lag) if lag is not None else None
-                self.counters.pending = int(info.get("pending", 0))
-                return
+        """The group's lag and pending count, summed over the shards (lag None when Redis
+        cannot say it for one of them)."""
+        lag: int | None = 0
+        pending = 0
+        for shard in self.shards:
+            for info in await self._r.xinfo_groups(shard.stream):
+                if as_text(info.get("name")) == self.group:
+                    shard_lag = info.get("lag")
+                    lag = None if lag is None or shard_lag is None else lag + int(shard_lag)
+                    pending += int(info.get("pending", 0))
+                    break
+            else:
+                return  # a shard without the group yet: leave the gauges as they were
+        self.counters.lag, self.counters.pending = lag, pending

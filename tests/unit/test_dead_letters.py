@@ -197,8 +197,8 @@ async def test_dead_letters_are_retried_until_written_never_dropped() -> None:
     worker = ActivityWorker("redis://127.0.0.1:1/0", "sqlite:///unused.db", stream="s")
     flaky = _FlakyWriter(failures=2)
     worker.dead_letter_writer = flaky
-    batch = _Batch(ids=[b"1-0"], rejects=[_Reject(0, b'{"id": "x"}', "EntryFormatError: x", 1,
-                                                  reason="malformed", position=0)])
+    batch = _Batch(worker.shards[0], ids=[b"1-0"], rejects=[
+        _Reject(0, b'{"id": "x"}', "EntryFormatError: x", 1, reason="malformed", position=0)])
     await worker._write_dead_letters(batch)
     assert [letter.source_id for letter in flaky.kept] == ["1-0"]
     assert worker.stats()["retried"] == 2 and worker.stats()["dead_lettered"] == 1

@@ -16,6 +16,7 @@ import pytest
 from activity_logging.exceptions import ConfigurationError
 from activity_logging.handler import ActivityHandler
 from activity_logging.rows import build_activity
+from activity_logging.shards import shard_streams
 from activity_logging.sinks import RedisStreamSink
 from activity_logging.wire import Batch, Entry, decode_entry
 
@@ -517,10 +518,13 @@ def test_tuning_comes_from_arguments_then_the_environment(monkeypatch: pytest.Mo
 
     for name, (kind, _) in HANDLER_TUNABLES.items():
         monkeypatch.setenv(tunable_env(name), "2048" if kind is int else "1.25")
+    monkeypatch.setenv("ACTIVITY_LOG_STREAM_SHARDS", "4")  # at most shards.MAX_STREAM_SHARDS
     handler = ActivityHandler(redis_url="redis://127.0.0.1:1/0", spool_path="off", batch_size=7)
     try:
         assert handler.batch_size == 7  # the argument wins
         assert (handler.queue_size, handler.max_record_bytes) == (2048, 2048)
+        assert handler.stream_shards == 4
+        assert handler.shard_stream in shard_streams(handler.stream, 4)
         assert (handler.flush_interval, handler.close_timeout, handler.reconnect_delay,
                 handler.checkpoint_interval) == (1.25,) * 4
     finally:

@@ -54,7 +54,7 @@ def _entry(n: int, producer: str = "p") -> dict[str, Any]:
 
 def test_entries_are_decoded_and_bad_ones_set_aside() -> None:
     worker = make_worker()
-    batch = _Batch()
+    batch = _Batch(worker.shards[0])
     broken = _entry(3)
     wires = orjson.loads(broken["d"])
     del wires[1]["id"]  # build_activity refuses a record without id
@@ -75,7 +75,7 @@ async def test_refused_records_are_dead_lettered_as_sent_and_the_rest_stored(
 ) -> None:
     worker = make_worker(max_attempts=3)
     store = FakeStore(refuse=lambda row: row["actor_id"] == "poison")
-    batch = _Batch()
+    batch = _Batch(worker.shards[0])
     worker._add_entries(batch, [(f"{i}-0".encode(), _entry(16, f"p{i}")) for i in range(4)])
     for index in poison_at:
         batch.rows[index]["actor_id"] = "poison"

@@ -45,7 +45,7 @@ def entry(records: list[dict[str, Any]], *, n: int | None = None) -> dict[bytes,
 
 
 def add(worker: ActivityWorker, *entries: dict[bytes, bytes]) -> _Batch:
-    batch = _Batch()
+    batch = _Batch(worker.shards[0])
     worker._add_entries(batch, [(f"{i + 1}-0".encode(), e) for i, e in enumerate(entries)])
     return batch
 
@@ -279,8 +279,9 @@ def test_big_entries_are_read_a_few_at_a_time_so_one_reply_stays_bounded() -> No
     thin = [entry([record(100 + i)]) for i in range(30)]
     replies = _Replies(fat + thin)
     worker._redis = replies  # type: ignore[assignment]  # the read path only calls xreadgroup
-    worker._read_id = b">"
-    batch = asyncio.run(worker._read_batch())
+    shard = worker.shards[0]
+    shard.read_id = b">"
+    batch = asyncio.run(worker._read_batch(shard))
     assert len(batch.rows) == 36
     assert replies.counts[0] == 1  # nothing known yet
     assert max(replies.counts[:4]) <= 3  # ~300 KB entries: three per 1 MB reply

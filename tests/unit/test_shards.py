@@ -1,0 +1,141 @@
+"""Sharded stream names, the shard a producer picks, and Redis Cluster URLs."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+from redis.crc import key_slot
+
+from activity_logging import ActivityHandler, ActivityWorker
+from activity_logging.config import resolve_redis_url
+from activity_logging.exceptions import ConfigurationError
+from activity_logging.redis_clients import is_cluster, node_url
+from activity_logging.shards import (
+    CLUSTER_SLOTS,
+    MAX_STREAM_SHARDS,
+    resolve_shards,
+    shard_for,
+    shard_stream,
+    shard_streams,
+)
+
+
+def test_one_shard_is_the_stream_itself() -> None:
+    assert shard_streams("activity_log_stream", 1) == ["activity_log_stream"]
+    assert shard_stream("activity_log_stream", 1, "abc") == "activity_log_stream"
+
+
+@pytest.mark.parametrize("shards", [2, 3, 4, 6, 16, 64])
+def test_each_shard_hashes_into_its_own_part_of_the_slot_space(shards: int) -> None:
+    names = shard_streams("s", shards)
+    assert len(set(names)) == shards
+    for i, name in enumerate(names):
+        assert name.startswith("s:{") and name.endswith("}")
+        slot = key_slot(name.encode())
+        assert i * CLUSTER_SLOTS // shards <= slot < (i + 1) * CLUSTER_SLOTS // shards
+    # so with masters that split the slots evenly, 3 shards land on 3 masters of 3
+    if shards % 3 == 0:
+        thirds = {key_slot(n.encode()) * 3 // CLUSTER_SLOTS for n in names}
+        assert thirds == {0, 1, 2}
+
+
+def test_shard_names_do_not_depend_on_the_process() -> None:
+    # CRC16 as Redis Cluster defines it: the same names in every process and version
+    assert shard_streams("activity_log_stream", 3) == [
+        "activity_log_stream:{0.1}", "activity_log_stream:{1.0}", "activity_log_stream:{2.0}"]
+
+
+@given(st.text(min_size=1, max_size=32), st.integers(min_value=2, max_value=MAX_STREAM_SHARDS))
+def test_a_producer_always_writes_to_one_of_the_shards(producer: str, shards: int) -> None:
+    i = shard_for(producer, shards)
+    assert 0 <= i < shards
+    assert shard_stream("s", shards, producer) == shard_streams("s", shards)[i]
+    assert shard_for(producer, shards) == i  # stable
+
+
+def test_producer_ids_spread_over_the_shards() -> None:
+    import uuid
+
+    counts = [0, 0, 0]
+    for _ in range(3000):
+        counts[shard_for(uuid.uuid4().hex[:16], 3)] += 1
+    assert min(counts) > 800  # about 1000 each
+
+
+def test_the_shard_count_is_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert resolve_shards(None, {}) == 1
+    assert resolve_shards(None, {"ACTIVITY_LOG_STREAM_SHARDS": "4"}) == 4
+    assert resolve_shards(2, {"ACTIVITY_LOG_STREAM_SHARDS": "4"}) == 2  # the argument wins
+    for bad in (0, -1, MAX_STREAM_SHARDS + 1):
+        with pytest.raises(ConfigurationError, match="stream_shards"):
+            resolve_shards(bad, {})
+    with pytest.raises(ConfigurationError, match="ACTIVITY_LOG_STREAM_SHARDS"):
+        resolve_shards(None, {"ACTIVITY_LOG_STREAM_SHARDS": "three"})
+
+
+def test_a_sharded_stream_name_may_hold_no_hash_tag() -> None:
+    # "{app}" would hash every shard on the tag "app": all of them on one node
+    with pytest.raises(ConfigurationError, match="brace"):
+        ActivityWorker("redis://127.0.0.1:1/0", "sqlite:///unused.db", stream="{app}",
+                       stream_shards=3)
+    with pytest.raises(ConfigurationError, match="brace"):
+        ActivityHandler(redis_url="redis://127.0.0.1:1/0", stream="a{b}", stream_shards=2)
+    worker = ActivityWorker("redis://127.0.0.1:1/0", "sqlite:///unused.db", stream="{app}")
+    assert [s.stream for s in worker.shards] == ["{app}"]  # unsharded: any name, as before
+
+
+def test_a_worker_reads_every_shard_and_a_producer_writes_to_one() -> None:
+    worker = ActivityWorker("redis://127.0.0.1:1/0", "sqlite:///unused.db", stream="s",
+                            stream_shards=4)
+    assert [s.stream for s in worker.shards] == shard_streams("s", 4)
+    handler = ActivityHandler(redis_url="redis://127.0.0.1:1/0", stream="s", stream_shards=4,
+                              spool_path="off")
+    try:
+        assert handler.shard_stream == shard_stream("s", 4, handler.producer_id)
+        assert handler.shard_stream in shard_streams("s", 4)
+    finally:
+        handler.close()
+
+
+def test_direct_mode_ignores_shards(tmp_path: object) -> None:
+    handler = ActivityHandler(database_url=f"sqlite:///{tmp_path}/d.db", stream_shards=4)
+    try:
+        assert handler.stream_shards == 1
+    finally:
+        handler.close()
+
+
+def test_cluster_urls() -> None:
+    assert resolve_redis_url("redis+cluster://10.0.0.1:7000") == "redis+cluster://10.0.0.1:7000"
+    assert is_cluster("rediss+cluster://u:p@h:7000/0") and not is_cluster("redis://h:6379/0")
+    assert node_url("rediss+cluster://u:p@h:7000") == "rediss://u:p@h:7000"
+    assert node_url("redis://h:6379/2") == "redis://h:6379/2"
+    with pytest.raises(ConfigurationError, match="no database numbers"):
+        resolve_redis_url("redis+cluster://h:7000/3")
+    with pytest.raises(ConfigurationError, match="port"):
+        resolve_redis_url("redis+cluster://h:notaport")
+    with pytest.raises(ConfigurationError, match=r"redis\+cluster://") as caught:
+        resolve_redis_url("cluster://h:7000")
+    assert "cluster://h:7000" in str(caught.value)
+
+
+def test_a_handler_built_while_the_cluster_is_unreachable_works() -> None:
+    # a cluster client reads the slot map as it is built: that waits for the first send
+    handler = ActivityHandler(redis_url="redis+cluster://127.0.0.1:1", spool_path="off",
+                              close_timeout=0.5)
+    try:
+        import logging
+
+        log = logging.getLogger("activity.cluster_down")
+        log.propagate = False
+        log.setLevel(logging.INFO)
+        log.addHandler(handler)
+        log.info("call_created")
+        log.removeHandler(handler)
+    finally:
+        handler.close()
+    stats = handler.stats()
+    assert stats["enqueued"] == 1
+    assert stats["sent"] == 0 and sum(v for k, v in stats.items()
+                                      if k.startswith(("dropped_", "lost"))) == 1
