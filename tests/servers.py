@@ -184,3 +184,69 @@ class TcpProxy:
         self._stop.set()
         self._flowing.set()
         self.cut()
+
+
+def _free_cluster_port() -> int:
+    """A free port whose cluster bus port (+10000) is free too."""
+    for _ in range(200):
+        port = free_port()
+        if port + 10000 > 65535:
+            continue
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port + 10000))
+            except OSError:
+                continue
+        return port
+    raise RuntimeError("no free port pair for a cluster node")
+
+
+class PrivateRedisCluster:
+    """A Redis Cluster of ``masters`` nodes (no replicas) on free ports, each with its own
+    directory: ``redis-server --cluster-enabled yes``, joined by ``redis-cli --cluster create``.
+    ``url`` is the ``redis+cluster://`` URL of the first node (the others are discovered)."""
+
+    def __init__(self, masters: int = 3) -> None:
+        self.nodes = [PrivateRedis(options=("--cluster-enabled", "yes",
+                                            "--cluster-node-timeout", "2000"))
+                      for _ in range(masters)]
+        for node in self.nodes:
+            node.port = _free_cluster_port()
+            node.options += ("--cluster-config-file", os.path.join(node.dir, "nodes.conf"))
+
+    @property
+    def url(self) -> str:
+        return f"redis+cluster://127.0.0.1:{self.nodes[0].port}"
+
+    def start(self, timeout: float = 30.0) -> None:
+        for node in self.nodes:
+            node.start()
+        cli = shutil.which("redis-cli") or "/usr/bin/redis-cli"
+        subprocess.run(
+            [cli, "--cluster", "create", *(f"127.0.0.1:{n.port}" for n in self.nodes),
+             "--cluster-replicas", "0", "--cluster-yes"],
+            check=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, timeout=timeout)
+        deadline = time.monotonic() + timeout
+        while True:  # every node must agree that all slots are served
+            states = [subprocess.run([cli, "-p", str(n.port), "cluster", "info"], check=True,
+                                     capture_output=True, text=True, timeout=5).stdout
+                      for n in self.nodes]
+            if all("cluster_state:ok" in s for s in states):
+                return
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"cluster did not become ok: {states}")
+            time.sleep(0.1)
+
+    def cleanup(self) -> None:
+        for node in self.nodes:
+            node.cleanup()
+
+
+@contextlib.contextmanager
+def private_redis_cluster(masters: int = 3) -> Iterator[PrivateRedisCluster]:
+    cluster = PrivateRedisCluster(masters)
+    try:
+        cluster.start()
+        yield cluster
+    finally:
+        cluster.cleanup()
