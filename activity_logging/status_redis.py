@@ -408,30 +408,74 @@ def _worker_from_beat(
     )
 
 
+#: Where one node of a cluster may hold a setting that loses the stream, the pipeline is
+#: judged by that node: these values win over the others.
+_RISKY: Final = {"appendonly": "no", "save": ""}
+
+
+async def _on_every_primary(client: aioredis.Redis, command: str, *args: Any) -> dict[str, Any]:
+    """``command`` on one node, or on every primary of a cluster: {node name: reply}."""
+    method = getattr(client, command)
+    primaries = getattr(client, "PRIMARIES", None)
+    if primaries is None:  # one node
+        return {"": await method(*args)}
+    replies = await method(*args, target_nodes=primaries)
+    return dict(replies) if isinstance(replies, dict) else {"": replies}
+
+
+def _merged_settings(per_node: dict[str, dict[str, str]], status: PipelineStatus) -> dict[str, str]:
+    """One value per setting; where a cluster's primaries differ, the one that can lose the
+    stream (AOF off, no snapshots, an evicting policy), and a warning naming the nodes."""
+    merged: dict[str, str] = {}
+    names = {name for settings in per_node.values() for name in settings}
+    for name in sorted(names):
+        values = {node: settings.get(name) for node, settings in per_node.items()}
+        distinct = {v for v in values.values() if v is not None}
+        if len(distinct) > 1:
+            status.warnings.append(
+                f"the cluster's primaries differ in {name}: "
+                + ", ".join(f"{node} {value!r}" for node, value in sorted(values.items())))
+        risky = _RISKY.get(name)
+        if risky in distinct:
+            merged[name] = risky
+        elif name == "maxmemory-policy" and distinct - {"noeviction"}:
+            merged[name] = sorted(distinct - {"noeviction"})[0]
+        elif distinct:
+            merged[name] = sorted(distinct)[0]
+    return merged
+
+
 async def _read_server(client: aioredis.Redis, status: PipelineStatus) -> None:
     """Persistence settings and the server's run id and uptime (both often restricted on
-    managed Redis: a refusal is a warning or nothing, never a failure)."""
+    managed Redis: a refusal is a warning or nothing, never a failure). On a cluster, every
+    primary is read: a setting that loses the stream on one of them is the cluster's, and
+    the server shown is the primary that started last."""
     from redis.exceptions import ResponseError
 
     try:
-        config: dict[Any, Any] = {}
+        per_node: dict[str, dict[str, str]] = {}
         for name in ("appendonly", "save", "maxmemory-policy"):
-            config.update(await client.config_get(name))
-        status.redis_settings = {as_text(k): as_text(v) for k, v in config.items()}
+            for node, reply in (await _on_every_primary(client, "config_get", name)).items():
+                per_node.setdefault(node, {}).update(
+                    {as_text(k): as_text(v) for k, v in reply.items()})
+        status.redis_settings = _merged_settings(per_node, status)
     except ResponseError as exc:  # managed Redis often disables CONFIG
         status.warnings.append(f"cannot read Redis persistence settings: {exc}")
     try:
-        server = await client.info("server")
+        servers = await _on_every_primary(client, "info", "server")
     except ResponseError:
         return
+    node, server = min(servers.items(),
+                       key=lambda item: int_or_none(item[1].get("uptime_in_seconds")) or 0)
     status.redis_run_id = str(server["run_id"]) if server.get("run_id") else None
     status.redis_version = str(server["redis_version"]) if server.get("redis_version") else None
     status.redis_uptime_seconds = int_or_none(server.get("uptime_in_seconds"))
     try:
-        persistence = await client.info("persistence")
+        persistence = await _on_every_primary(client, "info", "persistence")
     except ResponseError:
         return
-    status.redis_keys_loaded_at_start = int_or_none(persistence.get("rdb_last_load_keys_loaded"))
+    status.redis_keys_loaded_at_start = int_or_none(
+        persistence.get(node, {}).get("rdb_last_load_keys_loaded"))
 
 
 __all__ = [

@@ -146,6 +146,15 @@ def test_sharded_streams_on_a_redis_cluster_drain_with_two_workers_every_record_
         text = _cli("status", "--redis-url", cluster.url, "--database-url", pg_url,
                     "--schema", pg_schema, "--stream", stream, env=env)
         assert "3 shards" in text.stdout and all(name in text.stdout for name in names)
+
+        # Every primary's settings are read: AOF on one node does not hide it off on two.
+        first = client.get_primaries()[0]
+        client.config_set("appendonly", "yes", target_nodes=first)
+        again = json.loads(_cli("status", "--redis-url", cluster.url, "--database-url", pg_url,
+                                "--schema", pg_schema, "--stream", stream, "--json",
+                                env=env).stdout)
+        assert any("primaries differ in appendonly" in w for w in again["warnings"])
+        assert any("(AOF) is off" in w for w in again["warnings"])
     finally:
         for proc in workers:
             proc.send_signal(signal.SIGTERM)
