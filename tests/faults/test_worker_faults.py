@@ -19,6 +19,7 @@ import pytest
 import redis
 
 from activity_logging import db, snapshot, wire
+from activity_logging.shards import shard_streams
 from tests.integration.test_worker_pg import counts
 from tests.servers import TcpProxy
 from tests.services import address_of, url_via
@@ -208,3 +209,38 @@ def test_postgres_cut_mid_stream_is_retried_until_every_record_is_stored(
     assert proc.wait(timeout=30) == 0
     assert "retrying" in workers.log("patient")
     assert_all_stored_once(redis_url, workers.stream, pg_url, pg_schema, n)
+
+
+def test_sharded_sigkill_with_batches_in_hand_on_several_shards_then_the_heir_claims_each(
+    workers: Workers, redis_url: str, pg_url: str, pg_schema: str
+) -> None:
+    """Claims are per shard: a worker killed holding entries of several shards leaves each
+    shard's own pending list, and the next worker claims from every one of them."""
+    names = shard_streams(workers.stream, 3)
+    n = sum(fill(redis_url, name, 20, 20) for name in names)
+    doomed = workers.start("doomed", "--stream-shards", "3", "--batch-size", "200",
+                           via_proxy=True)
+    wait_for(lambda: distinct_rows(pg_url, workers.schema)[1] == n)
+    workers.proxy.cut()
+    n += sum(fill(redis_url, name, 60, 20) for name in names)
+    client = redis.Redis.from_url(redis_url)
+
+    def pending_by_shard() -> list[int]:
+        return [int(client.xpending(name, "activity_log_workers")["pending"]) for name in names]
+
+    wait_for(lambda: sum(1 for p in pending_by_shard() if p) >= 2)  # a reader per shard holds
+    doomed.send_signal(signal.SIGKILL)
+    doomed.wait(timeout=10)
+    held = pending_by_shard()
+    stored_before = distinct_rows(pg_url, pg_schema)[1]
+    assert stored_before < n
+    heir = workers.start("heir", "--stream-shards", "3", "--batch-size", "200",
+                         "--claim-idle", "0.5")
+    wait_for(lambda: distinct_rows(pg_url, pg_schema)[1] == n)
+    heir.send_signal(signal.SIGTERM)
+    assert heir.wait(timeout=30) == 0
+    log = workers.log("heir")
+    assert sum(1 for name in names if f"entries of {name!r}" in log) == sum(1 for p in held if p)
+    assert distinct_rows(pg_url, pg_schema) == (n, n)
+    assert all(client.xlen(name) == 0 for name in names) and sum(pending_by_shard()) == 0
+    client.close()
