@@ -151,6 +151,7 @@ class StreamSide:
     sealing_key: SigningKey | None
     counters: WorkerCounters
     store: Store
+    stores: list[Store]
     started_at: float
     max_entry_records: int
     max_entry_bytes: int
@@ -205,7 +206,10 @@ class StreamSide:
         has; the first reader to fail ends the others and raises its error. A reader that a
         warm stop finds idle is cancelled by ``_drain``, one holding entries hands them over.
         """
-        tasks = [asyncio.create_task(self._reader_loop(shard, queue, stop_when_idle),
+        # Batches in the readers' hands at once, whatever the shard count: with the queue's
+        # slots and the writers' batches, what a worker holds stays a few batches.
+        slots = asyncio.Semaphore(min(len(self.shards), len(self.stores) + 1))
+        tasks = [asyncio.create_task(self._reader_loop(shard, queue, stop_when_idle, slots),
                                      name=f"activity-worker-reader-{shard.stream}")
                  for shard in self.shards]
         self._shard_readers = list(zip(self.shards, tasks, strict=True))
@@ -244,15 +248,23 @@ class StreamSide:
         return await self._retrying("create the consumer group", create)
 
     async def _reader_loop(self, shard: Shard, queue: asyncio.Queue[_Batch | None],
-                           stop_when_idle: bool) -> None:
+                           stop_when_idle: bool, slots: asyncio.Semaphore) -> None:
+        """Read ``shard`` into the writers' queue. A read holds one of the ``slots`` until its
+        batch is queued: the batches in the readers' hands are bounded by the slots, not by
+        the shard count (a backoff holds none)."""
         backoff = Backoff(BACKOFF_INITIAL, BACKOFF_MAX)
         while not self._stopping.is_set():
             _reraise_if_cancelled()
             shard.reading = None
             try:
-                batch = await self._claim_batch(shard)
-                if batch is None:
-                    batch = await self._read_batch(shard)
+                async with slots:
+                    batch = await self._claim_batch(shard)
+                    if batch is None:
+                        batch = await self._read_batch(shard)
+                    if batch.ids:
+                        batch.read_at = time.monotonic()
+                        # not cancelled by a warm stop: the batch is in hand
+                        await queue.put(batch)
             except REDIS_TRANSIENT as exc:
                 _reraise_if_cancelled()
                 self.counters.retried += 1
@@ -272,10 +284,7 @@ class StreamSide:
                 await self._ensure_group(shard)
                 continue
             backoff.reset()
-            if batch.ids:
-                batch.read_at = time.monotonic()
-                await queue.put(batch)  # not cancelled by a warm stop: the batch is in hand
-            elif stop_when_idle and shard.read_id == b">":
+            if not batch.ids and stop_when_idle and shard.read_id == b">":
                 return
 
     async def _read_batch(self, shard: Shard) -> _Batch:

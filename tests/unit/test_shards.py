@@ -139,3 +139,46 @@ def test_a_handler_built_while_the_cluster_is_unreachable_works() -> None:
     assert stats["enqueued"] == 1
     assert stats["sent"] == 0 and sum(v for k, v in stats.items()
                                       if k.startswith(("dropped_", "lost"))) == 1
+
+
+class _SlowRedis:
+    """Reads that wait: counts how many shard readers hold a read at once."""
+
+    def __init__(self) -> None:
+        self.reading = 0
+        self.most = 0
+        self.streams: set[str] = set()
+
+    async def xautoclaim(self, *args: object, **kwargs: object) -> list[object]:
+        return [b"0-0", [], []]
+
+    async def xreadgroup(self, group: str, consumer: str, streams: dict[str, bytes],
+                         **kwargs: object) -> list[object]:
+        import asyncio
+
+        self.reading += 1
+        self.most = max(self.most, self.reading)
+        self.streams.update(streams)
+        await asyncio.sleep(0.02)
+        self.reading -= 1
+        return []
+
+
+def test_the_batches_in_readers_hands_are_bounded_by_the_writers_not_the_shards() -> None:
+    import asyncio
+
+    worker = ActivityWorker("redis://127.0.0.1:1/0", "sqlite:///unused.db", stream="s",
+                            stream_shards=8, max_wait=0.01)
+    slow = _SlowRedis()
+    worker._redis = slow  # type: ignore[assignment]  # the read path only
+
+    async def main() -> None:
+        queue: asyncio.Queue[object] = asyncio.Queue(maxsize=1)
+        reading = asyncio.create_task(worker._read_shards(queue, False))  # type: ignore[arg-type]
+        await asyncio.sleep(0.5)
+        worker._stopping.set()
+        await asyncio.wait_for(reading, 5)
+
+    asyncio.run(main())
+    assert slow.streams == set(shard_streams("s", 8))  # every shard is read...
+    assert slow.most == len(worker.stores) + 1 == 2  # ...but two at a time at most
