@@ -83,7 +83,7 @@ def make_logger(name: str, handler: logging.Handler) -> logging.Logger:
     return log
 
 
-def produce(stream: str, records: int, chunk: int) -> dict[str, Any]:
+def produce(stream: str, records: int, chunk: int, batch_size: int) -> dict[str, Any]:
     """Log ``records`` through a NullHandler, then through an ActivityHandler; CPU of each."""
     from activity_logging.handler import ActivityHandler
 
@@ -93,7 +93,8 @@ def produce(stream: str, records: int, chunk: int) -> dict[str, Any]:
         null_log.info("call_created", extra=EXTRA)
     null_cpu, null_wall = cpu_self() - start, time.perf_counter() - wall
 
-    handler = ActivityHandler(redis_url=REDIS_URL, stream=stream)
+    handler = (ActivityHandler(redis_url=REDIS_URL, stream=stream, batch_size=batch_size)
+               if batch_size else ActivityHandler(redis_url=REDIS_URL, stream=stream))
     log = make_logger("bench.scale.activity", handler)
     start, wall = cpu_self(), time.perf_counter()
     flushed = True
@@ -351,6 +352,7 @@ class Run:
     workers: int
     records: int
     entries: int = 0
+    stream_bytes_per_record: float = 0.0  # MEMORY USAGE of the filled stream / records
     fill_wall_s: float = 0.0
     drain_s: float = 0.0
     spawn_to_exit_s: float = 0.0
@@ -362,7 +364,7 @@ class Run:
 
 
 def one_run(client: redis.Redis, workers: int, records: int, chunk: int, startup: float,
-            idle: float) -> Run:
+            idle: float, handler_batch: int) -> Run:
     schema = f"bench_scale_{uuid.uuid4().hex[:8]}"
     stream = f"bench_scale:{schema}"
     run = Run(workers, records)
@@ -374,12 +376,14 @@ def one_run(client: redis.Redis, workers: int, records: int, chunk: int, startup
         s0 = Servers.read(client)
         out = subprocess.run(
             [sys.executable, __file__, "produce", "--stream", stream, "--records", str(records),
-             "--chunk", str(chunk)], env=worker_env(), check=True, capture_output=True)
+             "--chunk", str(chunk), "--batch-size", str(handler_batch)],
+            env=worker_env(), check=True, capture_output=True)
         fill = json.loads(out.stdout)
         s1 = Servers.read(client)
         if fill["sent"] != records or fill["lost"] or not fill["flushed"]:
             raise RuntimeError(f"producer did not ship everything: {fill}")
         run.entries = int(client.xlen(stream))
+        run.stream_bytes_per_record = int(client.memory_usage(stream, samples=0) or 0) / records
         run.fill_wall_s = fill["activity_wall_s"]
         d = drain(client, stream, schema, workers, run.entries, limit_s=600)
         s2 = Servers.read(client)
@@ -442,6 +446,7 @@ def summarise(runs: list[Run], startup: tuple[float, float]) -> dict[str, Any]:
             tiers[str(k)] = {t: statistics.median(r.us[t] for r in group) for t in TIERS}
     return {
         "records": runs[0].records, "entries": runs[0].entries,
+        "stream_bytes_per_record": round(runs[0].stream_bytes_per_record, 1),
         "worker_startup_cpu_s": startup[0], "worker_startup_wall_s": startup[1],
         "rows_per_s": {"1": [round(r.rows_per_s) for r in ones],
                        "2": [round(r.rows_per_s) for r in twos]},
@@ -456,7 +461,8 @@ def summarise(runs: list[Run], startup: tuple[float, float]) -> dict[str, Any]:
 
 
 def print_table(runs: list[Run], summary: dict[str, Any]) -> None:
-    print(f"# {summary['records']} records in {summary['entries']} stream entries per run; "
+    print(f"# {summary['records']} records in {summary['entries']} stream entries per run "
+          f"({summary['stream_bytes_per_record']} bytes of stream per record); "
           f"worker start-up {summary['worker_startup_cpu_s'] * 1e3:.0f} ms CPU "
           f"(subtracted per process)")
     print(f"{'run':>3} {'wk':>2} {'drain s':>8} {'spawn-exit':>10} {'rows/s':>9} {'cores':>5} "
@@ -492,16 +498,20 @@ def main() -> None:
     p.add_argument("--stream", required=True)
     p.add_argument("--records", type=int, required=True)
     p.add_argument("--chunk", type=int, required=True)
+    p.add_argument("--batch-size", type=int, default=0)
     parser.add_argument("--records", type=int, default=400_000)
     parser.add_argument("--pairs", type=int, default=3, help="1-worker/2-worker pairs, alternated")
     parser.add_argument("--chunk", type=int, default=50_000,
                         help="records logged between two flushes (below the handler's queue_size)")
+    parser.add_argument("--handler-batch-size", type=int, default=0,
+                        help="the handler's batch_size: records per stream entry at most "
+                             "(default: the handler's own)")
     parser.add_argument("--idle", type=float, default=2.0,
                         help="seconds of the servers' background CPU sampled before each run")
     parser.add_argument("--json", default=None, help="also write the results to this file")
     args = parser.parse_args()
     if args.what == "produce":
-        print(json.dumps(produce(args.stream, args.records, args.chunk)))
+        print(json.dumps(produce(args.stream, args.records, args.chunk, args.batch_size)))
         return
     client = redis.Redis.from_url(REDIS_URL)
     try:
@@ -514,7 +524,8 @@ def main() -> None:
             asyncio.run(pg_execute(f'DROP SCHEMA IF EXISTS "{probe}" CASCADE'))
         runs = []
         for i in range(2 * args.pairs):
-            run = one_run(client, 1 + i % 2, args.records, args.chunk, startup[0], args.idle)
+            run = one_run(client, 1 + i % 2, args.records, args.chunk, startup[0], args.idle,
+                          args.handler_batch_size)
             print(f"run {i}: {run.workers} worker(s), {run.rows_per_s:,.0f} rows/s "
                   f"({run.drain_s:.2f} s)", flush=True)
             runs.append(run)
