@@ -26,8 +26,14 @@ from typing import TYPE_CHECKING, Any, Final
 
 import orjson
 import redis.asyncio as aioredis
+from redis.exceptions import (
+    ClusterDownError,
+    OutOfMemoryError,
+    RedisClusterException,
+    ResponseError,
+    TryAgainError,
+)
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import OutOfMemoryError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from ._internal import Backoff, as_text
@@ -54,8 +60,12 @@ logger: Final = logging.getLogger("activity_logging.worker")
 BACKOFF_INITIAL: Final = 0.5
 BACKOFF_MAX: Final = 30.0
 # A full Redis (maxmemory with noeviction) refuses writes until the worker has stored and
-# deleted entries: waiting and retrying is right, nothing is acknowledged meanwhile.
-REDIS_TRANSIENT: Final = (RedisConnectionError, RedisTimeoutError, OSError, OutOfMemoryError)
+# deleted entries: waiting and retrying is right, nothing is acknowledged meanwhile. A Redis
+# Cluster that lost a master answers CLUSTERDOWN (every slot, by default) or TRYAGAIN until
+# it is back or failed over, and a cluster client none of whose nodes answers raises
+# RedisClusterException: waiting is right there too.
+REDIS_TRANSIENT: Final = (RedisConnectionError, RedisTimeoutError, OSError, OutOfMemoryError,
+                          ClusterDownError, TryAgainError, RedisClusterException)
 
 
 @dataclass
