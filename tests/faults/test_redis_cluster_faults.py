@@ -50,19 +50,21 @@ def test_a_master_killed_and_restarted_loses_nothing_and_no_worker_dies(
     for node in cluster.nodes:
         node.appendonly = True
         node.options += ("--appendfsync", "always")
+    workers: list[subprocess.Popen[bytes]] = []
+    producers: list[subprocess.Popen[str]] = []
     try:
         cluster.start()
         asyncio.run(db.init_db(pg_url, schema=pg_schema))
         stream = f"cf_{unique_name}"
         env = {**os.environ, "ACTIVITY_LOG_STREAM_SHARDS": "3"}
         logs = [open(tmp_path / f"w{i}.log", "wb") for i in range(2)]  # noqa: SIM115
-        workers = [subprocess.Popen(
+        workers += [subprocess.Popen(
             [sys.executable, "-m", "activity_logging", "worker", "--redis-url", cluster.url,
              "--database-url", pg_url, "--schema", pg_schema, "--stream", stream,
              "--consumer", f"w{i}", "--max-wait", "0.1", "--claim-idle", "2"],
             cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=logs[i]) for i in range(2)]
         n = 6_000
-        producers = [subprocess.Popen(
+        producers += [subprocess.Popen(
             [sys.executable, "-c", PRODUCER, cluster.url, stream, str(n), "8", f"{unique_name}-{p}"],
             cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
             for p in range(3)]
@@ -111,4 +113,8 @@ def test_a_master_killed_and_restarted_loses_nothing_and_no_worker_dies(
         assert ledger.duplicates == 0 and ledger.stored == offered  # nothing lost or twice
         assert sum(s["spooled"] for s in stats) > 0  # the producers did see the outage
     finally:
+        for proc in [*workers, *producers]:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait(timeout=10)
         cluster.cleanup()
