@@ -257,7 +257,7 @@ def group_state(client: redis.Redis, stream: str) -> dict[str, Any] | None:
 
 
 def drain(client: redis.Redis, stream: str, schema: str, workers: int, entries: int,
-          limit_s: float) -> dict[str, float]:
+          limit_s: float) -> dict[str, Any]:
     """Start ``workers`` CLI workers on the backlog; time it and return their CPU and that of
     the PostgreSQL backends serving them (found by application_name, read from /proc every
     20 ms while they live: a backend's last few ms before it exits are missed)."""
@@ -278,7 +278,8 @@ def drain(client: redis.Redis, stream: str, schema: str, workers: int, entries: 
                 p.kill()
                 p.wait()
     return {**watched, "spawn_to_exit_s": time.perf_counter() - spawned,
-            "worker_cpu_s": sum(cpus.values())}
+            "worker_cpu_s": sum(cpus.values()),
+            "worker_cpu_each_s": [round(cpus[p.pid], 2) for p in procs]}
 
 
 async def watch(client: redis.Redis, stream: str, procs: list[subprocess.Popen[bytes]],
@@ -357,6 +358,7 @@ class Run:
     drain_s: float = 0.0
     spawn_to_exit_s: float = 0.0
     rows_per_s: float = 0.0
+    worker_cpu_each_s: list[float] = field(default_factory=list)  # start-up included
     cores_busy: float = 0.0  # worker + PostgreSQL + Redis CPU during the drain / drain time
     us: dict[str, float] = field(default_factory=dict)       # CPU µs per record, net
     us_raw: dict[str, float] = field(default_factory=dict)   # before subtracting background
@@ -389,6 +391,7 @@ def one_run(client: redis.Redis, workers: int, records: int, chunk: int, startup
         s2 = Servers.read(client)
         run.drain_s, run.spawn_to_exit_s = d["drain_s"], d["spawn_to_exit_s"]
         run.rows_per_s = records / run.drain_s
+        run.worker_cpu_each_s = d["worker_cpu_each_s"]
         # Correctness: every record stored exactly once, nothing pending, nothing dead-lettered.
         rows, distinct = asyncio.run(table_counts(schema))
         pending = int(client.xpending(stream, GROUP)["pending"])
