@@ -28,6 +28,7 @@ from activity_logging.exceptions import ConfigurationError
 from activity_logging.retention import cleanup
 from activity_logging.store_pg import PostgresStore
 from tests.crud_rows import make_rows
+from tests.pg_sql import execute, fetch
 
 pytestmark = pytest.mark.integration
 
@@ -144,34 +145,19 @@ END $$;
 """
 
 
-async def _execute(url: str, *statements: str) -> None:
-    conn = await asyncpg.connect(url)
-    try:
-        for sql in statements:
-            await conn.execute(sql)
-    finally:
-        await conn.close()
-
-
-async def _fetch(url: str, sql: str, *args: Any) -> list[asyncpg.Record]:
-    conn = await asyncpg.connect(url)
-    try:
-        return list(await conn.fetch(sql, *args))
-    finally:
-        await conn.close()
 
 
 @pytest.fixture
 def private_db(pg_url: str, unique_name: str) -> Iterator[str]:
     """A database of this test's own (stub schemas are global names), with schema ``app``."""
     name = f"ddl_{unique_name}"[:63]
-    asyncio.run(_execute(pg_url, f"CREATE DATABASE {quote_identifier(name)}"))
+    asyncio.run(execute(pg_url, f"CREATE DATABASE {quote_identifier(name)}"))
     url = pg_url.rsplit("/", 1)[0] + "/" + name
     try:
-        asyncio.run(_execute(url, f"CREATE SCHEMA {SCHEMA}"))
+        asyncio.run(execute(url, f"CREATE SCHEMA {SCHEMA}"))
         yield url
     finally:
-        asyncio.run(_execute(pg_url, f"DROP DATABASE IF EXISTS {quote_identifier(name)} "
+        asyncio.run(execute(pg_url, f"DROP DATABASE IF EXISTS {quote_identifier(name)} "
                                      "WITH (FORCE)"))
 
 
@@ -189,34 +175,34 @@ def _store_twice(url: str, rows: list[dict[str, Any]]) -> tuple[int, int]:
 
 
 def _count(url: str) -> int:
-    return int(asyncio.run(_fetch(url, f"SELECT count(*) FROM {SCHEMA}.activity_logs"))[0][0])
+    return int(asyncio.run(fetch(url, f"SELECT count(*) FROM {SCHEMA}.activity_logs"))[0][0])
 
 
 def test_citus_layout_is_refused_without_the_extension(private_db: str) -> None:
     with pytest.raises(ConfigurationError, match="needs the citus extension"):
         asyncio.run(init_db(private_db, schema=SCHEMA, layout="citus"))
-    rows = asyncio.run(_fetch(private_db, "SELECT to_regclass('app.activity_logs') IS NULL"))
+    rows = asyncio.run(fetch(private_db, "SELECT to_regclass('app.activity_logs') IS NULL"))
     assert rows[0][0]  # nothing was created
 
 
 @pytest.mark.parametrize("layout", ["citus", "citus-partitioned"])
 def test_citus_layout_distributes_on_id_and_the_writer_stays_idempotent(
         private_db: str, layout: str) -> None:
-    asyncio.run(_execute(private_db, CITUS_STUB))
+    asyncio.run(execute(private_db, CITUS_STUB))
     notice = asyncio.run(init_db(private_db, schema=SCHEMA, layout=layout))
     assert notice is not None and "no daily rollup on a citus table" in notice
     calls = [(r["fn"], list(r["args"])) for r in asyncio.run(
-        _fetch(private_db, "SELECT fn, args FROM citus_stub.calls"))]
+        fetch(private_db, "SELECT fn, args FROM citus_stub.calls"))]
     assert calls == [
         ("create_distributed_table", ["app.activity_logs", "id", "hash", "default"]),
         ("create_reference_table", ["app.activity_log_cuts"]),
     ]
     # a second init-db finds both done (the stub refuses a second distribution)
     asyncio.run(init_db(private_db, schema=SCHEMA, layout=layout))
-    assert len(asyncio.run(_fetch(private_db, "SELECT * FROM citus_stub.calls"))) == 2
+    assert len(asyncio.run(fetch(private_db, "SELECT * FROM citus_stub.calls"))) == 2
     # a plain init-db on the distributed table adds no rollup triggers either
     assert "no daily rollup" in (asyncio.run(init_db(private_db, schema=SCHEMA)) or "")
-    assert asyncio.run(_fetch(
+    assert asyncio.run(fetch(
         private_db, "SELECT to_regclass('app.activity_log_daily') IS NULL"))[0][0]
     rows = make_rows(30, start=datetime.now(UTC) - timedelta(hours=3))
     assert _store_twice(private_db, rows) == (30, 0)
@@ -225,29 +211,29 @@ def test_citus_layout_distributes_on_id_and_the_writer_stays_idempotent(
 
 def test_the_citus_stub_refuses_a_key_without_the_distribution_column(private_db: str) -> None:
     """The stub can fail: distributing on actor_id breaks the id-only primary key."""
-    asyncio.run(_execute(private_db, CITUS_STUB))
+    asyncio.run(execute(private_db, CITUS_STUB))
     asyncio.run(init_db(private_db, schema=SCHEMA))
     with pytest.raises(asyncpg.PostgresError, match="must include the partition column"):
-        asyncio.run(_execute(private_db, "SELECT citus_stub.create_distributed_table("
+        asyncio.run(execute(private_db, "SELECT citus_stub.create_distributed_table("
                                          "'app.activity_logs', 'actor_id')"))
 
 
 def test_timescaledb_layout_makes_a_compressed_hypertable_and_cleanup_drops_chunks(
         private_db: str) -> None:
-    asyncio.run(_execute(private_db, TIMESCALE_STUB))
+    asyncio.run(execute(private_db, TIMESCALE_STUB))
     # Plain PostgreSQL parses the compression statement and refuses only its namespace:
     # init-db got that far (create_hypertable ran), and rolled its calls back.
     with pytest.raises(asyncpg.PostgresError, match='unrecognized parameter namespace "timescaledb"'):
         asyncio.run(init_db(private_db, schema=SCHEMA, layout="timescaledb"))
-    assert asyncio.run(_fetch(private_db, "SELECT * FROM ts_stub.calls")) == []
+    assert asyncio.run(fetch(private_db, "SELECT * FROM ts_stub.calls")) == []
     # From here the stub says compression is on, as TimescaleDB would after that statement.
-    asyncio.run(_execute(private_db, "ALTER TABLE timescaledb_information.hypertables "
+    asyncio.run(execute(private_db, "ALTER TABLE timescaledb_information.hypertables "
                                      "ALTER compression_enabled SET DEFAULT true"))
     notice = asyncio.run(init_db(private_db, schema=SCHEMA, layout="timescaledb"))
     assert notice is not None and "no daily rollup on a timescaledb table" in notice
     asyncio.run(init_db(private_db, schema=SCHEMA, layout="timescaledb"))  # idempotent
     calls = [(r["fn"], list(r["args"])) for r in asyncio.run(
-        _fetch(private_db, "SELECT fn, args FROM ts_stub.calls"))]
+        fetch(private_db, "SELECT fn, args FROM ts_stub.calls"))]
     assert calls == [
         ("create_hypertable", ["app.activity_logs", "timestamp", "1 day", "false", "true"]),
         ("add_compression_policy", ["app.activity_logs", "7 days", "true"]),
@@ -266,7 +252,7 @@ def test_timescaledb_layout_makes_a_compressed_hypertable_and_cleanup_drops_chun
     done = asyncio.run(cleanup(private_db, schema=SCHEMA, retention_days=30, now=now))
     assert done.deleted_rows == 20 and _count(private_db) == 10
     cutoff = now - timedelta(days=30)
-    chunk_calls = asyncio.run(_fetch(
+    chunk_calls = asyncio.run(fetch(
         private_db, "SELECT fn, args[1] AS rel, args[2]::timestamptz AS older_than "
                     "FROM ts_stub.calls WHERE fn IN ('show_chunks', 'drop_chunks')"))
     assert [(r["fn"], r["rel"], r["older_than"]) for r in chunk_calls] == [
@@ -277,7 +263,7 @@ def test_timescaledb_layout_makes_a_compressed_hypertable_and_cleanup_drops_chun
 
 def test_timescaledb_stub_refuses_the_plain_tables_id_only_key(private_db: str) -> None:
     """The stub can fail: a plain table (primary key (id)) cannot become a hypertable."""
-    asyncio.run(_execute(private_db, TIMESCALE_STUB))
+    asyncio.run(execute(private_db, TIMESCALE_STUB))
     asyncio.run(init_db(private_db, schema=SCHEMA))
     with pytest.raises(asyncpg.PostgresError, match='without the column "timestamp"'):
         asyncio.run(init_db(private_db, schema=SCHEMA, layout="timescaledb"))

@@ -35,6 +35,7 @@ from activity_logging.viewer import create_viewer_app
 from tests.cli_run import run
 from tests.crud_rows import make_rows, seed
 from tests.html_page import Page
+from tests.pg_sql import execute
 from tests.services import PG_URL, require_service
 
 pytestmark = pytest.mark.integration
@@ -55,25 +56,17 @@ def on_database(url: str, database: str, *, password: str | None = None) -> str:
     return urlunsplit(parts._replace(netloc=netloc, path=f"/{database}"))
 
 
-async def _admin(url: str, *sql: str) -> None:
-    conn = await asyncpg.connect(url)
-    try:
-        for statement in sql:
-            await conn.execute(statement)
-    finally:
-        await conn.close()
-
 
 @pytest.fixture(scope="module")
 def replica_database() -> Iterator[str]:
     """The URL of a database of its own on the shared server, dropped after the module."""
     url = require_service("PostgreSQL", PG_URL)
     name = f"t_{uuid.uuid4().hex[:12]}_replica"
-    asyncio.run(_admin(url, f'CREATE DATABASE "{name}"'))
+    asyncio.run(execute(url, f'CREATE DATABASE "{name}"'))
     try:
         yield on_database(url, name)
     finally:
-        asyncio.run(_admin(url, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        asyncio.run(execute(url, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
 
 
 @pytest.fixture
@@ -83,7 +76,7 @@ def stores(pg_url: str, pg_schema: str, replica_database: str,
     schema in the module's database) with 7 others; the environment names neither."""
     for name in ("DATABASE_URL", ENV_READ_DATABASE_URL, "ACTIVITY_LOG_SCHEMA", "REDIS_URL"):
         monkeypatch.delenv(name, raising=False)
-    asyncio.run(_admin(replica_database, f'CREATE SCHEMA "{pg_schema}"'))
+    asyncio.run(execute(replica_database, f'CREATE SCHEMA "{pg_schema}"'))
     primary_rows = make_rows(5, producer_id="primary")
     replica_rows = make_rows(7, producer_id="replica")
     asyncio.run(seed(pg_url, primary_rows, schema=pg_schema))

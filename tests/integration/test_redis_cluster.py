@@ -16,7 +16,6 @@ import signal
 import subprocess
 import sys
 import textwrap
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -25,6 +24,7 @@ import pytest
 
 from activity_logging import db
 from activity_logging.shards import shard_streams
+from tests.faults.test_status_redis_loss import wait_for
 from tests.ledger import keys_from_pg, ledger_of, seq_gaps
 from tests.servers import PrivateRedisCluster
 
@@ -78,14 +78,6 @@ def _cli(*args: str, env: dict[str, str], timeout: float = 60) -> subprocess.Com
                           capture_output=True, text=True, timeout=timeout)
 
 
-def _wait_for(condition: Any, seconds: float, what: str) -> None:
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        if condition():
-            return
-        time.sleep(0.2)
-    raise AssertionError(f"{what}: not within {seconds:g} s")
-
 
 def test_sharded_streams_on_a_redis_cluster_drain_with_two_workers_every_record_once(
     cluster: PrivateRedisCluster, pg_url: str, pg_schema: str, unique_name: str,
@@ -125,9 +117,9 @@ def test_sharded_streams_on_a_redis_cluster_drain_with_two_workers_every_record_
          "--heartbeat-interval", "0.5", "--batch-size", "2000"],
         cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=logs[i]) for i in range(2)]
     try:
-        _wait_for(lambda: len(keys_from_pg(pg_url, pg_schema, unique_name)) == offered, 90,
-                  "every record stored")
-        _wait_for(lambda: all(client.xlen(name) == 0 for name in names), 30, "shards emptied")
+        wait_for(lambda: len(keys_from_pg(pg_url, pg_schema, unique_name)) == offered,
+                 "every record stored", 90)
+        wait_for(lambda: all(client.xlen(name) == 0 for name in names), "shards emptied", 30)
 
         # Both workers took part, on more than one shard each: no coordination but the group.
         consumers = {name: {c["name"] for c in client.xinfo_consumers(name, "activity_log_workers")}

@@ -35,6 +35,7 @@ from activity_logging.rows import activity_from_record
 from activity_logging.store_pg import PostgresStore
 from activity_logging.worker import ActivityWorker
 from tests.cli_run import run
+from tests.pg_sql import execute, fetch
 
 pytestmark = pytest.mark.integration
 
@@ -49,21 +50,6 @@ def url_as(url: str, role: str) -> str:
     return urlunsplit(parts._replace(netloc=f"{role}@{host}"))
 
 
-async def _execute(url: str, *statements: str) -> None:
-    conn = await asyncpg.connect(url)
-    try:
-        for sql in statements:
-            await conn.execute(sql)
-    finally:
-        await conn.close()
-
-
-async def _fetch(url: str, sql: str, *args: Any) -> list[asyncpg.Record]:
-    conn = await asyncpg.connect(url)
-    try:
-        return list(await conn.fetch(sql, *args))
-    finally:
-        await conn.close()
 
 
 @dataclass
@@ -81,7 +67,7 @@ class Roles:
         name = f"{self.prefix}{suffix}"
         self.logins.append(name)
         member = f" IN ROLE {quote_identifier(member_of)}" if member_of else ""
-        asyncio.run(_execute(self.url, f"CREATE ROLE {quote_identifier(name)} LOGIN{member}"))
+        asyncio.run(execute(self.url, f"CREATE ROLE {quote_identifier(name)} LOGIN{member}"))
         return url_as(self.url, name)
 
     def init_db(self, capsys: pytest.CaptureFixture[str], *extra: str) -> tuple[int, str, str]:
@@ -187,12 +173,12 @@ def test_roles_have_least_privilege_on_every_table(
             for name, privileges in held[names.reader].items()} == {
         table: {"SELECT"} for table in roles.ROLE_TABLES}
     assert all(all(privileges.values()) for privileges in held[names.maintenance].values())
-    owners = asyncio.run(_fetch(
+    owners = asyncio.run(fetch(
         test_roles.url, "SELECT c.relname, c.relowner::regrole::text AS owner FROM pg_class c "
         "JOIN pg_namespace n ON n.oid = c.relnamespace WHERE n.nspname = $1 "
         "AND c.relkind IN ('r', 'p', 'S')", test_roles.schema))
     assert owners and {r["owner"] for r in owners} == {names.maintenance}, owners
-    temp = asyncio.run(_fetch(
+    temp = asyncio.run(fetch(
         test_roles.url, "SELECT has_database_privilege($1, current_database(), 'TEMPORARY') "
         "AS w, has_schema_privilege($2, $3, 'CREATE') AS m, "
         "has_schema_privilege($1, $3, 'CREATE') AS wc", names.writer, names.maintenance,
@@ -310,7 +296,7 @@ def test_update_is_refused_even_for_the_owner_but_retention_works(
                           "--months-ahead", "5"], capsys)
     assert code == 0, err
     assert "created" in out
-    owners = asyncio.run(_fetch(
+    owners = asyncio.run(fetch(
         test_roles.url, "SELECT DISTINCT c.relowner::regrole::text AS owner FROM pg_inherits i "
         "JOIN pg_class c ON c.oid = i.inhrelid WHERE i.inhparent = to_regclass($1)",
         f"{quote_identifier(test_roles.schema)}.activity_logs"))
@@ -367,7 +353,7 @@ def test_worker_as_the_writer_writes_dead_letters(
     stats = worker.stats()
     assert (stats["read"], stats["inserted"], stats["dead_lettered"]) == (21, 20, 1)
     assert stats["refused_out_of_window"] == 1
-    letters = asyncio.run(_fetch(test_roles.url, f"SELECT reason FROM "
+    letters = asyncio.run(fetch(test_roles.url, f"SELECT reason FROM "
                                  f"{quote_identifier(test_roles.schema)}.activity_log_dead_letters"))
     assert [r["reason"] for r in letters] == ["out_of_window"]
     client = redis.Redis.from_url(redis_url)
@@ -386,7 +372,7 @@ def test_worker_as_the_writer_waits_for_a_missing_month_in_one_line(
     now = datetime.now(UTC)
     month = f"{now.year:04d}-{now.month:02d}"
     current = partition_name("activity_logs", now.year, now.month)
-    asyncio.run(_execute(test_roles.url, f"DROP TABLE {quote_identifier(test_roles.schema)}."
+    asyncio.run(execute(test_roles.url, f"DROP TABLE {quote_identifier(test_roles.schema)}."
                                          f"{quote_identifier(current)}"))
     _xadd(redis_url, redis_stream, _entries(2, 10))
     caplog.set_level(logging.DEBUG, logger="activity_logging")
@@ -443,7 +429,7 @@ def test_insert_only_role_is_one_line_and_exit_4_from_the_worker(
         capsys: pytest.CaptureFixture[str]) -> None:
     assert test_roles.init_db(capsys)[0] == 0
     insert_only = test_roles.login(None, "inserter")
-    asyncio.run(_execute(
+    asyncio.run(execute(
         test_roles.url,
         f"GRANT USAGE ON SCHEMA {quote_identifier(test_roles.schema)} TO "
         f"{quote_identifier(test_roles.prefix + 'inserter')}",
@@ -540,7 +526,7 @@ def test_sql_file_with_psql_grants_what_the_cli_grants(
     if psql is None:
         pytest.skip("psql is not installed")
     other = _new_roles(pg_url, f"{test_roles.schema}_sql")
-    asyncio.run(_execute(pg_url, f"CREATE SCHEMA {quote_identifier(other.schema)}"))
+    asyncio.run(execute(pg_url, f"CREATE SCHEMA {quote_identifier(other.schema)}"))
     try:
         assert test_roles.init_db(capsys, "--partitioned", "--roles")[0] == 0
         # The same tables, then the SQL exactly as a user runs it (--print-sql | psql -f -).
@@ -554,7 +540,7 @@ def test_sql_file_with_psql_grants_what_the_cli_grants(
         from_file = asyncio.run(_grants(pg_url, other.schema, other.prefix))
         assert from_file == from_cli
     finally:
-        asyncio.run(_execute(pg_url, f"DROP SCHEMA IF EXISTS {quote_identifier(other.schema)} "
+        asyncio.run(execute(pg_url, f"DROP SCHEMA IF EXISTS {quote_identifier(other.schema)} "
                                      "CASCADE"))
         asyncio.run(_drop_roles(pg_url, list(other.names.all())))
 
@@ -566,7 +552,7 @@ def test_a_non_superuser_schema_owner_with_createrole_sets_the_roles_up(
     admin = f"{test_roles.prefix}admin"
     test_roles.logins.append(admin)
     schema = f"{test_roles.schema}_own"
-    asyncio.run(_execute(pg_url, f"CREATE ROLE {quote_identifier(admin)} LOGIN CREATEROLE",
+    asyncio.run(execute(pg_url, f"CREATE ROLE {quote_identifier(admin)} LOGIN CREATEROLE",
                          f"CREATE SCHEMA {quote_identifier(schema)} AUTHORIZATION "
                          f"{quote_identifier(admin)}"))
     admin_url = url_as(pg_url, admin)
@@ -592,11 +578,11 @@ def test_a_non_superuser_schema_owner_with_createrole_sets_the_roles_up(
                             "--months-ahead", "5"], capsys)
         assert code == 0, err
     finally:
-        asyncio.run(_execute(pg_url, f"DROP SCHEMA IF EXISTS {quote_identifier(schema)} CASCADE"))
+        asyncio.run(execute(pg_url, f"DROP SCHEMA IF EXISTS {quote_identifier(schema)} CASCADE"))
 
 
 async def _member_of(url: str, role: str, group: str) -> bool:
-    rows = await _fetch(url, "SELECT pg_has_role($1, $2, 'MEMBER') AS m", role, group)
+    rows = await fetch(url, "SELECT pg_has_role($1, $2, 'MEMBER') AS m", role, group)
     return bool(rows[0]["m"])
 
 
@@ -604,7 +590,7 @@ def test_init_db_roles_refused_to_a_plain_login_is_one_line_exit_4(
         test_roles: Roles, capsys: pytest.CaptureFixture[str]) -> None:
     assert test_roles.init_db(capsys)[0] == 0
     nobody = test_roles.login(None, "nobody")
-    asyncio.run(_execute(test_roles.url, f"GRANT USAGE ON SCHEMA {quote_identifier(test_roles.schema)}"
+    asyncio.run(execute(test_roles.url, f"GRANT USAGE ON SCHEMA {quote_identifier(test_roles.schema)}"
                                          f" TO {quote_identifier(test_roles.prefix + 'nobody')}"))
     code, _, err = run(["init-db", "--database-url", nobody, "--schema", test_roles.schema,
                         "--roles", "--role-prefix", test_roles.prefix], capsys)
