@@ -334,11 +334,30 @@ async def pg_execute(sql: str) -> None:
         await conn.close()
 
 
-async def table_counts(schema: str) -> tuple[int, int]:
+async def table_counts(schema: str) -> tuple[int, int, int]:
+    """Rows, distinct ids, and bytes on disk of the table with its indexes."""
     conn = await db.connect_pg(PG_URL, schema=schema)
     try:
-        row = await conn.fetchrow("SELECT count(*) AS n, count(DISTINCT id) AS d FROM activity_logs")
-        return int(row["n"]), int(row["d"])
+        row = await conn.fetchrow(
+            "SELECT count(*) AS n, count(DISTINCT id) AS d, "
+            "pg_total_relation_size('activity_logs') AS b FROM activity_logs")
+        return int(row["n"]), int(row["d"]), int(row["b"])
+    finally:
+        await conn.close()
+
+
+async def wal_lsn() -> str:
+    conn = await asyncpg.connect(asyncpg_dsn(PG_URL))
+    try:
+        return str(await conn.fetchval("SELECT pg_current_wal_lsn()::text"))
+    finally:
+        await conn.close()
+
+
+async def wal_bytes_since(lsn: str) -> int:
+    conn = await asyncpg.connect(asyncpg_dsn(PG_URL))
+    try:
+        return int(await conn.fetchval("SELECT pg_wal_lsn_diff(pg_current_wal_lsn(), $1::text::pg_lsn)", lsn))
     finally:
         await conn.close()
 
@@ -354,6 +373,8 @@ class Run:
     records: int
     entries: int = 0
     stream_bytes_per_record: float = 0.0  # MEMORY USAGE of the filled stream / records
+    wal_bytes_per_record: float = 0.0  # WAL written by the server during the drain / records
+    table_bytes_per_record: float = 0.0  # table + indexes on disk / records
     fill_wall_s: float = 0.0
     drain_s: float = 0.0
     spawn_to_exit_s: float = 0.0
@@ -387,13 +408,16 @@ def one_run(client: redis.Redis, workers: int, records: int, chunk: int, startup
         run.entries = int(client.xlen(stream))
         run.stream_bytes_per_record = int(client.memory_usage(stream, samples=0) or 0) / records
         run.fill_wall_s = fill["activity_wall_s"]
+        lsn = asyncio.run(wal_lsn())
         d = drain(client, stream, schema, workers, run.entries, limit_s=600)
+        run.wal_bytes_per_record = asyncio.run(wal_bytes_since(lsn)) / records  # the whole server's
         s2 = Servers.read(client)
         run.drain_s, run.spawn_to_exit_s = d["drain_s"], d["spawn_to_exit_s"]
         run.rows_per_s = records / run.drain_s
         run.worker_cpu_each_s = d["worker_cpu_each_s"]
         # Correctness: every record stored exactly once, nothing pending, nothing dead-lettered.
-        rows, distinct = asyncio.run(table_counts(schema))
+        rows, distinct, size = asyncio.run(table_counts(schema))
+        run.table_bytes_per_record = size / records
         pending = int(client.xpending(stream, GROUP)["pending"])
         dead = int(client.xlen(dead_stream_for(stream)))
         if (rows, distinct, pending, dead) != (records, records, 0, 0):
@@ -450,6 +474,8 @@ def summarise(runs: list[Run], startup: tuple[float, float]) -> dict[str, Any]:
     return {
         "records": runs[0].records, "entries": runs[0].entries,
         "stream_bytes_per_record": round(runs[0].stream_bytes_per_record, 1),
+        "wal_bytes_per_record": round(statistics.median(r.wal_bytes_per_record for r in runs)),
+        "table_bytes_per_record": round(statistics.median(r.table_bytes_per_record for r in runs)),
         "worker_startup_cpu_s": startup[0], "worker_startup_wall_s": startup[1],
         "rows_per_s": {"1": [round(r.rows_per_s) for r in ones],
                        "2": [round(r.rows_per_s) for r in twos]},
@@ -465,7 +491,9 @@ def summarise(runs: list[Run], startup: tuple[float, float]) -> dict[str, Any]:
 
 def print_table(runs: list[Run], summary: dict[str, Any]) -> None:
     print(f"# {summary['records']} records in {summary['entries']} stream entries per run "
-          f"({summary['stream_bytes_per_record']} bytes of stream per record); "
+          f"(bytes per record: {summary['stream_bytes_per_record']} of stream, "
+          f"{summary['wal_bytes_per_record']} of WAL, {summary['table_bytes_per_record']} of table "
+          f"and indexes); "
           f"worker start-up {summary['worker_startup_cpu_s'] * 1e3:.0f} ms CPU "
           f"(subtracted per process)")
     print(f"{'run':>3} {'wk':>2} {'drain s':>8} {'spawn-exit':>10} {'rows/s':>9} {'cores':>5} "
