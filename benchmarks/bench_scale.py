@@ -25,6 +25,11 @@ Measured in the same runs:
   (exited backends land in the postmaster's cutime) net of the idle background.
 - Redis CPU: ``INFO cpu`` ``used_cpu_user + used_cpu_sys`` (and the main thread's) over the
   fill and over the drain.
+- bytes per record: the stream's ``MEMORY USAGE``, the WAL the server wrote during the drain,
+  the table with its indexes on disk.
+
+``--handler-batch-size 10`` makes the stream entries small (as a producer logging ~200
+records/s ships them), which separates the per-entry cost from the per-record one.
 
 The servers are shared: before each run their CPU is sampled over an idle window and that
 background rate, times the window measured, is subtracted (both figures are reported).
