@@ -20,9 +20,11 @@ commits acknowledges (``XACK``) and deletes (``XDEL``) the entries. So:
   ``[now - max_age, now + max_future]`` before any partition is made for it, ``metadata``
   and ``changes`` cut to ``max_json_bytes`` (docs/worker.md, "Hostile input").
 
-Reading/decoding and inserting run as two tasks joined by a one-slot queue, so the next
-batch is decoded in this process while PostgreSQL works on the current one. Memory is
-bounded by ``batch_size`` whatever the backlog.
+Reading/decoding (a task per shard of a sharded stream, at most ``writers + 1`` of them
+holding a read at once) and inserting run as tasks joined by a queue of one slot per
+writer, so the next batch is decoded in this process while PostgreSQL works on the current
+one. Memory is bounded by a few ``batch_size`` batches whatever the backlog and the shard
+count.
 """
 
 from __future__ import annotations

@@ -198,6 +198,7 @@ class StreamSide:
         self, queue: asyncio.Queue[_Batch | None], stop_when_idle: bool
     ) -> None:
         """Connect, beat once, then read every shard until a stop (or, one-shot, until idle)."""
+        self._shard_readers = []  # a run's own (a stop before the readers exist cancels this)
         if not await self._retrying("connect to PostgreSQL", self.store.connect):
             return
         for shard in self.shards:
