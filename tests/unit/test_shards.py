@@ -182,3 +182,17 @@ def test_the_batches_in_readers_hands_are_bounded_by_the_writers_not_the_shards(
     asyncio.run(main())
     assert slow.streams == set(shard_streams("s", 8))  # every shard is read...
     assert slow.most == len(worker.stores) + 1 == 2  # ...but two at a time at most
+
+
+def test_a_dead_letter_names_the_shard_its_entry_came_from() -> None:
+    from activity_logging.worker_stream import _Batch
+
+    worker = ActivityWorker("redis://127.0.0.1:1/0", "sqlite:///unused.db", stream="s",
+                            stream_shards=3)
+    shard = worker.shards[2]
+    batch = _Batch(shard)
+    worker._add_entries(batch, [(b"7-0", {b"v": b"1", b"n": b"1", b"d": b"not json"})])
+    letters = worker._dead_letters(batch)
+    assert [(d.source_stream, d.source_id, d.reason) for d in letters] == [
+        (shard.stream, "7-0", "undecodable")]
+    assert shard.in_flight == {b"7-0"} and not worker.shards[0].in_flight  # per shard
