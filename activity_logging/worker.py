@@ -81,6 +81,7 @@ from .worker_stream import (
     _Batch,
     _Reject,
     _reraise_if_cancelled,
+    is_redis_client_fault,
 )
 
 logger: Final = logging.getLogger("activity_logging.worker")
@@ -717,7 +718,10 @@ class ActivityWorker(StreamSide):
             try:
                 await action()
                 return True
-            except (*REDIS_TRANSIENT, StoreUnavailableError) as exc:
+            except Exception as exc:
+                if not isinstance(exc, (*REDIS_TRANSIENT, StoreUnavailableError)) and not (
+                        is_redis_client_fault(exc)):
+                    raise
                 _reraise_if_cancelled()
                 self.counters.retried += 1
                 delay = backoff.next()

@@ -30,6 +30,7 @@ from redis.exceptions import (
     ClusterDownError,
     OutOfMemoryError,
     RedisClusterException,
+    RedisError,
     ResponseError,
     TryAgainError,
 )
@@ -66,6 +67,22 @@ BACKOFF_MAX: Final = 30.0
 # RedisClusterException: waiting is right there too.
 REDIS_TRANSIENT: Final = (RedisConnectionError, RedisTimeoutError, OSError, OutOfMemoryError,
                           ClusterDownError, TryAgainError, RedisClusterException)
+
+
+def is_redis_client_fault(exc: BaseException) -> bool:
+    """True for an error redis-py raised from inside its own code that is not one of its
+    ``RedisError``s: a client bug on a connection torn down mid-command. Seen here as
+    ``AttributeError: 'NoneType' object has no attribute 'writelines'`` from the asyncio
+    cluster client when a master died under concurrent commands (the same family as
+    redis/redis-py#3546). Transient like a lost connection: the command is retried and
+    nothing is acknowledged meanwhile. An error raised in this library's own code is not."""
+    if isinstance(exc, RedisError) or not isinstance(exc, Exception):
+        return False
+    tb = exc.__traceback__
+    last = None
+    while tb is not None:
+        last, tb = tb, tb.tb_next
+    return last is not None and f"{os.sep}redis{os.sep}" in last.tb_frame.f_code.co_filename
 
 
 @dataclass
@@ -116,6 +133,10 @@ class Shard:
     #: bytes per entry, as read lately (None until the first read): bounds how many entries
     #: one XREADGROUP asks for, so one reply holds about ``max_entry_bytes`` at most
     bytes_per_entry: float | None = None
+
+    def partial(self) -> _Batch | None:
+        """The batch being read, if it holds entries already."""
+        return self.reading if self.reading is not None and self.reading.ids else None
 
 
 @dataclass
@@ -269,30 +290,39 @@ class StreamSide:
             shard.reading = None
             try:
                 async with slots:
-                    batch = await self._claim_batch(shard)
-                    if batch is None:
-                        batch = await self._read_batch(shard)
+                    try:
+                        batch = await self._claim_batch(shard)
+                        if batch is None:
+                            batch = await self._read_batch(shard)
+                    except Exception:
+                        # Entries read before the failure are in hand and counted in flight:
+                        # dropped here, they would stay pending with this consumer, skipped
+                        # by its own claims, until it restarted. They go to the writers.
+                        partial = shard.partial()
+                        if partial is not None:
+                            partial.read_at = time.monotonic()
+                            await queue.put(partial)
+                        raise
                     if batch.ids:
                         batch.read_at = time.monotonic()
                         # not cancelled by a warm stop: the batch is in hand
                         await queue.put(batch)
-            except REDIS_TRANSIENT as exc:
+            except Exception as exc:
+                if not isinstance(exc, REDIS_TRANSIENT) and not is_redis_client_fault(exc):
+                    if isinstance(exc, ResponseError) and "NOGROUP" in str(exc):
+                        self.counters.group_recreated += 1
+                        logger.warning(
+                            "consumer group %r of %r vanished (Redis restarted without "
+                            "persistence?); recreating it from id 0", self.group, shard.stream)
+                        await self._ensure_group(shard)
+                        continue
+                    raise
                 _reraise_if_cancelled()
                 self.counters.retried += 1
                 delay = backoff.next()
                 logger.warning("reading %r failed (%s); retrying in %.1fs", shard.stream, exc,
                                delay)
                 await self._sleep(delay)
-                continue
-            except ResponseError as exc:
-                if "NOGROUP" not in str(exc):
-                    raise
-                self.counters.group_recreated += 1
-                logger.warning(
-                    "consumer group %r of %r vanished (Redis restarted without persistence?); "
-                    "recreating it from id 0", self.group, shard.stream,
-                )
-                await self._ensure_group(shard)
                 continue
             backoff.reset()
             if not batch.ids and stop_when_idle and shard.read_id == b">":

@@ -196,3 +196,70 @@ def test_a_dead_letter_names_the_shard_its_entry_came_from() -> None:
     assert [(d.source_stream, d.source_id, d.reason) for d in letters] == [
         (shard.stream, "7-0", "undecodable")]
     assert shard.in_flight == {b"7-0"} and not worker.shards[0].in_flight  # per shard
+
+
+class _FailingSecondRead:
+    """The first read returns entries, the next one loses the connection."""
+
+    def __init__(self, entries: list[tuple[bytes, dict[bytes, bytes]]]) -> None:
+        self.entries = entries
+        self.reads = 0
+
+    async def xautoclaim(self, *args: object, **kwargs: object) -> list[object]:
+        return [b"0-0", [], []]
+
+    async def xreadgroup(self, group: str, consumer: str, streams: dict[str, bytes],
+                         **kwargs: object) -> list[object]:
+        from redis.exceptions import ConnectionError as RedisConnectionError
+
+        self.reads += 1
+        if self.reads == 1:
+            return [[next(iter(streams)), self.entries]]
+        raise RedisConnectionError("connection lost mid-batch")
+
+
+def test_entries_read_before_a_failed_read_go_to_the_writers_not_into_limbo() -> None:
+    import asyncio
+    import logging as logging_mod
+
+    from activity_logging import snapshot, wire
+
+    record = logging_mod.LogRecord("activity", logging_mod.INFO, __file__, 1, "call_created",
+                                   None, None)
+    entry = wire.WireEncoder("p").encode_batch(
+        [snapshot.queued_from_record(record) for _ in range(3)])
+    worker = ActivityWorker("redis://127.0.0.1:1/0", "sqlite:///unused.db", stream="s",
+                            batch_size=1000, max_wait=0.01)
+    fake = _FailingSecondRead([(b"1-0", entry), (b"2-0", entry)])
+    worker._redis = fake  # type: ignore[assignment]  # the read path only
+
+    async def main() -> object:
+        queue: asyncio.Queue[object] = asyncio.Queue(maxsize=1)
+        reading = asyncio.create_task(worker._read_shards(queue, False))  # type: ignore[arg-type]
+        batch = await asyncio.wait_for(queue.get(), 5)
+        worker._stopping.set()
+        await asyncio.wait_for(reading, 5)
+        return batch
+
+    batch = asyncio.run(main())
+    assert batch.ids == [b"1-0", b"2-0"] and len(batch.rows) == 6  # type: ignore[attr-defined]
+    assert worker.stats()["retried"] == 1
+
+
+def test_only_errors_raised_inside_redis_py_count_as_its_faults() -> None:
+    import os
+
+    from redis.exceptions import ResponseError
+
+    from activity_logging.worker_stream import is_redis_client_fault
+
+    namespace: dict[str, object] = {}
+    inside = os.path.join(os.sep, "venv", "site-packages", "redis", "asyncio", "connection.py")
+    exec(compile("def send():\n    None.writelines([])\n", inside, "exec"), namespace)
+    with pytest.raises(AttributeError) as inside_redis:
+        namespace["send"]()  # type: ignore[operator]
+    assert is_redis_client_fault(inside_redis.value)  # redis-py's bug on a torn-down connection
+    with pytest.raises(AttributeError) as ours:
+        None.writelines([])  # type: ignore[attr-defined]  # the same bug in our code
+    assert not is_redis_client_fault(ours.value)
+    assert not is_redis_client_fault(ResponseError("WRONGTYPE"))  # a reply, not a fault
