@@ -21,13 +21,15 @@ import argparse
 import asyncio
 import logging
 import os
+import shutil
 import signal
 import subprocess
 import sys
 import tempfile
 import time
 import uuid
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 import asyncpg
 import orjson
@@ -38,6 +40,7 @@ sys.path.insert(0, ROOT)
 
 from activity_logging import db  # noqa: E402
 from activity_logging.handler import ActivityHandler  # noqa: E402
+from activity_logging.urls import asyncpg_dsn  # noqa: E402
 
 PG_URL = os.environ.get("TEST_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/test")
 REDIS_URL = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
@@ -46,7 +49,7 @@ EXTRA = {"actor_type": "agent", "target_type": "call", "changes": {"status": {"o
 
 
 def pg(schema: str) -> Any:
-    return asyncpg.connect(db.asyncpg_dsn(PG_URL), server_settings={"search_path": schema})
+    return asyncpg.connect(asyncpg_dsn(PG_URL), server_settings={"search_path": schema})
 
 
 def count_rows(schema: str) -> int:
@@ -126,7 +129,8 @@ from sqlalchemy.orm import registry
 from activity_logging.db import create_async_engine_for
 from activity_logging.schema import make_table
 
-url, schema, key, n = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
+url, redis_url, schema, key = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4]
+n = int(sys.argv[5])
 
 class Activity:  # the ORM model people write: one object per record
     pass
@@ -134,7 +138,7 @@ class Activity:  # the ORM model people write: one object per record
 registry().map_imperatively(Activity, make_table(MetaData()))
 
 async def main():
-    r = aioredis.Redis.from_url(REDIS_URL)
+    r = aioredis.Redis.from_url(redis_url)
     engine = create_async_engine_for(url, schema=schema)
     done = 0
     while done < n:
@@ -177,7 +181,8 @@ class NaiveHandler(logging.Handler):
 
 def bench_naive(n: int, schema: str) -> dict[str, float]:
     key = f"activity_bench_naive:{schema}"
-    worker = subprocess.Popen([sys.executable, "-c", NAIVE_WORKER, PG_URL, schema, key, str(n)],
+    worker = subprocess.Popen([sys.executable, "-c", NAIVE_WORKER, PG_URL, REDIS_URL, schema, key,
+                               str(n)],
                               cwd=ROOT)
     handler = NaiveHandler(key)
     log = make_logger(f"naive.{schema}", handler)
@@ -245,28 +250,29 @@ def bench_latency(rate: int, seconds: float, schema: str, tmp: str) -> dict[str,
             "max_ms": latencies[-1] * 1000, "n": float(len(latencies))}
 
 
-def with_schema(fn: Any, *args: Any) -> Any:
+T = TypeVar("T")
+
+
+def with_schema(fn: Callable[[str], T]) -> T:
+    """``fn(schema)`` in a fresh schema with the table, dropped afterwards."""
     schema = f"bench_{uuid.uuid4().hex[:8]}"
 
     async def make() -> None:
-        conn = await asyncpg.connect(db.asyncpg_dsn(PG_URL))
+        conn = await asyncpg.connect(asyncpg_dsn(PG_URL))
         await conn.execute(f'CREATE SCHEMA "{schema}"')
         await conn.close()
         await db.init_db(PG_URL, schema=schema)
 
     async def drop() -> None:
-        conn = await asyncpg.connect(db.asyncpg_dsn(PG_URL))
+        conn = await asyncpg.connect(asyncpg_dsn(PG_URL))
         await conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
         await conn.close()
 
     asyncio.run(make())
     try:
-        return fn(*args, schema) if fn is not bench_latency else fn(*args, schema, TMP)
+        return fn(schema)
     finally:
         asyncio.run(drop())
-
-
-TMP = tempfile.mkdtemp(prefix="al-bench-")
 
 
 def main() -> None:
@@ -277,16 +283,26 @@ def main() -> None:
     parser.add_argument("--rate", type=int, default=5_000)
     parser.add_argument("--seconds", type=float, default=10.0)
     args = parser.parse_args()
+    tmp = tempfile.mkdtemp(prefix="al-bench-")  # the workers' stderr
+    try:
+        run(args, tmp)
+    except BaseException:
+        print(f"worker logs kept in {tmp}", file=sys.stderr)
+        raise
+    shutil.rmtree(tmp, ignore_errors=True)
+
+
+def run(args: argparse.Namespace, tmp: str) -> None:
     print(f"# end to end on {os.cpu_count()} cores; app, Redis, worker and PostgreSQL share them")
-    fast = with_schema(lambda n, s: bench_pipeline(n, s, TMP), args.records)
-    naive = with_schema(bench_naive, args.naive_records)
+    fast = with_schema(lambda s: bench_pipeline(args.records, s, tmp))
+    naive = with_schema(lambda s: bench_naive(args.naive_records, s))
     print(f"{'design':44} {'records/s':>10} {'caller µs/record':>17}")
     print(f"{'ActivityHandler -> stream -> ActivityWorker':44} {fast['rate']:10,.0f} "
           f"{fast['caller_us']:17.1f}   ({args.records} records, dropped {fast['dropped']:.0f})")
     print(f"{'naive LPUSH/record -> BRPOP + ORM commit':44} {naive['rate']:10,.0f} "
           f"{naive['caller_us']:17.1f}   ({args.naive_records} records)")
     print(f"ratio: {fast['rate'] / naive['rate']:.1f}x throughput")
-    lat = with_schema(bench_latency, args.rate, args.seconds)
+    lat = with_schema(lambda s: bench_latency(args.rate, args.seconds, s, tmp))
     print(f"latency log.info -> row visible at {args.rate}/s for {args.seconds:.0f}s "
           f"({lat['n']:.0f} rows): p50 {lat['p50_ms']:.0f} ms, p99 {lat['p99_ms']:.0f} ms, "
           f"max {lat['max_ms']:.0f} ms")

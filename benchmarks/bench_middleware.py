@@ -17,6 +17,7 @@ temporary SQLite file), the last in 1. and 2. only.
 
     .venv/bin/python benchmarks/bench_middleware.py            # all three
     .venv/bin/python benchmarks/bench_middleware.py --quick    # fewer rounds
+    .venv/bin/python benchmarks/bench_middleware.py --rounds 2 # the smoke test's run
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ import argparse
 import asyncio
 import logging
 import os
+import shutil
 import signal
 import socket
 import statistics
@@ -240,7 +242,9 @@ def bench_decorator(rounds: int, per_round: int) -> dict[str, list[float]]:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
-    parser.add_argument("--quick", action="store_true", help="fewer rounds (a smoke run)")
+    parser.add_argument("--quick", action="store_true", help="fewer rounds (8)")
+    parser.add_argument("--rounds", type=int, default=None,
+                        help="interleaved rounds, at least 2 (default 60, or 8 with --quick)")
     parser.add_argument("--serve", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--port", type=int, default=0, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -248,7 +252,9 @@ def main() -> int:
         serve(args.port)
         return 0
 
-    rounds = 8 if args.quick else 60
+    rounds = args.rounds if args.rounds is not None else 8 if args.quick else 60
+    if rounds < 2:
+        parser.error("--rounds must be at least 2 (the overhead's quartiles need two rounds)")
     tmp = Path(tempfile.mkdtemp(prefix="bench-mw-"))
     handler = ActivityHandler(database_url=f"sqlite:///{tmp / 'bench.db'}")
     log = logging.getLogger("activity")
@@ -268,6 +274,7 @@ def main() -> int:
               f"dropped {stats['dropped_queue_full']})")
     finally:
         handler.close()
+        shutil.rmtree(tmp, ignore_errors=True)
     report(f"3. uvicorn on loopback, one keep-alive httpx connection ({rounds} rounds x 150 "
            "requests)", bench_uvicorn(["bare", "mw"], rounds, 150))
     report(f"4. @log_activity on a trivial function: plain / logger off / on with a NullHandler "

@@ -8,7 +8,8 @@
 4. verify: rows/s of ``activity-logging verify`` with the key over a sealed table in the real
    PostgreSQL (streamed read + seal check + links), beside a plain ``count(*)`` scan.
 
-Run:  .venv/bin/python benchmarks/bench_signing.py [--rows 200000]
+Run:  .venv/bin/python benchmarks/bench_signing.py [--rows 200000] [--rounds 7] [--per-round 30000]
+                                                   [--worker-entries 200]
 Uses a unique stream and schema and removes them afterwards.
 """
 
@@ -20,11 +21,15 @@ import json
 import logging
 import os
 import statistics
+import sys
 import time
 import uuid
+from pathlib import Path
 from typing import Any
 
 import redis
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests.crud_rows
 
 from activity_logging import db
 from activity_logging.handler import ActivityHandler
@@ -211,10 +216,12 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=7)
     parser.add_argument("--per-round", type=int, default=30_000)
     parser.add_argument("--rows", type=int, default=200_000)
+    parser.add_argument("--worker-entries", type=int, default=200,
+                        help="entries of 100 records decoded per worker round (200)")
     args = parser.parse_args()
     results = {
         "listener_per_record": listener_side(),
-        "worker_per_row": worker_side(),
+        "worker_per_row": worker_side(args.worker_entries),
         "caller_vs_null_handler": caller_side(args.rounds, args.per_round),
         "verify": asyncio.run(verify_side(args.rows)),
     }

@@ -15,6 +15,7 @@ import logging
 import shutil
 import statistics
 import subprocess
+import sys
 import tempfile
 import time
 import tracemalloc
@@ -34,6 +35,8 @@ def load_baseline(rev: str) -> types.ModuleType:
                             check=True, capture_output=True, text=True).stdout
     module = types.ModuleType("activity_logging._spool_baseline")
     module.__package__ = "activity_logging"  # its relative imports resolve against the package
+    # @dataclass looks its class's module up in sys.modules (to resolve string annotations).
+    sys.modules[module.__name__] = module
     exec(compile(source, f"{rev}:activity_logging/spool.py", "exec"), module.__dict__)
     return module
 

@@ -34,7 +34,10 @@ import redis
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from activity_logging import db, schema, snapshot, store_pg, wire
+from activity_logging import db, snapshot, store_pg, wire
+from activity_logging.rows import build_activity
+from activity_logging.schema import COLUMNS
+from activity_logging.urls import asyncpg_dsn
 from activity_logging.worker import ActivityWorker, tune_gc_for_draining
 
 PG_URL = os.environ.get("TEST_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/test")
@@ -60,12 +63,12 @@ def make_rows(n: int) -> list[dict[str, Any]]:
         meta, wires = wire.decode_entry(
             enc.encode_batch([sample_queued(i) for i in range(start, min(n, start + chunk))])
         )
-        rows.extend(rows.build_activity(w, meta) for w in wires)
+        rows.extend(build_activity(w, meta) for w in wires)
     return rows
 
 
 async def fresh_schema(name: str, *, partitioned: bool = False) -> None:
-    conn = await asyncpg.connect(db.asyncpg_dsn(PG_URL))
+    conn = await asyncpg.connect(asyncpg_dsn(PG_URL))
     try:
         await conn.execute(f'DROP SCHEMA IF EXISTS "{name}" CASCADE; CREATE SCHEMA "{name}"')
     finally:
@@ -74,7 +77,7 @@ async def fresh_schema(name: str, *, partitioned: bool = False) -> None:
 
 
 async def drop_schema(name: str) -> None:
-    conn = await asyncpg.connect(db.asyncpg_dsn(PG_URL))
+    conn = await asyncpg.connect(asyncpg_dsn(PG_URL))
     try:
         await conn.execute(f'DROP SCHEMA IF EXISTS "{name}" CASCADE')
     finally:
@@ -83,12 +86,12 @@ async def drop_schema(name: str) -> None:
 
 # --- insert strategies ------------------------------------------------------------------------
 
-COLS = ", ".join(f'"{c}"' for c in schema.COLUMNS)
+COLS = ", ".join(f'"{c}"' for c in COLUMNS)
 
 
 async def strategy_store(schema: str, batches: list[list[dict[str, Any]]]) -> None:
-    """The worker's: db.PostgresStore, COPY straight in (stage + ON CONFLICT after a conflict)."""
-    store = db.PostgresStore(PG_URL, schema=schema)
+    """The worker's: store_pg.PostgresStore, COPY straight in (stage + ON CONFLICT after a conflict)."""
+    store = store_pg.PostgresStore(PG_URL, schema=schema)
     await store.connect()
     try:
         for rows in batches:
@@ -99,7 +102,7 @@ async def strategy_store(schema: str, batches: list[list[dict[str, Any]]]) -> No
 
 async def strategy_copy_stage(schema: str, batches: list[list[dict[str, Any]]]) -> None:
     """COPY into a temp stage + INSERT ... SELECT ... ON CONFLICT DO NOTHING, every batch."""
-    store = db.PostgresStore(PG_URL, schema=schema)
+    store = store_pg.PostgresStore(PG_URL, schema=schema)
     await store.connect()
     try:
         for rows in batches:
@@ -112,17 +115,17 @@ async def strategy_copy_stage(schema: str, batches: list[list[dict[str, Any]]]) 
 async def strategy_unnest(schema: str, batches: list[list[dict[str, Any]]]) -> None:
     """INSERT ... SELECT FROM unnest($1::uuid[], ...) ON CONFLICT DO NOTHING, one array per column."""
     conn = await db.connect_pg(PG_URL, schema=schema)
-    await db.set_fast_codecs(conn)
+    await store_pg.set_fast_codecs(conn)
     types = await conn.fetch(
         "SELECT attname, format_type(atttypid, atttypmod) AS t FROM pg_attribute "
         "WHERE attrelid = 'activity_logs'::regclass AND attnum > 0 AND NOT attisdropped"
     )
     kinds = {r["attname"]: r["t"] for r in types}
-    params = ", ".join(f"${i + 1}::{kinds[c]}[]" for i, c in enumerate(schema.COLUMNS))
+    params = ", ".join(f"${i + 1}::{kinds[c]}[]" for i, c in enumerate(COLUMNS))
     sql = f"INSERT INTO activity_logs ({COLS}) SELECT * FROM unnest({params}) ON CONFLICT DO NOTHING"
     try:
         for rows in batches:
-            columns = [[r[c] for r in rows] for c in schema.COLUMNS]
+            columns = [[r[c] for r in rows] for c in COLUMNS]
             await conn.execute(sql, *columns)
     finally:
         await conn.close()
@@ -131,13 +134,13 @@ async def strategy_unnest(schema: str, batches: list[list[dict[str, Any]]]) -> N
 async def strategy_executemany(schema: str, batches: list[list[dict[str, Any]]]) -> None:
     """asyncpg executemany of a single-row INSERT ... ON CONFLICT DO NOTHING, one transaction per batch."""
     conn = await db.connect_pg(PG_URL, schema=schema)
-    await db.set_fast_codecs(conn)
-    params = ", ".join(f"${i + 1}" for i in range(len(schema.COLUMNS)))
+    await store_pg.set_fast_codecs(conn)
+    params = ", ".join(f"${i + 1}" for i in range(len(COLUMNS)))
     sql = f"INSERT INTO activity_logs ({COLS}) VALUES ({params}) ON CONFLICT DO NOTHING"
     try:
         for rows in batches:
             async with conn.transaction():
-                await conn.executemany(sql, [db.row_tuple(r) for r in rows])
+                await conn.executemany(sql, [store_pg.row_tuple(r) for r in rows])
     finally:
         await conn.close()
 
@@ -185,7 +188,7 @@ async def bench_inserts(n: int, batch: int, repeat: int) -> None:
                 start = time.perf_counter()
                 await strategy(schema, batches)
                 elapsed = time.perf_counter() - start
-                # The second pass is all duplicates: the idempotent path must skip them all.
+                # Every row stored, once.
                 conn = await db.connect_pg(PG_URL, schema=schema)
                 count = await conn.fetchval("SELECT count(*) FROM activity_logs")
                 await conn.close()
@@ -216,7 +219,9 @@ def fill_stream(client: redis.Redis, stream: str, records: int, per_entry: int,
     pipe = client.pipeline(transaction=False)
     for start in range(0, records, per_entry):
         size = min(per_entry, records - start)
-        pipe.xadd(stream, enc.batch([sample_queued(start + j) for j in range(size)]).entry())
+        entry = enc.batch([sample_queued(start + j) for j in range(size)]).entry()
+        # redis-py's annotation is a dict of its own value union; wire.Entry is dict[str, Any].
+        pipe.xadd(stream, entry)  # type: ignore[arg-type]
         entries += 1
         if entries % 1000 == 0:
             pipe.execute()
@@ -231,14 +236,14 @@ async def raw_copy_rate(pg_schema: str, batch_size: int) -> float:
     try:
         await conn.execute("CREATE TABLE activity_logs_copy (LIKE activity_logs INCLUDING ALL)")
         await store_pg.set_fast_codecs(conn)
-        columns = ", ".join(db.quote_identifier(c) for c in schema.COLUMNS)
+        columns = ", ".join(db.quote_identifier(c) for c in COLUMNS)
         records = [tuple(r) for r in await conn.fetch(
             f'SELECT {columns} FROM activity_logs ORDER BY "timestamp", id')]
         start = time.perf_counter()
         for i in range(0, len(records), batch_size):
             async with conn.transaction():
                 await conn.copy_records_to_table("activity_logs_copy", records=records[i:i + batch_size],
-                                                 columns=schema.COLUMNS)
+                                                 columns=COLUMNS)
         return len(records) / (time.perf_counter() - start)
     finally:
         await conn.close()

@@ -15,6 +15,7 @@ SQLite file), the last in 1. and 2. only.
 
     .venv/bin/python benchmarks/bench_wsgi.py            # all three
     .venv/bin/python benchmarks/bench_wsgi.py --quick    # fewer rounds
+    .venv/bin/python benchmarks/bench_wsgi.py --rounds 2 # the smoke test's run
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ import argparse
 import io
 import logging
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -35,9 +37,11 @@ from wsgiref.simple_server import WSGIRequestHandler, make_server
 from wsgiref.types import StartResponse, WSGIApplication, WSGIEnvironment
 
 import httpx
-from bench_middleware import _free_port, report
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from activity_logging import ActivityHandler, ActivityWSGIMiddleware
+from benchmarks.bench_middleware import _free_port, report
 
 
 def hello(environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
@@ -150,7 +154,9 @@ def bench_wsgiref(variants: list[str], rounds: int, per_round: int) -> dict[str,
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
-    parser.add_argument("--quick", action="store_true", help="fewer rounds (a smoke run)")
+    parser.add_argument("--quick", action="store_true", help="fewer rounds (8)")
+    parser.add_argument("--rounds", type=int, default=None,
+                        help="interleaved rounds, at least 2 (default 60, or 8 with --quick)")
     parser.add_argument("--serve", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--port", type=int, default=0, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -158,7 +164,9 @@ def main() -> int:
         serve(args.port)
         return 0
 
-    rounds = 8 if args.quick else 60
+    rounds = args.rounds if args.rounds is not None else 8 if args.quick else 60
+    if rounds < 2:
+        parser.error("--rounds must be at least 2 (the overhead's quartiles need two rounds)")
     tmp = Path(tempfile.mkdtemp(prefix="bench-wsgi-"))
     handler = ActivityHandler(database_url=f"sqlite:///{tmp / 'bench.db'}")
     log = logging.getLogger("activity")
@@ -179,6 +187,7 @@ def main() -> int:
               f"dropped {stats['dropped_queue_full']})")
     finally:
         handler.close()
+        shutil.rmtree(tmp, ignore_errors=True)
     report(f"3. wsgiref on loopback, a connection per request ({rounds} rounds x 100 requests)",
            bench_wsgiref(["bare", "mw"], rounds, 100))
     return 0
