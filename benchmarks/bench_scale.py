@@ -292,7 +292,7 @@ async def watch(client: redis.Redis, stream: str, procs: list[subprocess.Popen[b
     """Poll until the group has read every entry and has nothing pending; reap the workers
     that exit meanwhile into ``cpus``. The drain time and the backends' CPU."""
     monitor = await asyncpg.connect(asyncpg_dsn(PG_URL))
-    first_read = done = None
+    first_read = done = nothing_read = None
     backends: dict[int, float] = {}
     discovered = 0.0
     try:
@@ -312,6 +312,8 @@ async def watch(client: redis.Redis, stream: str, procs: list[subprocess.Popen[b
             now = time.perf_counter()
             if state is not None:
                 read = int(state.get("entries-read") or 0)
+                if read == 0:
+                    nothing_read = now  # the drain began after this poll
                 if first_read is None and read > 0:
                     first_read = now
                 if read >= entries and int(state["pending"]) == 0:
@@ -324,7 +326,10 @@ async def watch(client: redis.Redis, stream: str, procs: list[subprocess.Popen[b
     finally:
         await monitor.close()
     assert first_read is not None
-    return {"drain_s": done - first_read, "backend_cpu_s": sum(backends.values()),
+    # From the last poll that saw nothing read (an upper bound, by one poll interval at most):
+    # a drain that began and ended between two polls still takes a time above zero.
+    start = nothing_read if nothing_read is not None else first_read - 0.02
+    return {"drain_s": done - start, "backend_cpu_s": sum(backends.values()),
             "backends": len(backends)}
 
 

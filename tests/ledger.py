@@ -95,6 +95,8 @@ def keys_from_stream(redis_url: str, stream: str, tag: str) -> Counter[str]:
     try:
         out: Counter[str] = Counter()
         for _, fields in client.xrange(stream) or []:
+            if not fields:  # an entry deleted while pending
+                continue
             meta, records = decode_entry(fields)
             for rec in records:
                 target = build_activity(rec, meta).get("target_id")
