@@ -75,13 +75,13 @@ from .wire import decode_entry
 from .worker_stream import (
     BACKOFF_INITIAL,
     BACKOFF_MAX,
-    REDIS_TRANSIENT,
     Shard,
     StreamSide,
     _Batch,
     _Reject,
     _reraise_if_cancelled,
-    is_redis_client_fault,
+    is_transient_redis_error,
+    wrong_redis_kind,
 )
 
 logger: Final = logging.getLogger("activity_logging.worker")
@@ -719,10 +719,12 @@ class ActivityWorker(StreamSide):
                 await action()
                 return True
             except Exception as exc:
-                if not isinstance(exc, (*REDIS_TRANSIENT, StoreUnavailableError)) and not (
-                        is_redis_client_fault(exc)):
-                    raise
                 _reraise_if_cancelled()
+                wrong = wrong_redis_kind(exc, self.redis_url)
+                if wrong is not None:
+                    raise wrong from exc
+                if not (isinstance(exc, StoreUnavailableError) or is_transient_redis_error(exc)):
+                    raise
                 self.counters.retried += 1
                 delay = backoff.next()
                 logger.warning("could not %s (%s); retrying in %.1fs", what, exc, delay)

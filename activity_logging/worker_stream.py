@@ -25,13 +25,14 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Final
 
 import orjson
+import redis
 import redis.asyncio as aioredis
 from redis.exceptions import (
     ClusterDownError,
     OutOfMemoryError,
     RedisClusterException,
-    RedisError,
     ResponseError,
+    SlotNotCoveredError,
     TryAgainError,
 )
 from redis.exceptions import ConnectionError as RedisConnectionError
@@ -47,8 +48,10 @@ from .entry_limits import (
     oversized,
     payload_bytes,
 )
+from .exceptions import ConfigurationError
 from .rows import build_activity
 from .signing import KeyRing, SignatureError, SigningKey, check_entry, seal
+from .urls import redact_url
 from .wire import decode_entry
 
 if TYPE_CHECKING:
@@ -66,7 +69,35 @@ BACKOFF_MAX: Final = 30.0
 # it is back or failed over, and a cluster client none of whose nodes answers raises
 # RedisClusterException: waiting is right there too.
 REDIS_TRANSIENT: Final = (RedisConnectionError, RedisTimeoutError, OSError, OutOfMemoryError,
-                          ClusterDownError, TryAgainError, RedisClusterException)
+                          ClusterDownError, TryAgainError, SlotNotCoveredError)
+#: What redis-py's cluster client says when no node it knows answers (the cluster, or the
+#: network to it, is down): transient. Its other ``RedisClusterException``s are not.
+_CLUSTER_UNREACHABLE: Final = ("cannot be connected", "slots are not covered")
+_REDIS_PACKAGE: Final = os.path.dirname(os.path.abspath(redis.__file__)) + os.sep
+
+
+def wrong_redis_kind(exc: BaseException, url: str) -> ConfigurationError | None:
+    """A ``ConfigurationError`` when ``exc`` says the URL names the wrong kind of Redis: a
+    ``redis+cluster://`` URL at a single Redis, or a ``redis://`` URL at a cluster node
+    (which answers ``MOVED`` for the slots it does not serve); else None."""
+    if isinstance(exc, RedisClusterException) and "not enabled" in str(exc):
+        return ConfigurationError(f"{redact_url(url)} is not a Redis Cluster ({exc}): use "
+                                  "redis:// or rediss:// for a single Redis")
+    if isinstance(exc, ResponseError) and str(exc).startswith("MOVED"):
+        return ConfigurationError(f"{redact_url(url)} is a node of a Redis Cluster ({exc}): "
+                                  "use redis+cluster:// (or rediss+cluster://)")
+    return None
+
+
+def is_transient_redis_error(exc: BaseException) -> bool:
+    """True for a Redis failure that waiting cures: a lost or refused connection, a
+    timeout, a full Redis, a cluster that lost a master or cannot be reached, and a client
+    fault on a torn-down connection (``is_redis_client_fault``)."""
+    if isinstance(exc, REDIS_TRANSIENT):
+        return True
+    if isinstance(exc, RedisClusterException):
+        return any(text in str(exc) for text in _CLUSTER_UNREACHABLE)
+    return is_redis_client_fault(exc)
 
 
 def is_redis_client_fault(exc: BaseException) -> bool:
@@ -76,13 +107,14 @@ def is_redis_client_fault(exc: BaseException) -> bool:
     cluster client when a master died under concurrent commands (the same family as
     redis/redis-py#3546). Transient like a lost connection: the command is retried and
     nothing is acknowledged meanwhile. An error raised in this library's own code is not."""
-    if isinstance(exc, RedisError) or not isinstance(exc, Exception):
+    if not isinstance(exc, AttributeError | TypeError):
         return False
     tb = exc.__traceback__
     last = None
     while tb is not None:
         last, tb = tb, tb.tb_next
-    return last is not None and f"{os.sep}redis{os.sep}" in last.tb_frame.f_code.co_filename
+    return last is not None and os.path.abspath(
+        last.tb_frame.f_code.co_filename).startswith(_REDIS_PACKAGE)
 
 
 @dataclass
@@ -133,6 +165,9 @@ class Shard:
     #: bytes per entry, as read lately (None until the first read): bounds how many entries
     #: one XREADGROUP asks for, so one reply holds about ``max_entry_bytes`` at most
     bytes_per_entry: float | None = None
+    #: the reader is waiting with nothing in hand (a blocking read for new entries, or a
+    #: read slot): the only state a warm stop cancels it in
+    waiting: bool = False
 
     def partial(self) -> _Batch | None:
         """The batch being read, if it holds entries already."""
@@ -169,6 +204,7 @@ class StreamSide:
     """Reading and acknowledging entries, and the heartbeat (see the module docstring)."""
 
     # set up by ActivityWorker
+    redis_url: str
     stream: str
     dead_stream: str
     group: str
@@ -256,16 +292,19 @@ class StreamSide:
             await asyncio.gather(*tasks, return_exceptions=True)
 
     def _cancel_idle_readers(self, reader: asyncio.Task[None]) -> None:
-        """A warm stop: read nothing more. Cancels a blocked read, a connect attempt, a
-        backoff (an entry a cancelled read was receiving stays pending); a shard reader
-        holding entries finishes handing them to the writers instead."""
+        """A warm stop: read nothing more. Cancels the connecting, and each shard reader
+        waiting with nothing in hand (blocked for new entries, or for a read slot: an entry
+        arriving in the very instant of the cancel stays pending, for the next start or a
+        claim). A reader in the middle of a read or holding entries is left to finish: it
+        hands what it holds to the writers and stops at its next turn (a backoff ends on the
+        stop by itself)."""
         if reader.done():
             return
         if not self._shard_readers:  # still connecting
             reader.cancel()
             return
         for shard, task in self._shard_readers:
-            if not task.done() and not (shard.reading is not None and shard.reading.ids):
+            if not task.done() and shard.waiting and shard.partial() is None:
                 task.cancel()
 
     async def _ensure_group(self, shard: Shard) -> bool:
@@ -281,43 +320,53 @@ class StreamSide:
 
     async def _reader_loop(self, shard: Shard, queue: asyncio.Queue[_Batch | None],
                            stop_when_idle: bool, slots: asyncio.Semaphore) -> None:
-        """Read ``shard`` into the writers' queue. A read holds one of the ``slots`` until its
-        batch is queued: the batches in the readers' hands are bounded by the slots, not by
-        the shard count (a backoff holds none)."""
+        """Read ``shard`` into the writers' queue.
+
+        The blocking wait for new entries happens outside the read ``slots`` and takes one
+        entry at most (``_await_entry``): an idle shard never holds a slot, so a busy one is
+        never kept waiting behind idle ones. Filling a batch holds a slot until the batch
+        is queued: the batches in the readers' hands are bounded by the slots, the entries
+        waiting for one by the shard count (one each), whatever the backlog.
+        """
         backoff = Backoff(BACKOFF_INITIAL, BACKOFF_MAX)
         while not self._stopping.is_set():
             _reraise_if_cancelled()
             shard.reading = None
             try:
-                async with slots:
-                    try:
-                        batch = await self._claim_batch(shard)
-                        if batch is None:
-                            batch = await self._read_batch(shard)
-                    except Exception:
-                        # Entries read before the failure are in hand and counted in flight:
-                        # dropped here, they would stay pending with this consumer, skipped
-                        # by its own claims, until it restarted. They go to the writers.
-                        partial = shard.partial()
-                        if partial is not None:
-                            partial.read_at = time.monotonic()
-                            await queue.put(partial)
-                        raise
+                started = await self._await_entry(shard)
+                if started is None:
+                    if stop_when_idle and shard.read_id == b">":
+                        return
+                    continue
+                shard.waiting = not started.ids
+                try:
+                    await slots.acquire()
+                finally:
+                    shard.waiting = False
+                try:
+                    batch = started if started.ids else await self._claim_batch(shard)
+                    if batch is None or not batch.ids:
+                        batch = await self._read_batch(shard, batch)
                     if batch.ids:
                         batch.read_at = time.monotonic()
                         # not cancelled by a warm stop: the batch is in hand
                         await queue.put(batch)
+                finally:
+                    slots.release()
             except Exception as exc:
-                if not isinstance(exc, REDIS_TRANSIENT) and not is_redis_client_fault(exc):
-                    if isinstance(exc, ResponseError) and "NOGROUP" in str(exc):
-                        self.counters.group_recreated += 1
-                        logger.warning(
-                            "consumer group %r of %r vanished (Redis restarted without "
-                            "persistence?); recreating it from id 0", self.group, shard.stream)
-                        await self._ensure_group(shard)
-                        continue
+                _reraise_if_cancelled()  # redis-py may have turned our cancel into an error
+                if isinstance(exc, ResponseError) and "NOGROUP" in str(exc):
+                    self.counters.group_recreated += 1
+                    logger.warning(
+                        "consumer group %r of %r vanished (Redis restarted without "
+                        "persistence?); recreating it from id 0", self.group, shard.stream)
+                    await self._ensure_group(shard)
+                    continue
+                wrong = wrong_redis_kind(exc, self.redis_url)
+                if wrong is not None:
+                    raise wrong from exc
+                if not is_transient_redis_error(exc):
                     raise
-                _reraise_if_cancelled()
                 self.counters.retried += 1
                 delay = backoff.next()
                 logger.warning("reading %r failed (%s); retrying in %.1fs", shard.stream, exc,
@@ -328,9 +377,35 @@ class StreamSide:
             if not batch.ids and stop_when_idle and shard.read_id == b">":
                 return
 
-    async def _read_batch(self, shard: Shard) -> _Batch:
-        batch = shard.reading = _Batch(shard)
-        block: int | None = int(self.max_wait * 1000)
+    async def _await_entry(self, shard: Shard) -> _Batch | None:
+        """Wait, holding no read slot, until ``shard`` has work: a batch holding the one
+        new entry that arrived (``XREADGROUP COUNT 1 BLOCK max_wait``), an empty batch when
+        there is work to do at once (this consumer's own pending entries, or a claim due),
+        or None when ``max_wait`` passed without any."""
+        if shard.read_id != b">" or self._claim_due(shard):
+            return _Batch(shard)
+        shard.waiting = True
+        try:
+            response: Any = await self._r.xreadgroup(
+                self.group, self.consumer, {shard.stream: b">"}, count=1,
+                block=int(self.max_wait * 1000))
+        finally:
+            shard.waiting = False
+        entries = response[0][1] if response else []
+        if not entries:
+            return None
+        batch = shard.reading = _Batch(shard)  # in hand: a warm stop lets it reach the writers
+        self._add_entries(batch, entries)
+        return batch
+
+    async def _read_batch(self, shard: Shard, batch: _Batch | None = None) -> _Batch:
+        """Fill ``batch`` (a new one by default) from ``shard`` without waiting: this
+        consumer's pending entries first, then new ones, until ``batch_size`` rows or the
+        shard has no more. A read that fails once the batch holds entries ends the batch
+        with what it holds (the failure comes again at the next read, and is retried)."""
+        if batch is None:
+            batch = _Batch(shard)
+        shard.reading = batch
         while len(batch.rows) < self.batch_size and not self._stopping.is_set():
             reading_pending = shard.read_id != b">"
             # Entries carry many records each: ask for about as many as fill the batch.
@@ -339,10 +414,16 @@ class StreamSide:
             # so big entries are read one at a time (one, until their size is known).
             room = self.max_entry_bytes / (shard.bytes_per_entry or self.max_entry_bytes)
             count = max(1, min(self.read_count, int(wanted + 0.999), int(room)))
-            response: Any = await self._r.xreadgroup(
-                self.group, self.consumer, {shard.stream: shard.read_id},
-                count=count, block=None if reading_pending else block,
-            )
+            try:
+                response: Any = await self._r.xreadgroup(
+                    self.group, self.consumer, {shard.stream: shard.read_id}, count=count)
+            except Exception as exc:
+                _reraise_if_cancelled()
+                if not batch.ids or not is_transient_redis_error(exc):
+                    raise
+                logger.warning("reading %r failed (%s) with %d entries in hand: storing "
+                               "those first", shard.stream, exc, len(batch.ids))
+                return batch
             entries = response[0][1] if response else []
             if reading_pending:
                 if not entries:
@@ -350,17 +431,20 @@ class StreamSide:
                     continue
                 shard.read_id = entries[-1][0]
             self._add_entries(batch, entries)
-            # Block only for the first read: once something arrived, ship it rather than wait.
-            block = None
             if len(entries) < count and not reading_pending:
                 break
         return batch
 
+    def _claim_due(self, shard: Shard) -> bool:
+        """A claim pass is due on ``shard``: every ``min(claim_idle, 30) / 2`` seconds, and
+        at once while a pass is under way (its cursor is not back at ``0-0``)."""
+        wait = min(self.claim_idle, 30.0) / 2
+        return time.monotonic() - shard.last_claim >= wait or shard.claim_cursor != b"0-0"
+
     async def _claim_batch(self, shard: Shard) -> _Batch | None:
-        now = time.monotonic()
-        if now - shard.last_claim < min(self.claim_idle, 30.0) / 2 and shard.claim_cursor == b"0-0":
+        if not self._claim_due(shard):
             return None
-        shard.last_claim = now
+        shard.last_claim = time.monotonic()
         room = self.max_entry_bytes / (shard.bytes_per_entry or self.max_entry_bytes)
         result: Any = await self._r.xautoclaim(
             shard.stream, self.group, self.consumer, min_idle_time=int(self.claim_idle * 1000),

@@ -141,47 +141,104 @@ def test_a_handler_built_while_the_cluster_is_unreachable_works() -> None:
                                       if k.startswith(("dropped_", "lost"))) == 1
 
 
-class _SlowRedis:
-    """Reads that wait: counts how many shard readers hold a read at once."""
+def _entry(records: int = 3) -> dict[bytes, bytes]:
+    import logging as logging_mod
 
-    def __init__(self) -> None:
-        self.reading = 0
-        self.most = 0
-        self.streams: set[str] = set()
+    from activity_logging import snapshot, wire
+
+    record = logging_mod.LogRecord("activity", logging_mod.INFO, __file__, 1, "call_created",
+                                   None, None)
+    return wire.WireEncoder("p").encode_batch(  # type: ignore[return-value]
+        [snapshot.queued_from_record(record) for _ in range(records)])
+
+
+class _Shards:
+    """A fake Redis: ``hot`` shards always have entries, the others never (a blocking read
+    waits its time, then returns nothing). Counts the fills (reads without BLOCK) running
+    at once and the entries handed out per shard."""
+
+    def __init__(self, hot: set[str]) -> None:
+        self.hot = hot
+        self.filling = 0
+        self.most_filling = 0
+        self.served: dict[str, int] = {}
+        self.next_id = 0
+        self.entry = _entry()
 
     async def xautoclaim(self, *args: object, **kwargs: object) -> list[object]:
         return [b"0-0", [], []]
 
     async def xreadgroup(self, group: str, consumer: str, streams: dict[str, bytes],
-                         **kwargs: object) -> list[object]:
+                         count: int = 1, block: int | None = None) -> list[object]:
         import asyncio
 
-        self.reading += 1
-        self.most = max(self.most, self.reading)
-        self.streams.update(streams)
-        await asyncio.sleep(0.02)
-        self.reading -= 1
-        return []
+        (stream, read_id), = streams.items()
+        if read_id != b">":
+            return []  # no pending entries of our own
+        if stream not in self.hot:
+            if block:
+                await asyncio.sleep(block / 1000)
+            return []
+        if block is None:
+            self.filling += 1
+            self.most_filling = max(self.most_filling, self.filling)
+        await asyncio.sleep(0.005)
+        if block is None:
+            self.filling -= 1
+        entries = []
+        for _ in range(count):
+            self.next_id += 1
+            entries.append((f"{self.next_id}-0".encode(), self.entry))
+        self.served[stream] = self.served.get(stream, 0) + len(entries)
+        return [[stream, entries]]
+
+
+def _drain_for(worker: ActivityWorker, seconds: float) -> int:
+    """Run the worker's readers for ``seconds`` with a consumer emptying the queue; the
+    batches that came out."""
+    import asyncio
+
+    async def main() -> int:
+        queue: asyncio.Queue[object] = asyncio.Queue(maxsize=1)
+        batches = 0
+
+        async def consume() -> None:
+            nonlocal batches
+            while True:
+                await queue.get()
+                batches += 1
+
+        consumer = asyncio.create_task(consume())
+        reading = asyncio.create_task(worker._read_shards(queue, False))  # type: ignore[arg-type]
+        await asyncio.sleep(seconds)
+        worker._stopping.set()
+        await asyncio.wait_for(reading, 5)
+        consumer.cancel()
+        return batches
+
+    return asyncio.run(main())
 
 
 def test_the_batches_in_readers_hands_are_bounded_by_the_writers_not_the_shards() -> None:
-    import asyncio
-
     worker = ActivityWorker("redis://127.0.0.1:1/0", "sqlite:///unused.db", stream="s",
-                            stream_shards=8, max_wait=0.01)
-    slow = _SlowRedis()
-    worker._redis = slow  # type: ignore[assignment]  # the read path only
+                            stream_shards=8, max_wait=0.05, batch_size=30)
+    fake = _Shards(hot=set(shard_streams("s", 8)))
+    worker._redis = fake  # type: ignore[assignment]  # the read path only
+    assert _drain_for(worker, 0.5) > 8
+    assert set(fake.served) == set(shard_streams("s", 8))  # every shard is read...
+    assert fake.most_filling == len(worker.stores) + 1 == 2  # ...two batches filled at a time
 
-    async def main() -> None:
-        queue: asyncio.Queue[object] = asyncio.Queue(maxsize=1)
-        reading = asyncio.create_task(worker._read_shards(queue, False))  # type: ignore[arg-type]
-        await asyncio.sleep(0.5)
-        worker._stopping.set()
-        await asyncio.wait_for(reading, 5)
 
-    asyncio.run(main())
-    assert slow.streams == set(shard_streams("s", 8))  # every shard is read...
-    assert slow.most == len(worker.stores) + 1 == 2  # ...but two at a time at most
+def test_a_busy_shard_is_not_kept_waiting_behind_idle_ones() -> None:
+    # 7 idle shards block in their reads; that must not hold the slots the busy one needs
+    names = shard_streams("s", 8)
+    worker = ActivityWorker("redis://127.0.0.1:1/0", "sqlite:///unused.db", stream="s",
+                            stream_shards=8, max_wait=0.5, batch_size=30)
+    fake = _Shards(hot={names[3]})
+    worker._redis = fake  # type: ignore[assignment]
+    batches = _drain_for(worker, 1.0)
+    # a fill takes ~10 ms here: tens of batches a second, not one per blocked idle read
+    assert batches >= 20, batches
 
 
 def test_a_dead_letter_names_the_shard_its_entry_came_from() -> None:
@@ -254,11 +311,20 @@ def test_only_errors_raised_inside_redis_py_count_as_its_faults() -> None:
     from activity_logging.worker_stream import is_redis_client_fault
 
     namespace: dict[str, object] = {}
-    inside = os.path.join(os.sep, "venv", "site-packages", "redis", "asyncio", "connection.py")
-    exec(compile("def send():\n    None.writelines([])\n", inside, "exec"), namespace)
+    import redis
+
+    code = "def send():\n    None.writelines([])\n"
+    inside = os.path.join(os.path.dirname(redis.__file__), "asyncio", "connection.py")
+    exec(compile(code, inside, "exec"), namespace)
     with pytest.raises(AttributeError) as inside_redis:
         namespace["send"]()  # type: ignore[operator]
     assert is_redis_client_fault(inside_redis.value)  # redis-py's bug on a torn-down connection
+    # a checkout under some other "redis" directory is not redis-py
+    elsewhere = os.path.join(os.sep, "src", "redis", "activity_logging", "worker_stream.py")
+    exec(compile(code, elsewhere, "exec"), namespace)
+    with pytest.raises(AttributeError) as outside:
+        namespace["send"]()  # type: ignore[operator]
+    assert not is_redis_client_fault(outside.value)
     with pytest.raises(AttributeError) as ours:
         None.writelines([])  # type: ignore[attr-defined]  # the same bug in our code
     assert not is_redis_client_fault(ours.value)

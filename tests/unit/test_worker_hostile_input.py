@@ -265,7 +265,7 @@ class _Replies:
         self.counts: list[int] = []
 
     async def xreadgroup(self, group: str, consumer: str, streams: dict[str, bytes], *,
-                         count: int, block: int | None) -> list[Any]:
+                         count: int, block: int | None = None) -> list[Any]:
         self.counts.append(count)
         given, self.entries = self.entries[:count], self.entries[count:]
         return [[b"s", given]] if given else []
