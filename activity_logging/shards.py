@@ -9,8 +9,8 @@ acknowledging per shard. Producers, workers and ``status`` must be given the sam
 (``ACTIVITY_LOG_STREAM_SHARDS`` serves all three); ``status`` reports a shard stream it
 finds beyond its ``N``.
 
-The hash tag of shard ``i`` is chosen so that its slot lies in the ``i``-th ``N``-th of the
-cluster's 16,384 slots: on a Redis Cluster whose slots are spread evenly (what
+The hash tag of shard ``i`` is chosen so that its slot lies in the middle half of the
+``i``-th ``N``-th of the cluster's 16,384 slots: on a Redis Cluster whose slots are spread evenly (what
 ``redis-cli --cluster create`` does), ``N`` shards land on ``min(N, masters)`` different
 nodes, evenly when ``N`` is a multiple of the number of masters. On one Redis node the tag
 is only part of the name. The choice is a pure function of ``i`` and ``N`` (CRC16, as Redis
@@ -77,12 +77,15 @@ def shard_stream(stream: str, shards: int, producer_id: str) -> str:
 
 @functools.cache
 def _tag(i: int, shards: int) -> str:
-    """The first ``"<i>.<j>"`` whose slot falls in shard ``i``'s part of the slot space
-    (about ``shards`` tries)."""
+    """The first ``"<i>.<j>"`` whose slot falls in the middle half of shard ``i``'s part of
+    the slot space (about ``2 × shards`` tries): away from its edges, so that a master
+    whose slot range ends inside that part does not get the neighbour's shard."""
     from redis.crc import key_slot
 
     low = i * CLUSTER_SLOTS // shards
     high = (i + 1) * CLUSTER_SLOTS // shards
+    quarter = (high - low) // 4
+    low, high = low + quarter, high - quarter
     j = 0
     while True:
         tag = f"{i}.{j}"

@@ -119,11 +119,10 @@ async def gather_redis(status: PipelineStatus, redis_url: str, *, heartbeat_ttl:
     something else; ``NOPERM``: an ACL) is a problem naming it, and the other readings go
     on. Raises ``StoreUnavailableError`` when Redis cannot be reached, or is lost midway.
     """
-    from redis.exceptions import ConnectionError as RedisConnectionError
-    from redis.exceptions import ResponseError
-    from redis.exceptions import TimeoutError as RedisTimeoutError
+    from redis.exceptions import RedisClusterException, ResponseError
 
     from .redis_clients import async_client
+    from .redis_errors import is_transient_redis_error, wrong_redis_kind
     from .shards import shard_streams
     from .status_shards import find_strays, read_shards
 
@@ -153,23 +152,34 @@ async def gather_redis(status: PipelineStatus, redis_url: str, *, heartbeat_ttl:
         for what, step in steps:
             try:
                 await step()
-            except ResponseError as exc:
-                status.problems.append(f"cannot read {what} from Redis: {exc}")
-            except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
-                raise StoreUnavailableError(
-                    f"lost Redis at {redact_url(redis_url)} while reading {what}: "
-                    f"{type(exc).__name__}: {exc}") from exc
+            except Exception as exc:
+                if is_transient_redis_error(exc):
+                    raise StoreUnavailableError(
+                        f"lost Redis at {redact_url(redis_url)} while reading {what}: "
+                        f"{type(exc).__name__}: {exc}") from exc
+                if not isinstance(exc, ResponseError | RedisClusterException):
+                    raise
+                wrong = wrong_redis_kind(exc, redis_url)
+                status.problems.append(f"{wrong}" if wrong is not None
+                                       else f"cannot read {what} from Redis: {exc}")
     finally:
         await client.aclose()
 
 
 async def _ping(client: aioredis.Redis, redis_url: str) -> None:
-    from redis.exceptions import ConnectionError as RedisConnectionError
-    from redis.exceptions import TimeoutError as RedisTimeoutError
+    """``StoreUnavailableError`` when Redis (or every node of a cluster) cannot be reached;
+    ``ConfigurationError`` when the URL names the wrong kind of Redis (``redis+cluster://``
+    at a single Redis)."""
+    from .redis_errors import is_transient_redis_error, wrong_redis_kind
 
     try:
         await client.ping()
-    except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
+    except Exception as exc:
+        wrong = wrong_redis_kind(exc, redis_url)
+        if wrong is not None:
+            raise wrong from exc
+        if not is_transient_redis_error(exc):
+            raise
         raise StoreUnavailableError(
             f"cannot reach Redis at {redact_url(redis_url)}: {type(exc).__name__}: {exc}"
         ) from exc
@@ -414,13 +424,13 @@ _RISKY: Final = {"appendonly": "no", "save": ""}
 
 
 async def _on_every_primary(client: aioredis.Redis, command: str, *args: Any) -> dict[str, Any]:
-    """``command`` on one node, or on every primary of a cluster: {node name: reply}."""
+    """``command`` on one node, or on each primary of a cluster in turn: {node name: reply}
+    (asked node by node: redis-py hands back a lone node's reply unwrapped)."""
     method = getattr(client, command)
-    primaries = getattr(client, "PRIMARIES", None)
-    if primaries is None:  # one node
+    get_primaries = getattr(client, "get_primaries", None)
+    if get_primaries is None:  # one node
         return {"": await method(*args)}
-    replies = await method(*args, target_nodes=primaries)
-    return dict(replies) if isinstance(replies, dict) else {"": replies}
+    return {node.name: await method(*args, target_nodes=node) for node in get_primaries()}
 
 
 def _merged_settings(per_node: dict[str, dict[str, str]], status: PipelineStatus) -> dict[str, str]:

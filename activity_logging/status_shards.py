@@ -33,17 +33,38 @@ MAX_STRAYS: Final = 20
 
 
 async def read_shards(client: aioredis.Redis, status: PipelineStatus, names: list[str]) -> None:
-    """Read every shard into ``status.shards``, then sum them up into ``status``."""
+    """Read every shard into ``status.shards``, then sum them up into ``status``. A shard
+    Redis refuses to read (``WRONGTYPE``, ``CLUSTERDOWN`` for its slots alone) is a problem
+    of that shard, and the others are read all the same."""
+    from redis.exceptions import ResponseError
+
     from .status import PipelineStatus
 
     for name in names:
         shard = PipelineStatus(checked_at=status.checked_at, database_url=status.database_url,
                                stream=name, group=status.group)
-        pending_min_ms = await _read_stream(client, shard)
-        await _read_oldest_waiting(client, shard, pending_min_ms)
-        await _read_consumers(client, shard)
+        try:
+            pending_min_ms = await _read_stream(client, shard)
+            await _read_oldest_waiting(client, shard, pending_min_ms)
+            await _read_consumers(client, shard)
+        except ResponseError as exc:
+            shard.problems.append(f"cannot read this shard from Redis: {exc}")
         status.shards.append(shard)
+    await _read_unsharded(client, status)
     _total(status)
+
+
+async def _read_unsharded(client: aioredis.Redis, status: PipelineStatus) -> None:
+    """With shards, the stream's own key must be empty: entries there were written by
+    producers given no ``stream_shards`` (or left from before sharding), and no worker
+    given N reads them."""
+    length = int(await client.xlen(status.stream))
+    if length:
+        status.problems.append(
+            f"stream {status.stream!r} itself holds {length} entries, but with "
+            f"{status.stream_shards} shards no worker reads it: producers run without "
+            "ACTIVITY_LOG_STREAM_SHARDS (or it held entries from before sharding). Give them "
+            "the same count; drain what is there with a worker given --stream-shards 1")
 
 
 def _sum(values: list[int | None]) -> int | None:
@@ -109,8 +130,7 @@ def judge_shards(status: PipelineStatus, *, max_lag: float,
         status.problems += [f"{label}: {p}" for p in shard.problems]
         status.warnings += [f"{label}: {w}" for w in shard.warnings]
         lost.append(shard.stream_entries_lost)
-    known = [n for n in lost if n is not None]
-    status.stream_entries_lost = sum(known) if known else None
+    status.stream_entries_lost = _sum(lost)  # None when a shard cannot say
 
 
 def shard_summaries(status: PipelineStatus) -> list[dict[str, Any]]:

@@ -66,6 +66,7 @@ from .exceptions import (
     StoreUnavailableError,
 )
 from .redis_clients import async_client, disconnect_all
+from .redis_errors import is_transient_redis_error, wrong_redis_kind
 from .rows import MAX_JSON_BYTES
 from .shards import check_shardable, resolve_shards, shard_streams
 from .signing import KeyRing, resolve_keyring
@@ -80,8 +81,6 @@ from .worker_stream import (
     _Batch,
     _Reject,
     _reraise_if_cancelled,
-    is_transient_redis_error,
-    wrong_redis_kind,
 )
 
 logger: Final = logging.getLogger("activity_logging.worker")

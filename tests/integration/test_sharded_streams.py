@@ -75,5 +75,41 @@ def test_one_worker_drains_every_shard_and_status_reports_each(
         assert all(client.xlen(name) == 0 for name in names)
         assert sum(client.xpending(name, "activity_log_workers")["pending"] for name in names) == 0
         assert worker.stats()["acked"] == sum(waiting.values())
+
+        # A producer given no stream_shards writes to the stream's own key: nobody reads it.
+        _produce_unsharded(redis_url, redis_stream, unique_name)
+        status = asyncio.run(gather_status(pg_url, redis_url, schema=pg_schema,
+                                           stream=redis_stream, stream_shards=SHARDS))
+        assert any("itself holds 1 entries" in p for p in status.problems), status.problems
     finally:
         client.close()
+
+
+def _produce_unsharded(redis_url: str, stream: str, tag: str) -> None:
+    handler = ActivityHandler(redis_url=redis_url, stream=stream, stream_shards=1,
+                              spool_path="off")
+    log = logging.getLogger(f"activity.shards.{tag}.unsharded")
+    log.propagate = False
+    log.setLevel(logging.INFO)
+    log.addHandler(handler)
+    try:
+        log.info("call_created", extra={"target_id": f"{tag}-unsharded"})
+    finally:
+        log.removeHandler(handler)
+        handler.close()
+
+
+def test_a_cluster_url_at_a_single_redis_is_a_configuration_error(
+    redis_url: str, pg_url: str, pg_schema: str, redis_stream: str,
+) -> None:
+    import subprocess
+    import sys
+
+    asyncio.run(db.init_db(pg_url, schema=pg_schema))
+    url = redis_url.replace("redis://", "redis+cluster://").rsplit("/", 1)[0]
+    where = ["--stream", redis_stream, "--database-url", pg_url, "--schema", pg_schema]
+    for verb in (["worker", *where], ["status", *where]):
+        done = subprocess.run([sys.executable, "-m", "activity_logging", verb[0], "--redis-url",
+                               url, *verb[1:]], capture_output=True, text=True, timeout=60)
+        assert done.returncode == 2, (verb[0], done.stderr[-2000:])
+        assert "is not a Redis Cluster" in done.stderr and "Traceback" not in done.stderr

@@ -308,7 +308,7 @@ def test_only_errors_raised_inside_redis_py_count_as_its_faults() -> None:
 
     from redis.exceptions import ResponseError
 
-    from activity_logging.worker_stream import is_redis_client_fault
+    from activity_logging.redis_errors import is_redis_client_fault
 
     namespace: dict[str, object] = {}
     import redis
@@ -329,3 +329,64 @@ def test_only_errors_raised_inside_redis_py_count_as_its_faults() -> None:
         None.writelines([])  # type: ignore[attr-defined]  # the same bug in our code
     assert not is_redis_client_fault(ours.value)
     assert not is_redis_client_fault(ResponseError("WRONGTYPE"))  # a reply, not a fault
+
+
+def test_the_wrong_kind_of_redis_is_a_configuration_error_naming_the_fix() -> None:
+    from redis.exceptions import RedisClusterException, ResponseError
+
+    from activity_logging.redis_errors import is_transient_redis_error, wrong_redis_kind
+
+    single = wrong_redis_kind(RedisClusterException("Cluster mode is not enabled on this node"),
+                              "redis+cluster://u:secret@h:6379")
+    assert isinstance(single, ConfigurationError) and "redis://" in str(single)
+    assert "secret" not in str(single)
+    node = wrong_redis_kind(ResponseError("MOVED 866 127.0.0.1:7001"), "redis://h:7000/0")
+    assert isinstance(node, ConfigurationError) and "redis+cluster://" in str(node)
+    assert wrong_redis_kind(ResponseError("WRONGTYPE"), "redis://h:6379/0") is None
+    # unreachable is transient, a cluster error of another kind is not
+    assert is_transient_redis_error(RedisClusterException(
+        "Redis Cluster cannot be connected. Please provide at least one reachable node"))
+    assert not is_transient_redis_error(RedisClusterException("Invalid args"))
+
+
+def test_status_reads_each_primary_of_a_cluster_even_a_lone_one() -> None:
+    import asyncio
+    from datetime import UTC, datetime
+
+    from activity_logging.status import PipelineStatus
+    from activity_logging.status_redis import _read_server
+
+    class Node:
+        def __init__(self, name: str) -> None:
+            self.name = name
+
+    class FakeCluster:
+        """redis-py hands back a lone node's reply unwrapped, as this fake does."""
+
+        def __init__(self, settings: dict[str, dict[str, str]]) -> None:
+            self.settings = settings
+
+        def get_primaries(self) -> list[Node]:
+            return [Node(name) for name in self.settings]
+
+        async def config_get(self, name: str, target_nodes: Node) -> dict[str, str]:
+            return {name: self.settings[target_nodes.name].get(name, "")}
+
+        async def info(self, section: str, target_nodes: Node) -> dict[str, object]:
+            uptime = 100 if target_nodes.name == "b" else 5000
+            return {"run_id": f"run-{target_nodes.name}", "redis_version": "7.0.15",
+                    "uptime_in_seconds": uptime, "rdb_last_load_keys_loaded": 0}
+
+    def read(settings: dict[str, dict[str, str]]) -> PipelineStatus:
+        status = PipelineStatus(checked_at=datetime.now(UTC), database_url="")
+        asyncio.run(_read_server(FakeCluster(settings), status))  # type: ignore[arg-type]
+        return status
+
+    lone = read({"a": {"appendonly": "yes", "save": "", "maxmemory-policy": "noeviction"}})
+    assert lone.redis_settings["appendonly"] == "yes" and not lone.warnings
+    mixed = read({"a": {"appendonly": "yes", "maxmemory-policy": "noeviction"},
+                  "b": {"appendonly": "no", "maxmemory-policy": "allkeys-lru"}})
+    assert mixed.redis_settings["appendonly"] == "no"  # the one that can lose the stream
+    assert mixed.redis_settings["maxmemory-policy"] == "allkeys-lru"
+    assert any("differ in appendonly" in w for w in mixed.warnings)
+    assert mixed.redis_run_id == "run-b" and mixed.redis_uptime_seconds == 100  # latest start
