@@ -78,7 +78,7 @@ def shard_stream(stream: str, shards: int, producer_id: str) -> str:
 @functools.cache
 def _tag(i: int, shards: int) -> str:
     """The first ``"<i>.<j>"`` whose slot falls in the middle half of shard ``i``'s part of
-    the slot space (about ``2 × shards`` tries): away from its edges, so that a master
+    the slot space (about ``2 * shards`` tries): away from its edges, so that a master
     whose slot range ends inside that part does not get the neighbour's shard."""
     from redis.crc import key_slot
 
