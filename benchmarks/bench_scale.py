@@ -60,16 +60,12 @@ sys.path.insert(0, ROOT)
 from activity_logging import db  # noqa: E402  (after the path insert, as the other benchmarks)
 from activity_logging.config import dead_stream_for, heartbeat_pattern  # noqa: E402
 from activity_logging.urls import asyncpg_dsn  # noqa: E402
+from benchmarks.bench_handler import EXTRA, make_logger  # noqa: E402  (the same records)
 
 PG_URL = os.environ.get("TEST_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/test")
 REDIS_URL = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
 GROUP = "activity_log_workers"
 CLK_TCK = os.sysconf("SC_CLK_TCK")
-EXTRA = {
-    "actor_type": "agent", "actor_id": "agent-17", "target_type": "call", "target_id": "call-123",
-    "changes": {"status": {"old": "ringing", "new": "answered"}}, "queue": "support",
-    "campaign": "spring", "description": "Call answered",
-}  # as bench_handler: 8 extra fields, one a dict the handler snapshots
 
 
 # --- the producer (run as `bench_scale.py produce ...` in its own process) ---------------------
@@ -80,12 +76,6 @@ def cpu_self() -> float:
     return t.user + t.system
 
 
-def make_logger(name: str, handler: logging.Handler) -> logging.Logger:
-    log = logging.getLogger(name)
-    log.handlers[:] = [handler]
-    log.setLevel(logging.INFO)
-    log.propagate = False
-    return log
 
 
 def produce(stream: str, records: int, chunk: int, batch_size: int) -> dict[str, Any]:

@@ -17,11 +17,12 @@ from tests.ledger import keys_from_pg, ledger_of
 SHARDS = 3
 
 
-def _produce(redis_url: str, stream: str, tag: str, producers: int, per: int) -> set[str]:
+def _produce(redis_url: str, stream: str, tag: str, producers: int, per: int,
+             shards: int = SHARDS) -> set[str]:
     """Log ``per`` records from each of ``producers`` handlers; the shards they wrote to."""
     used = set()
     for p in range(producers):
-        handler = ActivityHandler(redis_url=redis_url, stream=stream, stream_shards=SHARDS,
+        handler = ActivityHandler(redis_url=redis_url, stream=stream, stream_shards=shards,
                                   spool_path="off")
         log = logging.getLogger(f"activity.shards.{tag}.{p}")
         log.propagate = False
@@ -77,26 +78,13 @@ def test_one_worker_drains_every_shard_and_status_reports_each(
         assert worker.stats()["acked"] == sum(waiting.values())
 
         # A producer given no stream_shards writes to the stream's own key: nobody reads it.
-        _produce_unsharded(redis_url, redis_stream, unique_name)
+        _produce(redis_url, redis_stream, f"{unique_name}-unsharded", producers=1, per=1,
+                 shards=1)
         status = asyncio.run(gather_status(pg_url, redis_url, schema=pg_schema,
                                            stream=redis_stream, stream_shards=SHARDS))
         assert any("itself holds 1 entries" in p for p in status.problems), status.problems
     finally:
         client.close()
-
-
-def _produce_unsharded(redis_url: str, stream: str, tag: str) -> None:
-    handler = ActivityHandler(redis_url=redis_url, stream=stream, stream_shards=1,
-                              spool_path="off")
-    log = logging.getLogger(f"activity.shards.{tag}.unsharded")
-    log.propagate = False
-    log.setLevel(logging.INFO)
-    log.addHandler(handler)
-    try:
-        log.info("call_created", extra={"target_id": f"{tag}-unsharded"})
-    finally:
-        log.removeHandler(handler)
-        handler.close()
 
 
 def test_a_cluster_url_at_a_single_redis_is_a_configuration_error(
