@@ -281,9 +281,10 @@ class StreamSide:
                 finally:
                     shard.waiting = False
                 try:
-                    batch = started if started.ids else await self._claim_batch(shard)
-                    if batch is None or not batch.ids:
-                        batch = await self._read_batch(shard, batch)
+                    if started.ids:  # the entry that ended the wait, then what follows it
+                        batch = await self._read_batch(shard, started)
+                    else:
+                        batch = await self._claim_batch(shard) or await self._read_batch(shard)
                     if batch.ids:
                         batch.read_at = time.monotonic()
                         # not cancelled by a warm stop: the batch is in hand

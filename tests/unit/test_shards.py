@@ -390,3 +390,31 @@ def test_status_reads_each_primary_of_a_cluster_even_a_lone_one() -> None:
     assert mixed.redis_settings["maxmemory-policy"] == "allkeys-lru"
     assert any("differ in appendonly" in w for w in mixed.warnings)
     assert mixed.redis_run_id == "run-b" and mixed.redis_uptime_seconds == 100  # latest start
+
+
+def test_the_entry_that_ends_a_wait_starts_a_full_batch_not_a_batch_of_one() -> None:
+    worker = ActivityWorker("redis://127.0.0.1:1/0", "sqlite:///unused.db", stream="s",
+                            max_wait=0.05, batch_size=30)
+    fake = _Shards(hot={"s"})
+    worker._redis = fake  # type: ignore[assignment]
+    sizes: list[int] = []
+
+    import asyncio
+
+    async def main() -> None:
+        queue: asyncio.Queue[object] = asyncio.Queue(maxsize=1)
+
+        async def consume() -> None:
+            while True:
+                batch = await queue.get()
+                sizes.append(len(batch.rows))  # type: ignore[attr-defined]
+
+        consumer = asyncio.create_task(consume())
+        reading = asyncio.create_task(worker._read_shards(queue, False))  # type: ignore[arg-type]
+        await asyncio.sleep(0.3)
+        worker._stopping.set()
+        await asyncio.wait_for(reading, 5)
+        consumer.cancel()
+
+    asyncio.run(main())
+    assert sizes and min(sizes[:-1] or sizes) >= 30  # 3 records an entry: filled to batch_size
