@@ -13,6 +13,7 @@ count) is a problem: no worker configured like this one reads it.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Final
 
 from .status_redis import (
@@ -118,7 +119,7 @@ async def find_strays(client: aioredis.Redis, status: PipelineStatus, names: lis
 
 
 def judge_shards(status: PipelineStatus, *, max_lag: float,
-                 judge_stream: Any) -> None:
+                 judge_stream: Callable[[PipelineStatus, float], None]) -> None:
     """Judge each shard as a stream (``judge_stream(shard, max_lag)``), its findings named
     after it, and total the entries lost."""
     lost: list[int | None] = []

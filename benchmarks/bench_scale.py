@@ -48,6 +48,7 @@ import subprocess
 import sys
 import time
 import uuid
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -120,17 +121,24 @@ def proc_cpu(pid: int) -> float | None:
     return (int(fields[11]) + int(fields[12])) / CLK_TCK
 
 
-def cpu_postgres() -> float:
-    """CPU seconds of every process named ``postgres`` (own time + reaped children's)."""
-    total = 0
+def each_process(name: str) -> Iterator[tuple[int, str]]:
+    """(pid, text of ``/proc/<pid>/<name>``) for every process still there when read (one
+    gone meanwhile is skipped: its time is in its parent's cutime by then)."""
     for pid in os.listdir("/proc"):
         if not pid.isdigit():
             continue
         try:
-            with open(f"/proc/{pid}/stat") as f:
-                stat = f.read()
-        except OSError:  # gone meanwhile: its time is in the postmaster's cutime now
+            with open(f"/proc/{pid}/{name}", "rb") as f:
+                text = f.read().decode(errors="replace")
+        except OSError:
             continue
+        yield int(pid), text
+
+
+def cpu_postgres() -> float:
+    """CPU seconds of every process named ``postgres`` (own time + reaped children's)."""
+    total = 0
+    for _, stat in each_process("stat"):
         comm = stat[stat.index("(") + 1:stat.rindex(")")]
         if comm != "postgres":
             continue
@@ -145,16 +153,9 @@ AUX = ("walwriter", "checkpointer", "background writer")
 def cpu_postgres_aux() -> float:
     """CPU seconds of PostgreSQL's WAL writer, checkpointer and background writer."""
     total = 0.0
-    for pid in os.listdir("/proc"):
-        if not pid.isdigit():
-            continue
-        try:
-            with open(f"/proc/{pid}/cmdline", "rb") as f:
-                cmdline = f.read().decode(errors="replace")
-        except OSError:
-            continue
+    for pid, cmdline in each_process("cmdline"):
         if cmdline.startswith("postgres:") and cmdline.rstrip("\0 ").endswith(AUX):
-            total += proc_cpu(int(pid)) or 0.0
+            total += proc_cpu(pid) or 0.0
     return total
 
 
